@@ -1,0 +1,59 @@
+"""`pgen <command> [hydra overrides]`: the one console script."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from omegaconf import OmegaConf
+
+from pgen.config import ConfigError, compose_config, to_dict
+from pgen.envs import EnvError
+from pgen.progress import setup_logging
+
+USAGE = """usage: pgen <command> [key=value ...] [--cfg]
+
+commands:
+  train      train one population member in-process with IPPO/MAPPO (no Ray)
+
+Overrides are Hydra's: env=simple_tag algo=ippo policy=gru population.max_env_steps=200000
+env.id=<module with parallel_env> env.kwargs.<k>=<v> seed=1 run_dir=/abs/path ...
+--cfg prints the composed config and exits.
+"""
+
+
+def _train(cfg) -> None:
+    from pgen.train import train
+
+    train(cfg)
+
+
+COMMANDS: dict[str, Callable] = {"train": _train}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, overrides = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"pgen: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    show = "--cfg" in overrides
+    overrides = [o for o in overrides if o != "--cfg"]
+    setup_logging()
+    try:
+        cfg = compose_config(command, overrides)
+        if show:
+            print(OmegaConf.to_yaml(to_dict(cfg)))
+            return 0
+        COMMANDS[command](cfg)
+    except (ConfigError, EnvError) as err:
+        print(f"pgen {command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Trainer state for resume, without pickle: tensors in safetensors, everything else in JSON.
+
+`encode_trainer_state` turns a `PPOLearner` into two files' bytes (`trainer.safetensors`,
+`trainer.json`); `restore_trainer_state` puts them back. Where the bytes live (a run folder, the
+object store) is the caller's business. Env copies cannot be snapshotted: a resumed learner
+resets them with seeds derived from (seed, iteration), so a resume is itself reproducible.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+if TYPE_CHECKING:
+    from pgen.learner import PPOLearner
+
+STATE_FORMAT = 1
+TENSORS_FILE, META_FILE = "trainer.safetensors", "trainer.json"
+
+
+def _optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, slots in sd["state"].items():
+        for key, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"{prefix}.{idx}.{key}"] = value.detach().clone()
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def encode_trainer_state(learner: "PPOLearner") -> dict[str, bytes]:
+    tensors: dict[str, torch.Tensor] = {"rng": learner.rng.get_state()}
+    meta: dict[str, Any] = {
+        "format": STATE_FORMAT,
+        "iteration": learner.iteration,
+        "env_steps": learner.env_steps,
+        "seed": learner.seed,
+        "groups": {},
+    }
+    for name, gl in learner.groups.items():
+        for part, module in (("actor", gl.actor), ("critic", gl.critic), ("value_norm", gl.value_norm)):
+            for key, value in module.state_dict().items():
+                tensors[f"{name}/{part}.{key}"] = value.detach().clone().contiguous()
+        opt_tensors, opt_meta = _optimizer_tensors(f"{name}/optim", gl.optimizer)
+        tensors.update(opt_tensors)
+        meta["groups"][name] = {"optimizer": opt_meta, "arch": gl.actor.spec.arch_key}
+    return {TENSORS_FILE: save_tensors(tensors), META_FILE: json.dumps(meta).encode()}
+
+
+def restore_trainer_state(learner: "PPOLearner", files: dict[str, bytes]) -> None:
+    """Load state written by `encode_trainer_state` into a learner built from the same config."""
+    meta = json.loads(files[META_FILE])
+    if meta.get("format") != STATE_FORMAT:
+        raise ValueError(f"trainer state format {meta.get('format')} is not {STATE_FORMAT}")
+    tensors = load_tensors(files[TENSORS_FILE])
+    if set(meta["groups"]) != set(learner.groups):
+        raise ValueError(f"trainer state has groups {sorted(meta['groups'])}, learner has {sorted(learner.groups)}")
+    for name, gl in learner.groups.items():
+        if meta["groups"][name]["arch"] != gl.actor.spec.arch_key:
+            raise ValueError(f"group {name}: state arch {meta['groups'][name]['arch']} != {gl.actor.spec.arch_key}")
+        for part, module in (("actor", gl.actor), ("critic", gl.critic), ("value_norm", gl.value_norm)):
+            prefix = f"{name}/{part}."
+            module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        opt_meta = meta["groups"][name]["optimizer"]
+        state: dict[int, dict[str, Any]] = {}
+        prefix = f"{name}/optim."
+        for key, value in tensors.items():
+            if key.startswith(prefix):
+                idx, slot = key[len(prefix):].split(".", 1)
+                state.setdefault(int(idx), {})[slot] = value
+        for key, value in opt_meta["scalars"].items():
+            idx, slot = key.split(".", 1)
+            state.setdefault(int(idx), {})[slot] = value
+        gl.optimizer.load_state_dict({"state": state, "param_groups": opt_meta["param_groups"]})
+    learner.rng.set_state(tensors["rng"])
+    learner.seed = int(meta["seed"])
+    learner.iteration = int(meta["iteration"])
+    learner.env_steps = int(meta["env_steps"])
+    learner.reseed_envs(int(np.random.SeedSequence([learner.seed, learner.iteration]).generate_state(1)[0]))
