@@ -137,6 +137,15 @@ def _flat_obs(space: spaces.Space, value: Any) -> np.ndarray:
     return np.asarray(value, dtype=np.float32).reshape(-1)
 
 
+def _action_converter(space: spaces.Space):
+    """Batch entry → the env's action: an int for Discrete, clipped to the bounds for Box."""
+    if isinstance(space, spaces.Discrete):
+        start = int(space.start)
+        return lambda a: int(a) + start
+    low, high, dtype = space.low, space.high, space.dtype
+    return lambda a: np.clip(a, low, high).astype(dtype)
+
+
 def _global_state(env: Any) -> np.ndarray | None:
     try:
         state = env.state()
@@ -213,6 +222,7 @@ class VecEnv:
         self.reseed(seed)
         self._index = {a: (gi, j) for gi, g in enumerate(self.groups) for j, a in enumerate(g.agents)}
         self._flat = {a: k for k, a in enumerate(a for g in self.groups for a in g.agents)}
+        self._convert = {a: _action_converter(g.action_space) for g in self.groups for a in g.agents}
         self._returns = np.zeros((num_envs, len(self._index)), dtype=np.float64)
         self._lengths = np.zeros(num_envs, dtype=np.int64)
         self.with_state = with_state  # env.state() costs a full observation pass in MPE: only when used
@@ -253,11 +263,6 @@ class VecEnv:
     def _by_name(self, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
         return {g.name: a for g, a in zip(self.groups, arrays)}
 
-    def _to_env_action(self, g: AgentGroup, action: np.ndarray) -> Any:
-        if g.discrete:
-            return int(action)
-        return np.clip(action, g.action_space.low, g.action_space.high).astype(g.action_space.dtype)
-
     def step(self, actions: dict[str, np.ndarray]) -> VecStep:
         """Step every copy with `actions[group]` of shape `[E, n]` (Discrete) or `[E, n, dim]` (Box)."""
         groups = self.groups
@@ -272,12 +277,12 @@ class VecEnv:
         final_state = np.zeros_like(state) if has_state else None
         episodes: list[dict[str, float]] = []
         group_actions = [actions[g.name] for g in groups]
-        index = self._index
+        index, convert = self._index, self._convert
         for e, env in enumerate(self.envs):
             act = {}
             for agent in env.agents:
                 gi, j = index[agent]
-                act[agent] = self._to_env_action(groups[gi], group_actions[gi][e, j])
+                act[agent] = convert[agent](group_actions[gi][e, j])
             next_obs, rew, term, trunc, _ = env.step(act)
             self._lengths[e] += 1
             for agent, r in rew.items():

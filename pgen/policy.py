@@ -187,8 +187,8 @@ class Actor(Net):
 
     def distribution(self, out: torch.Tensor) -> torch.distributions.Distribution:
         if self.spec.discrete:
-            return Categorical(logits=out)
-        return Normal(out, self.log_std.exp().expand_as(out))
+            return Categorical(logits=out, validate_args=False)
+        return Normal(out, self.log_std.exp().expand_as(out), validate_args=False)
 
     def log_prob(self, dist: torch.distributions.Distribution, action: torch.Tensor) -> torch.Tensor:
         lp = dist.log_prob(action)

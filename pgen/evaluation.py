@@ -1,0 +1,71 @@
+"""Roll out fixed policies and measure returns (DESIGN.md "achieved return").
+
+`evaluate_returns` plays E evaluation episodes with fixed seeds: greedy actions (argmax for
+discrete, the mean for continuous) unless `stochastic=True`. A group whose policy is `None` plays
+uniformly random actions, which is how the random level R_random is measured.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from pgen.config import EnvConfig
+from pgen.envs import VecEnv
+from pgen.policy import Actor
+
+EVAL_SEED = 10_000  # evaluation episodes never share seeds with training copies of seeds < 10000
+
+
+@torch.no_grad()
+def evaluate_returns(env_cfg: EnvConfig, policies: Mapping[str, Actor | None], episodes: int = 100,
+                     seed: int = EVAL_SEED, stochastic: bool = False, num_envs: int = 20) -> dict[str, np.ndarray]:
+    """Per-episode return of every group (sum over its agents) over exactly `episodes` episodes.
+
+    Each env copy plays whole episodes from a fixed seed, so the same `seed` gives the same
+    episodes for every set of policies compared.
+    """
+    num_envs = max(1, min(num_envs, episodes))
+    vec = VecEnv(env_cfg, num_envs, seed, with_state=False)
+    rng = np.random.default_rng(seed)
+    torch_rng = torch.Generator().manual_seed(seed)
+    missing = [g.name for g in vec.groups if g.name not in policies]
+    if missing:
+        raise ValueError(f"no policy given for groups {missing} (use None for uniform random)")
+    obs, alive, _ = vec.reset()
+    hidden = {g.name: (policies[g.name].initial_state(num_envs * g.size)
+                       if policies[g.name] is not None and policies[g.name].recurrent else None) for g in vec.groups}
+    results: dict[str, list[float]] = {g.name: [] for g in vec.groups}
+    finished = 0
+    while finished < episodes:
+        actions = {}
+        for g in vec.groups:
+            policy = policies[g.name]
+            if policy is None:
+                if g.discrete:
+                    actions[g.name] = rng.integers(0, g.action_dim, size=(num_envs, g.size))
+                else:
+                    low, high = g.action_space.low, g.action_space.high
+                    actions[g.name] = rng.uniform(low, high, size=(num_envs, g.size, g.action_dim))
+                continue
+            x = torch.from_numpy(obs[g.name]).reshape(num_envs * g.size, -1)
+            out, hidden[g.name] = policy(x, hidden[g.name])
+            if stochastic:
+                act = policy.sample(policy.distribution(out), torch_rng)
+            else:
+                act = out.argmax(-1) if g.discrete else out
+            actions[g.name] = act.reshape(num_envs, g.size, *act.shape[1:]).numpy()
+        step = vec.step(actions)
+        for g in vec.groups:
+            h = hidden[g.name]
+            if h is not None:
+                hidden[g.name] = h * (1.0 - torch.from_numpy(step.groups[g.name].ended).reshape(-1, 1))
+        for ep in step.episodes[: episodes - finished]:
+            for g in vec.groups:
+                results[g.name].append(ep[g.name])
+        finished += len(step.episodes)
+        obs = {name: s.obs for name, s in step.groups.items()}
+    vec.close()
+    return {name: np.asarray(r[:episodes]) for name, r in results.items()}
