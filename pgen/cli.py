@@ -9,11 +9,14 @@ from omegaconf import OmegaConf
 
 from pgen.config import ConfigError, compose_config, to_dict
 from pgen.envs import EnvError
+from pgen.store import StoreError
 from pgen.progress import setup_logging
 
 USAGE = """usage: pgen <command> [key=value ...] [--cfg]
 
 commands:
+  populate   start population.size Ray actors that train and stream checkpoints to store.uri
+  dataset    summarise the checkpoints in a store: counts, return range and histogram, bad rows
   train      train one population member in-process with IPPO/MAPPO (no Ray)
 
 Overrides are Hydra's: env=simple_tag algo=ippo policy=gru population.max_env_steps=200000
@@ -28,7 +31,19 @@ def _train(cfg) -> None:
     train(cfg)
 
 
-COMMANDS: dict[str, Callable] = {"train": _train}
+def _populate(cfg) -> None:
+    from pgen.population import populate
+
+    populate(cfg)
+
+
+def _dataset(cfg) -> None:
+    from pgen.dataset import format_summary, summarise
+
+    print(format_summary(summarise(cfg)))
+
+
+COMMANDS: dict[str, Callable] = {"train": _train, "populate": _populate, "dataset": _dataset}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             print(OmegaConf.to_yaml(to_dict(cfg)))
             return 0
         COMMANDS[command](cfg)
-    except (ConfigError, EnvError) as err:
+    except (ConfigError, EnvError, StoreError, ValueError) as err:
         print(f"pgen {command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -89,11 +89,29 @@ class AlgoConfig:
 
 @dataclass
 class PopulationConfig:
-    """Budget of one population member (the `pgen train` run is one member)."""
+    """Population members and their budget (`pgen train` runs one member in-process)."""
 
-    size: int = 1
-    max_env_steps: int = 2_000_000
-    duration_s: Optional[float] = None
+    size: int = 2
+    max_env_steps: Optional[int] = 2_000_000  # per member; null = no step limit
+    duration_s: Optional[float] = None  # wall-clock limit of the whole population
+    checkpoint_every: int = 10  # PPO updates between checkpoints (evaluate, write record, save state)
+    eval_episodes: int = 20  # fixed-seed greedy episodes per checkpoint
+    seed_from: Optional[str] = None  # run id whose checkpoints initialise the members' policies
+    cpus_per_worker: float = 1.0
+    max_restarts: int = 20  # Ray restarts of a crashed worker (each resumes from its saved state)
+    # per-member hyper-parameters: algo.<key> drawn from [low, high] (log-uniform when low > 0)
+    hparams: Dict[str, List[float]] = field(
+        default_factory=lambda: {"lr": [1.5e-4, 1.5e-3], "ent_coef": [0.002, 0.03], "init_scale": [0.5, 1.5]}
+    )
+
+
+@dataclass
+class StoreConfig:
+    """Where checkpoints, runs and generators live: a local path, file:// URI or s3://bucket/prefix."""
+
+    uri: str = "pgen-store"
+    endpoint_url: Optional[str] = None  # else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS
+    retry_s: float = 120.0  # how long transient store errors are retried before giving up
 
 
 @dataclass
@@ -112,7 +130,34 @@ class TrainConfig:
     resume: bool = False  # continue from <run_dir>/<run_id>/state if it exists
 
 
-SCHEMAS: Dict[str, type] = {"train": TrainConfig}
+@dataclass
+class PopulateConfig:
+    """`pgen populate`: population.size Ray actors that train and stream checkpoints to the store."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    population: PopulationConfig = field(default_factory=PopulationConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    seed: int = 0
+    run_id: Optional[str] = None  # prefix of the members' run ids; default pop-<env>-<utc time>
+    log_every_s: float = 10.0
+    torch_threads: int = 1
+
+
+@dataclass
+class DatasetConfig:
+    """`pgen dataset`: summarise the checkpoints in a store."""
+
+    store: StoreConfig = field(default_factory=StoreConfig)
+    env_key: Optional[str] = None
+    group: Optional[str] = None
+    arch: Optional[str] = None
+    run_id: Optional[str] = None
+    out_dir: str = "pgen-runs/dataset"  # where the return histogram PNG and summary JSON go
+
+
+SCHEMAS: Dict[str, type] = {"train": TrainConfig, "populate": PopulateConfig, "dataset": DatasetConfig}
 
 _cs = ConfigStore.instance()
 for _name, _node in SCHEMAS.items():
@@ -143,3 +188,12 @@ def enum_value(value: Any) -> Any:
 def to_dict(cfg: Any) -> Dict[str, Any]:
     """A composed config as plain JSON-able types (enums as their values), for run.json and actors."""
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
+
+
+def config_from_dict(command: str, data: Dict[str, Any]) -> Any:
+    """Rebuild a command's typed config from `to_dict` output (how configs reach Ray actors)."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(SCHEMAS[command]), data)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"bad config for `pgen {command}`: {err}") from err

@@ -8,7 +8,9 @@ space and action space. `VecEnv` steps E copies of an env and returns one batche
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import inspect
 import re
 from dataclasses import dataclass, field
@@ -23,6 +25,12 @@ from pgen.config import EnvConfig
 
 class EnvError(ValueError):
     """An env that cannot be loaded or used; the message says what and why."""
+
+
+def env_key(env_cfg: EnvConfig) -> str:
+    """Store partition name of an env: module tail + hash of (id, kwargs), e.g. `simple_spread_v3-1f0c9a2e`."""
+    canonical = json.dumps({"id": env_cfg.id, "kwargs": dict(env_cfg.kwargs)}, sort_keys=True, default=str)
+    return f"{env_cfg.id.rsplit('.', 1)[-1]}-{hashlib.sha256(canonical.encode()).hexdigest()[:8]}"
 
 
 def load_env_module(env_id: str) -> ModuleType:

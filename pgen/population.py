@@ -1,0 +1,305 @@
+"""Population members as Ray actors that train continuously and stream checkpoints to the store.
+
+A `PopulationWorker` is one member: its own PPO learner (hyper-parameters drawn per member from
+`population.hparams`), its own run id, and its own slice of the store. Each call to
+`train_interval()` runs `population.checkpoint_every` PPO updates, evaluates the policies greedily
+on fixed evaluation seeds, writes one checkpoint record per group as a Parquet part (write-once,
+deterministic key), then saves the trainer state and moves `runs/<run_id>/state/latest`.
+
+Crash safety comes from that order and from Ray: the actor is created with `max_restarts` and its
+calls with `max_task_retries`, so a killed worker is restarted, its `__init__` resumes from the
+last saved state, and the interrupted call is retried. Work since the last checkpoint (at most one
+interval) is redone; a part that was written before the crash keeps its key, so the retry's
+`put_once` finds it and nothing is duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from pgen.config import AlgoConfig, PopulateConfig, config_from_dict, enum_value, to_dict
+from pgen.envs import env_key
+from pgen.evaluation import evaluate_returns
+from pgen.progress import format_duration, log, setup_logging
+from pgen.state import META_FILE, TENSORS_FILE, encode_trainer_state, restore_trainer_state
+from pgen.store import CheckpointStore, params_checksum
+
+WORKER_FILE = "worker.json"
+
+
+def member_hparams(ranges: dict[str, list[float]], seed: int, member: int) -> dict[str, float]:
+    """Draw each `algo.<key>` from its [low, high] range: log-uniform when low > 0, else uniform.
+
+    Deterministic in (seed, member); a range with low == high pins the value.
+    """
+    rng = np.random.default_rng([seed, member, 0x9E3779B9])
+    known = set(AlgoConfig.__dataclass_fields__)
+    out: dict[str, float] = {}
+    for key in sorted(ranges):
+        if key not in known:
+            raise ValueError(f"population.hparams.{key} is not an algo setting; known: {sorted(known)}")
+        low, high = (float(v) for v in ranges[key])
+        if not low <= high:
+            raise ValueError(f"population.hparams.{key}: low {low} > high {high}")
+        if low > 0:
+            out[key] = float(math.exp(rng.uniform(math.log(low), math.log(high))))
+        else:
+            out[key] = float(rng.uniform(low, high))
+    return out
+
+
+def member_run_id(prefix: str, member: int) -> str:
+    return f"{prefix}-m{member:03d}"
+
+
+def open_store(cfg: PopulateConfig) -> CheckpointStore:
+    return CheckpointStore(cfg.store.uri, endpoint_url=cfg.store.endpoint_url, retry_s=cfg.store.retry_s)
+
+
+def seed_params(store: CheckpointStore, run_id: str, member: int) -> tuple[dict[str, np.ndarray], str, dict[str, str]]:
+    """Initial weights per group from the checkpoints of run `run_id` (row member mod count).
+
+    Returns (params per group, origin of those checkpoints, arch per group).
+    """
+    result = store.read_records(run_id=run_id)
+    if result.rows == 0:
+        raise ValueError(f"population.seed_from={run_id}: no readable checkpoints of that run in {store.uri}")
+    rows = result.table.to_pylist()
+    params, origin, arch = {}, "trained", {}
+    for group in sorted({r["group"] for r in rows}):
+        group_rows = sorted((r for r in rows if r["group"] == group), key=lambda r: (r["member"], r["step"]))
+        row = group_rows[member % len(group_rows)]
+        params[group] = np.asarray(row["params"], dtype=np.float32)
+        origin, arch[group] = row["origin"], row["arch"]
+    return params, origin, arch
+
+
+class PopulationWorker:
+    """One population member; use as a Ray actor (`ray.remote(PopulationWorker)`) or in-process."""
+
+    def __init__(self, cfg: dict[str, Any], member: int, run_id: str, stream: bool = True):
+        """`stream=False` trains and evaluates without touching the store (benchmarks, dry runs)."""
+        import torch
+
+        from pgen.learner import PPOLearner
+
+        self.cfg: PopulateConfig = config_from_dict("populate", cfg)
+        setup_logging()  # in a Ray worker: lines reach the driver's console through log_to_driver
+        torch.set_num_threads(self.cfg.torch_threads)
+        self.member, self.run_id = member, run_id
+        self.store = open_store(self.cfg) if stream else None
+        self.hparams = member_hparams(self.cfg.population.hparams, self.cfg.seed, member)
+        algo = replace(self.cfg.algo, **self.hparams)
+        self.seed = self.cfg.seed * 1000 + member
+        self.learner = PPOLearner(self.cfg.env, self.cfg.policy, algo, self.seed, self.cfg.population.max_env_steps)
+        self.env_key = env_key(self.cfg.env)
+        self.arch = {name: gl.actor.spec.arch_key for name, gl in self.learner.groups.items()}
+        self.checkpoints, self.restarts, self.origin = 0, 0, "trained"
+        self.last_return: dict[str, float] = {}
+        self.steps_per_s = 0.0
+        if self.store is not None and not self._resume():
+            self._start()
+
+    # --- start / resume -------------------------------------------------------------------------
+
+    def _state_prefix(self) -> str:
+        return f"runs/{self.run_id}/state"
+
+    def _start(self) -> None:
+        seed_from = self.cfg.population.seed_from
+        if seed_from:
+            params, origin, arch = seed_params(self.store, seed_from, self.member)
+            if set(params) != set(self.learner.groups) or any(arch[g] != self.arch[g] for g in params):
+                raise ValueError(f"population.seed_from={seed_from}: its groups/archs {arch} do not match {self.arch}")
+            for group, flat in params.items():
+                self.learner.groups[group].actor.load_flat_params(flat)
+            self.origin = origin if origin.startswith("seeded:") else f"seeded:run@{seed_from}"
+        info = {"run_id": self.run_id, "member": self.member, "seed": self.seed, "hparams": self.hparams,
+                "origin": self.origin, "seed_from": seed_from, "env_key": self.env_key, "arch": self.arch,
+                "status": "started", "created_at": datetime.now(timezone.utc).isoformat(),
+                "config": to_dict(self.cfg)}
+        self.store.put_once(f"runs/{self.run_id}/run.json", json.dumps(info, indent=1, default=str).encode())
+        # checkpoint 0: the initial policies, so the dataset starts at the random / seeded level
+        self._checkpoint()
+
+    def _resume(self) -> bool:
+        prefix = self._state_prefix()
+        if not self.store.exists(f"{prefix}/latest"):
+            return False
+        folder = f"{prefix}/{self.store.get(f'{prefix}/latest').decode().strip()}"
+        restore_trainer_state(self.learner, {n: self.store.get(f"{folder}/{n}") for n in (TENSORS_FILE, META_FILE)})
+        meta = json.loads(self.store.get(f"{folder}/{WORKER_FILE}"))
+        self.checkpoints, self.origin = meta["checkpoints"], meta["origin"]
+        self.restarts = meta["restarts"] + 1
+        self.last_return = meta.get("last_return", {})
+        log.info(f"{self.run_id}: resumed at {self.learner.env_steps:,} env steps, checkpoint {self.checkpoints}"
+                 f" (restart {self.restarts})")
+        return True
+
+    # --- the work -------------------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        budget = self.cfg.population.max_env_steps
+        return budget is not None and self.learner.env_steps >= budget
+
+    def train_interval(self) -> dict[str, Any]:
+        """`checkpoint_every` PPO updates (fewer at the end of the budget), then one checkpoint."""
+        t0, steps0 = time.perf_counter(), self.learner.env_steps
+        for _ in range(self.cfg.population.checkpoint_every):
+            if self.done:
+                break
+            self.learner.iterate()
+        if self.learner.env_steps > steps0:
+            self._checkpoint()
+            self.steps_per_s = (self.learner.env_steps - steps0) / (time.perf_counter() - t0)
+        return self.status()
+
+    def _checkpoint(self) -> None:
+        """Evaluate, write one record per group (write-once part), then state, then the pointer."""
+        policies = {name: gl.actor for name, gl in self.learner.groups.items()}
+        returns = evaluate_returns(self.cfg.env, policies, self.cfg.population.eval_episodes)
+        now = datetime.now(timezone.utc)
+        for name, gl in self.learner.groups.items():
+            self.last_return[name] = float(returns[name].mean())
+            if self.store is None:
+                continue
+            params = gl.actor.flat_params()
+            record = {
+                "run_id": self.run_id, "member": self.member, "env_id": self.cfg.env.id, "env_key": self.env_key,
+                "group": name, "arch": self.arch[name], "step": self.learner.env_steps,
+                "update": self.learner.iteration, "return_mean": float(returns[name].mean()),
+                "return_std": float(returns[name].std()), "episodes": int(returns[name].size),
+                "num_params": int(params.size), "params": params, "checksum": params_checksum(params),
+                "created_at": now, "seed": self.seed, "origin": self.origin,
+            }
+            self.store.write_part([record], self.env_key, name, self.arch[name], self.run_id, self.checkpoints)
+        self.checkpoints += 1
+        if self.store is not None:
+            self._save_state()
+
+    def _save_state(self) -> None:
+        folder = f"{self._state_prefix()}/{self.learner.iteration:08d}"
+        files = encode_trainer_state(self.learner)
+        files[WORKER_FILE] = json.dumps({"checkpoints": self.checkpoints, "origin": self.origin,
+                                         "restarts": self.restarts, "last_return": self.last_return,
+                                         "status": "done" if self.done else "running"}).encode()
+        for name, data in files.items():
+            self.store.put_once(f"{folder}/{name}", data)
+        self.store.put_pointer(f"{self._state_prefix()}/latest", folder.rsplit("/", 1)[1].encode())
+
+    def status(self) -> dict[str, Any]:
+        return {"member": self.member, "run_id": self.run_id, "env_steps": self.learner.env_steps,
+                "steps_per_s": self.steps_per_s, "return": dict(self.last_return), "checkpoints": self.checkpoints,
+                "restarts": self.restarts, "done": self.done, "pid": os.getpid(), "origin": self.origin}
+
+
+# --- the driver: `pgen populate` ----------------------------------------------------------------
+
+
+def _init_ray() -> None:
+    # members' lines differ only in numbers, which Ray's log deduplication (read at import) would fold
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    import ray
+
+    if not ray.is_initialized():
+        # RAY_ADDRESS (a cluster, or `ray job submit`) is honoured by ray.init itself
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False, log_to_driver=True,
+                 configure_logging=False)
+
+
+def status_table(statuses: dict[int, dict[str, Any]], failed: dict[int, str]) -> str:
+    lines = [f"{'member':>6} {'run':<28} {'env steps':>11} {'steps/s':>8} {'ckpts':>5} {'restarts':>8}  return"]
+    for m in sorted(statuses):
+        s = statuses[m]
+        ret = " ".join(f"{g}={v:.1f}" for g, v in s["return"].items())
+        flag = " done" if s["done"] else (f" FAILED: {failed[m]}" if m in failed else "")
+        lines.append(f"{m:>6} {s['run_id']:<28} {s['env_steps']:>11,} {s['steps_per_s']:>8,.0f} {s['checkpoints']:>5}"
+                     f" {s['restarts']:>8}  {ret}{flag}")
+    return "\n".join(lines)
+
+
+def populate(cfg: PopulateConfig) -> dict[int, dict[str, Any]]:
+    """Start the members on Ray, keep one `train_interval` in flight per member, show a live table.
+
+    Ends when every member reached `population.max_env_steps`, when `population.duration_s` has
+    passed, or on Ctrl-C / SIGTERM: then in-flight intervals finish (each ends with a checkpoint)
+    and the function returns the members' last status.
+    """
+    if cfg.population.size < 1:
+        raise ValueError(f"population.size must be >= 1, got {cfg.population.size}")
+    member_hparams(cfg.population.hparams, cfg.seed, 0)  # fail fast on bad ranges, before Ray starts
+    open_store(cfg)  # fail fast on a bad store URI
+    _init_ray()
+    import ray
+    prefix = cfg.run_id or f"pop-{cfg.env.name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
+    plain = to_dict(cfg)
+    plain["store"]["uri"] = open_store(cfg).uri  # absolute: workers may run elsewhere
+    # workers on other nodes do not see this process's environment: pass the endpoint explicitly
+    plain["store"]["endpoint_url"] = (cfg.store.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
+                                      or os.environ.get("AWS_ENDPOINT_URL"))
+    actor_cls = ray.remote(PopulationWorker)
+    workers = {
+        m: actor_cls.options(num_cpus=cfg.population.cpus_per_worker, max_restarts=cfg.population.max_restarts,
+                             max_task_retries=cfg.population.max_restarts).remote(plain, m, member_run_id(prefix, m))
+        for m in range(cfg.population.size)
+    }
+    log.info(f"populate {prefix}: {cfg.population.size} members on {cfg.env.id}, store {plain['store']['uri']}")
+    stop = {"requested": False}
+
+    def request_stop(signum, _frame) -> None:
+        if not stop["requested"]:
+            log.info(f"{signal.Signals(signum).name}: finishing the current intervals, then stopping")
+        stop["requested"] = True
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
+    statuses: dict[int, dict[str, Any]] = {m: {"member": m, "run_id": member_run_id(prefix, m), "env_steps": 0,
+                                                "steps_per_s": 0.0, "return": {}, "checkpoints": 0, "restarts": 0,
+                                                "done": False} for m in workers}
+    failed: dict[int, str] = {}
+    inflight = {w.train_interval.remote(): m for m, w in workers.items()}
+    deadline = None if cfg.population.duration_s is None else time.monotonic() + cfg.population.duration_s
+    t0, last_log = time.monotonic(), time.monotonic()
+    try:
+        while inflight:
+            if deadline is not None and time.monotonic() >= deadline and not stop["requested"]:
+                log.info("population.duration_s reached: finishing the current intervals")
+                stop["requested"] = True
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+            for ref in ready:
+                m = inflight.pop(ref)
+                try:
+                    statuses[m] = ray.get(ref)
+                except ray.exceptions.RayError as err:
+                    failed[m] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+                    log.info(f"member {m} failed and is out of restarts: {failed[m]}")
+                    continue
+                if not statuses[m]["done"] and not stop["requested"]:
+                    inflight[workers[m].train_interval.remote()] = m
+            if time.monotonic() - last_log >= cfg.log_every_s or not inflight:
+                last_log = time.monotonic()
+                total = sum(s["env_steps"] for s in statuses.values())
+                elapsed = time.monotonic() - t0
+                eta = ""
+                if cfg.population.max_env_steps and total:
+                    remaining = cfg.population.max_env_steps * len(workers) - total
+                    eta = f", ETA {format_duration(remaining * elapsed / total)}" if remaining > 0 else ""
+                log.info(f"population {prefix}: {total:,} env steps in {format_duration(elapsed)}"
+                         f" ({total / max(elapsed, 1e-9):,.0f}/s{eta})\n{status_table(statuses, failed)}")
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for w in workers.values():
+            ray.kill(w, no_restart=True)
+    return statuses

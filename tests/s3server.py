@@ -1,0 +1,135 @@
+"""A moto S3 server in a real subprocess on 127.0.0.1, which can be stopped and restarted on its port.
+
+    server = S3Server().start()     # free port; waits until it answers HTTP
+    server.endpoint_url             # http://127.0.0.1:<port>
+    server.stop(); server.start()   # an outage: the process is gone, then back on the same port
+
+moto keeps its state in memory, so a plain restart would lose every bucket. With `persist=True`
+(the default) the server records each request it handles to `<state_dir>/requests.jsonl` (moto's
+recorder), and a restarted server replays that recording *before* it binds its port: buckets and
+objects survive a stop/start, and no client can reach the server while it is half-restored. So a
+fault test may stop the server at any moment, mid-run, and needs no re-creation of buckets.
+Replay re-executes every recorded request, so the restart time grows with the traffic so far
+(tests only; benchmarks use `persist=False`).
+
+Run as a script, this module is that server process (`moto_server`'s own setup plus the replay):
+    python tests/s3server.py --port PORT [--recording FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class S3Server:
+    """A moto S3 server subprocess bound to 127.0.0.1; see the module docstring."""
+
+    def __init__(self, port: int | None = None, persist: bool = True, state_dir: str | Path | None = None):
+        """`state_dir` holds `server.log` and (with `persist`) the recording; default a new temp dir."""
+        self.port = port or free_port()
+        self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="moto-"))
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.recording = self.state_dir / "requests.jsonl" if persist else None
+        self.log = self.state_dir / "server.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> "S3Server":
+        """Start the server (replaying the recording, if any) and wait until it answers HTTP."""
+        cmd = [sys.executable, __file__, "--port", str(self.port)]
+        if self.recording is not None:
+            cmd += ["--recording", str(self.recording)]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"moto server exited with {self.proc.returncode}; see {self.log}")
+            try:
+                with urllib.request.urlopen(f"{self.endpoint_url}/moto-api/", timeout=2):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"moto server did not answer on {self.endpoint_url} within {timeout:.0f} s; see {self.log}")
+
+    def stop(self) -> None:
+        """Terminate the server process (clients then get connection refused)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> "S3Server":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _replay(app, recording: Path) -> int:
+    """Re-apply the recorded requests to a fresh moto app in-process; returns how many."""
+    from werkzeug.test import Client
+
+    client, count = Client(app), 0
+    for line in recording.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a hard stop
+        body = base64.b64decode(entry["body"]) if entry.get("body_encoded") else (entry.get("body") or b"")
+        headers = {k: v for k, v in entry["headers"].items() if k.lower() != "transfer-encoding"}
+        url = urlsplit(entry["url"])
+        client.open(url.path, method=entry["method"], query_string=url.query, headers=headers, data=body)
+        count += 1
+    return count
+
+
+def _serve(port: int, recording: str | None) -> None:
+    if recording:
+        os.environ["MOTO_RECORDER_FILEPATH"] = recording
+    from moto.moto_api import recorder
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import run_simple
+
+    app = DomainDispatcherApplication(create_backend_app)
+    if recording and Path(recording).exists():
+        with open(recording, "rb+") as f:  # a hard stop may have cut the last line: end it
+            if f.seek(0, 2) and (f.seek(-1, 2), f.read(1))[1] != b"\n":
+                f.write(b"\n")
+        print(f"replayed {_replay(app, Path(recording))} recorded requests", flush=True)
+    if recording:
+        recorder.start_recording()
+    run_simple("127.0.0.1", port, app, threaded=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="moto S3 server on 127.0.0.1 with replayed state")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--recording", default=None)
+    args = parser.parse_args()
+    _serve(args.port, args.recording)

@@ -1,0 +1,172 @@
+"""Population workers on a real local Ray, streaming to a local folder and to a real S3 server."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pgen.config import compose_config
+from pgen.population import member_hparams
+from pgen.store import CheckpointStore, params_checksum
+from tests.tcp_proxy import TcpProxy
+
+# 100 env steps per PPO update, 200 per checkpoint interval
+TINY = ["algo.num_envs=4", "algo.rollout_steps=25", "algo.update_epochs=2", "population.checkpoint_every=2",
+        "population.eval_episodes=4", "log_every_s=2", "population.cpus_per_worker=1"]
+
+
+def pgen(*args, env=None, timeout=240, cwd=None):
+    return subprocess.run([sys.executable, "-m", "pgen.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+def pgen_background(*args, env=None, cwd=None):
+    return subprocess.Popen([sys.executable, "-m", "pgen.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+def assert_complete_runs(store: CheckpointStore, run_ids: list[str], last_step: int, interval: int = 200) -> None:
+    """Every run has exactly one valid record per checkpoint step 0, interval, ..., last_step."""
+    result = store.read_records()
+    assert result.bad_rows == 0 and result.bad_parts == []
+    rows = result.table.to_pylist()
+    for run in run_ids:
+        steps = sorted(r["step"] for r in rows if r["run_id"] == run)
+        assert steps == list(range(0, last_step + 1, interval)), (run, steps)
+        for r in rows:
+            if r["run_id"] == run:
+                assert params_checksum(np.asarray(r["params"], np.float32)) == r["checksum"]
+                assert len(r["params"]) == r["num_params"]
+
+
+def test_member_hparams_are_deterministic_and_in_range():
+    ranges = {"lr": [1e-4, 1e-3], "ent_coef": [0.0, 0.02], "init_scale": [1.0, 1.0]}
+    a = [member_hparams(ranges, 0, m) for m in range(20)]
+    assert a == [member_hparams(ranges, 0, m) for m in range(20)]
+    assert all(1e-4 <= h["lr"] <= 1e-3 and 0 <= h["ent_coef"] <= 0.02 and h["init_scale"] == 1.0 for h in a)
+    assert len({h["lr"] for h in a}) == 20
+    with pytest.raises(ValueError, match="not an algo setting"):
+        member_hparams({"learning_rate": [1, 2]}, 0, 0)
+
+
+def test_populate_local_store_then_dataset(tmp_path):
+    store_dir = tmp_path / "store"
+    out = pgen("populate", *TINY, "population.size=2", "population.max_env_steps=600", f"store.uri={store_dir}",
+               "run_id=pop", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "env steps" in out.stderr and "member" in out.stderr  # the live table
+    store = CheckpointStore(str(store_dir))
+    assert_complete_runs(store, ["pop-m000", "pop-m001"], 600)
+    runs = {m: json.loads(store.get(f"runs/pop-m00{m}/run.json")) for m in (0, 1)}
+    assert runs[0]["hparams"] != runs[1]["hparams"] and runs[0]["origin"] == "trained"
+    assert store.exists("runs/pop-m000/state/latest")
+    # pgen dataset: counts, return range, histogram
+    ds = pgen("dataset", f"store.uri={store_dir}", f"out_dir={tmp_path / 'ds'}", cwd=tmp_path)
+    assert ds.returncode == 0, ds.stderr
+    assert "8 checkpoints" in ds.stdout and "pop-m001" in ds.stdout and "0 bad rows" in ds.stdout
+    assert (tmp_path / "ds" / "returns.png").stat().st_size > 1000
+    # a corrupted part is skipped and reported, never fatal
+    key = "checkpoints/" + next(k.split("checkpoints/", 1)[1] for k in store.list("checkpoints/"))
+    bad = key.rsplit("part-", 1)[0] + "part-999999.parquet"
+    assert store.put_once(bad, b"PAR1 this is not parquet")
+    ds = pgen("dataset", f"store.uri={store_dir}", f"out_dir={tmp_path / 'ds'}", cwd=tmp_path)
+    assert ds.returncode == 0 and "1 unreadable parts" in ds.stdout and "part-999999" in ds.stdout
+
+
+def _worker_pids() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "ray::PopulationWorker"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_killed_workers_resume_without_duplicates(tmp_path):
+    store_dir = tmp_path / "store"
+    proc = pgen_background("populate", *TINY, "population.size=2", "population.max_env_steps=8000",
+                           f"store.uri={store_dir}", "run_id=kill", cwd=tmp_path)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    kills, killed = 0, set()
+    deadline = time.time() + 180
+    started = re.compile(r"kill-m00([01])\s+[1-9]")  # a member's table row with env steps > 0
+    while len({m.group(1) for line in lines if (m := started.search(line))}) < 2:
+        assert time.time() < deadline and proc.poll() is None, "".join(lines)[-3000:]
+        time.sleep(0.5)  # both members have saved state: a kill now leads to a resume
+    while kills < 3 and time.time() < deadline and proc.poll() is None:
+        # kill only once the previous victim has come back (its "resumed at" line is out)
+        if sum("resumed at" in line for line in lines) < kills:
+            time.sleep(0.5)
+            continue
+        time.sleep(2.0)
+        pids = [p for p in _worker_pids() if p not in killed]
+        if pids:
+            killed.add(pids[0])
+            os.kill(pids[0], signal.SIGKILL)
+            kills += 1
+    proc.wait(timeout=240)
+    reader.join(timeout=10)
+    output = "".join(lines)
+    assert proc.returncode == 0, output[-3000:]
+    assert kills == 3, output[-2000:]
+    assert output.count("resumed at") >= 3, output[-3000:]
+    store = CheckpointStore(str(store_dir))
+    assert_complete_runs(store, ["kill-m000", "kill-m001"], 8000)
+
+
+def test_s3_outage_mid_run_loses_nothing(tmp_path, s3_server, s3_store_uri):
+    proxy = TcpProxy(int(s3_server.endpoint_url.rsplit(":", 1)[1])).start()
+    try:
+        proc = pgen_background("populate", *TINY, "population.size=2", "population.max_env_steps=2400",
+                               f"store.uri={s3_store_uri}", "run_id=outage", env={"AWS_ENDPOINT_URL": proxy.url},
+                               cwd=tmp_path)
+        time.sleep(12)
+        assert proc.poll() is None
+        proxy.stop()
+        time.sleep(20)
+        proxy.start()
+        output, _ = proc.communicate(timeout=240)
+    finally:
+        proxy.stop()
+    assert proc.returncode == 0, output[-3000:]
+    assert "retry" in output.lower()
+    store = CheckpointStore(s3_store_uri, endpoint_url=s3_server.endpoint_url)
+    assert_complete_runs(store, ["outage-m000", "outage-m001"], 2400)
+
+
+def test_seed_from_starts_members_from_seed_checkpoints(tmp_path):
+    store_dir = tmp_path / "store"
+    store = CheckpointStore(str(store_dir))
+    cfg = compose_config("populate", TINY)
+    from pgen.envs import env_key
+    from pgen.policy import Actor, PolicySpec
+
+    spec = PolicySpec("mlp", 18, (64, 64), 5, True, "tanh")
+    seeds = [Actor(spec).flat_params() for _ in range(2)]
+    for i, params in enumerate(seeds):
+        record = {"run_id": "seedrun", "member": i, "env_id": cfg.env.id, "env_key": env_key(cfg.env),
+                  "group": "agent", "arch": spec.arch_key, "step": 0, "update": 0, "return_mean": -30.0,
+                  "return_std": 1.0, "episodes": 4, "num_params": params.size, "params": params,
+                  "checksum": params_checksum(params), "created_at": __import__("datetime").datetime.now(
+                      __import__("datetime").timezone.utc), "seed": 0, "origin": "seeded:gen@3"}
+        store.write_part([record], env_key(cfg.env), "agent", spec.arch_key, "seedrun", i)
+    out = pgen("populate", *TINY, "population.size=2", "population.max_env_steps=200", f"store.uri={store_dir}",
+               "population.seed_from=seedrun", "run_id=seeded", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = store.read_records(run_id="seeded-m001").table.to_pylist()
+    first = min(rows, key=lambda r: r["step"])
+    assert first["step"] == 0 and first["origin"] == "seeded:gen@3"
+    assert np.array_equal(np.asarray(first["params"], np.float32), seeds[1])
+
+
+def test_bad_population_config_is_a_clear_error(tmp_path):
+    out = pgen("populate", "+population.hparams.learning_rate=[1,2]", f"store.uri={tmp_path}", cwd=tmp_path)
+    assert out.returncode == 2 and "not an algo setting" in out.stderr and "Traceback" not in out.stderr
