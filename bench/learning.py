@@ -7,7 +7,7 @@ prints a table: env steps to reach the threshold (trailing mean over 10 iteratio
 episodes' return), return at the check point, final training return and final greedy return.
 
     python bench/learning.py --env simple_spread --seeds 0 1 2 --steps 2000000 --long-seed 0 --long-steps 5000000
-    python bench/learning.py --env simple_tag --seeds 0 1 --steps 1000000 --threshold -1e9
+    python bench/learning.py --env simple_tag --seeds 0 1 --steps 1000000 --threshold=-1e9
 """
 
 from __future__ import annotations

@@ -13,9 +13,18 @@ imports and a one-part warm-up on a separate store). `arrow_peak_mb` is pyarrow'
 is a separate process (started here via tests/s3server.py, no persistence), so `server_rss_mb`
 is its resident size after the scan.
 
-Writes `bench/results/store.json` and prints the table.
+Streaming cost on training (`--streaming-rounds`, 0 to skip): one population member
+(`PopulationWorker`, default populate config: simple_spread MAPPO, checkpoint every 10 updates)
+in this process, in three variants built alike: "off" (train + the checkpoint evaluation, nothing
+written: `stream=False`), "local" and "s3" (the same plus the record part, the trainer state and
+the pointer written each checkpoint). Rounds alternate the variants, one checkpoint interval each,
+so machine noise hits all alike; the cost of streaming is 1 - on/off env steps/s. As that ratio is
+noisy on a shared machine, the worker also times its store calls: `store_fraction` is the share of
+each interval's wall time spent writing (params flattening and evaluation excluded).
 
-    python bench/store.py --parts 100 --records 32
+Writes `bench/results/store.json` and prints the tables.
+
+    python bench/store.py --parts 100 --records 32 --streaming-rounds 4
 """
 
 from __future__ import annotations
@@ -86,6 +95,32 @@ def run_phase(phase: str, uri: str, endpoint_url: str | None, parts: int, record
             "rss_delta_mb": _rss_mb() - rss0, "arrow_peak_mb": pa.default_memory_pool().max_memory() / 2**20}
 
 
+def streaming_cost(uris: dict[str, str], endpoint_url: str | None, rounds: int) -> dict[str, dict[str, list[float]]]:
+    """Env steps/s per checkpoint interval of one member, store off vs on, interleaved."""
+    import torch
+
+    from pgen.config import compose_config, to_dict
+    from pgen.population import PopulationWorker
+
+    torch.set_num_threads(1)
+    workers = {}
+    for name, uri in {"off": None, **uris}.items():
+        overrides = [f"store.uri={uri or '/unused'}", "population.max_env_steps=null"]
+        if endpoint_url:
+            overrides.append(f"store.endpoint_url={endpoint_url}")
+        plain = to_dict(compose_config("populate", overrides))
+        workers[name] = PopulationWorker(plain, 0, f"bench-{name}-{time.time_ns()}", stream=uri is not None)
+    rates: dict[str, dict[str, list[float]]] = {name: {"steps_per_s": [], "store_fraction": []} for name in workers}
+    for _ in range(rounds):
+        for name, worker in workers.items():
+            status = worker.train_interval()
+            rates[name]["steps_per_s"].append(status["steps_per_s"])
+            rates[name]["store_fraction"].append(status["store_s"] / status["interval_s"])
+    for worker in workers.values():
+        worker.learner.close()
+    return rates
+
+
 def in_child(*args) -> dict:
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
         return pool.submit(run_phase, *args).result()
@@ -97,6 +132,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=32, help="records per part")
     parser.add_argument("--params", type=int, default=5573, help="float32 params per record")
     parser.add_argument("--backends", default="local,s3")
+    parser.add_argument("--streaming-rounds", type=int, default=4, help="checkpoint intervals per variant")
     parser.add_argument("--out", default=str(RESULTS / "store.json"))
     args = parser.parse_args()
 
@@ -108,6 +144,8 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="pgen-bench-store-"))
     results = []
+    streaming_uris: dict[str, str] = {}
+    streaming: dict[str, list[float]] = {}
     try:
         for backend in args.backends.split(","):
             server, endpoint = None, None
@@ -121,21 +159,35 @@ def main() -> None:
             else:
                 uri = str(tmp / "local-store")
             try:
+                if args.streaming_rounds > 0:
+                    streaming_uris[backend] = "s3://pgen-bench/streaming" if backend == "s3" else str(tmp / "streaming")
                 for phase in ("write", "scan"):
                     row = {"backend": backend, **in_child(phase, uri, endpoint, args.parts, args.records, args.params)}
                     if server is not None and phase == "scan":
                         status = Path(f"/proc/{server.proc.pid}/status").read_text()
                         row["server_rss_mb"] = int(status.split("VmRSS:")[1].split()[0]) / 1024
                     results.append(row)
+                if backend == "s3" and args.streaming_rounds > 0:
+                    # the S3 variant needs this server: measure all variants now, interleaved
+                    streaming = streaming_cost(streaming_uris, endpoint, args.streaming_rounds)
             finally:
                 if server is not None:
                     server.stop()
+        if args.streaming_rounds > 0 and not streaming:
+            streaming = streaming_cost(streaming_uris, None, args.streaming_rounds)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
     out = {"config": vars(args) | {"part_mb": args.records * args.params * 4 / 1e6},
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-           "results": results}
+           "results": results,
+           "streaming": {name: {**r, "mean": float(np.mean(r["steps_per_s"])),
+                                "store_fraction_mean": float(np.mean(r["store_fraction"]))}
+                         for name, r in streaming.items()}}
+    if streaming:
+        off = out["streaming"]["off"]["mean"]
+        for name in streaming:
+            out["streaming"][name]["cost"] = 1.0 - out["streaming"][name]["mean"] / off
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"{args.parts} parts x {args.records} records x {args.params} float32 params "
@@ -147,6 +199,12 @@ def main() -> None:
         print(f"{r['backend']:8} {r['phase']:6} {r['seconds']:8.2f} {r['records_per_s']:10.0f} "
               f"{r['params_mb_per_s']:7.1f} {r['rss_peak_mb']:12.0f} {r['rss_delta_mb']:8.0f} "
               f"{r['arrow_peak_mb']:9.0f} {server_mb:>10}")
+    if streaming:
+        print(f"\nstreaming cost on training (one member, {args.streaming_rounds} interleaved checkpoint intervals each)")
+        print(f"{'store':8} {'env steps/s':>12} {'1-on/off':>9} {'time in store':>14}  env steps/s per interval")
+        for name, r in out["streaming"].items():
+            print(f"{name:8} {r['mean']:12.0f} {r['cost']:9.1%} {r['store_fraction_mean']:14.2%}  "
+                  + " ".join(f"{x:.0f}" for x in r["steps_per_s"]))
     print(f"wrote {args.out}")
 
 

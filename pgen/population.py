@@ -107,6 +107,7 @@ class PopulationWorker:
         self.checkpoints, self.restarts, self.origin = 0, 0, "trained"
         self.last_return: dict[str, float] = {}
         self.steps_per_s = 0.0
+        self.interval_s = self.store_s = 0.0  # wall time of the last interval, and of its store writes
         if self.store is not None and not self._resume():
             self._start()
 
@@ -156,20 +157,22 @@ class PopulationWorker:
     def train_interval(self) -> dict[str, Any]:
         """`checkpoint_every` PPO updates (fewer at the end of the budget), then one checkpoint."""
         t0, steps0 = time.perf_counter(), self.learner.env_steps
+        self.store_s = 0.0
         for _ in range(self.cfg.population.checkpoint_every):
             if self.done:
                 break
             self.learner.iterate()
         if self.learner.env_steps > steps0:
             self._checkpoint()
-            self.steps_per_s = (self.learner.env_steps - steps0) / (time.perf_counter() - t0)
+            self.interval_s = time.perf_counter() - t0
+            self.steps_per_s = (self.learner.env_steps - steps0) / self.interval_s
         return self.status()
 
     def _checkpoint(self) -> None:
         """Evaluate, write one record per group (write-once part), then state, then the pointer."""
         policies = {name: gl.actor for name, gl in self.learner.groups.items()}
         returns = evaluate_returns(self.cfg.env, policies, self.cfg.population.eval_episodes)
-        now = datetime.now(timezone.utc)
+        now, t0 = datetime.now(timezone.utc), time.perf_counter()
         for name, gl in self.learner.groups.items():
             self.last_return[name] = float(returns[name].mean())
             if self.store is None:
@@ -187,6 +190,7 @@ class PopulationWorker:
         self.checkpoints += 1
         if self.store is not None:
             self._save_state()
+            self.store_s += time.perf_counter() - t0
 
     def _save_state(self) -> None:
         folder = f"{self._state_prefix()}/{self.learner.iteration:08d}"
@@ -201,7 +205,8 @@ class PopulationWorker:
     def status(self) -> dict[str, Any]:
         return {"member": self.member, "run_id": self.run_id, "env_steps": self.learner.env_steps,
                 "steps_per_s": self.steps_per_s, "return": dict(self.last_return), "checkpoints": self.checkpoints,
-                "restarts": self.restarts, "done": self.done, "pid": os.getpid(), "origin": self.origin}
+                "restarts": self.restarts, "done": self.done, "pid": os.getpid(), "origin": self.origin,
+                "interval_s": self.interval_s, "store_s": self.store_s}
 
 
 # --- the driver: `pgen populate` ----------------------------------------------------------------

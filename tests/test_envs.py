@@ -88,3 +88,9 @@ def test_subprocess_workers_give_the_same_steps_as_in_process():
     finally:
         inproc.close()
         sub.close()
+
+
+def test_grouping_pursuit_flattens_image_observations():
+    spec = describe_env(EnvConfig("pursuit", "pettingzoo.sisl.pursuit_v5", {"max_cycles": 50}))
+    (group,) = spec.groups
+    assert group.name == "pursuer" and group.size == 8 and group.obs_dim == 7 * 7 * 3 and group.discrete

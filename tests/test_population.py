@@ -170,3 +170,28 @@ def test_seed_from_starts_members_from_seed_checkpoints(tmp_path):
 def test_bad_population_config_is_a_clear_error(tmp_path):
     out = pgen("populate", "+population.hparams.learning_rate=[1,2]", f"store.uri={tmp_path}", cwd=tmp_path)
     assert out.returncode == 2 and "not an algo setting" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_sigterm_finishes_the_intervals_in_flight_and_exits_cleanly(tmp_path):
+    store_dir = tmp_path / "store"
+    proc = pgen_background("populate", *TINY, "population.size=2", "population.max_env_steps=null",
+                           f"store.uri={store_dir}", "run_id=term", cwd=tmp_path)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    deadline = time.time() + 120
+    while not any(re.search(r"term-m001\s+[1-9]", line) for line in lines):
+        assert time.time() < deadline and proc.poll() is None, "".join(lines)[-3000:]
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    reader.join(timeout=10)
+    output = "".join(lines)
+    assert proc.returncode == 0, output[-3000:]
+    assert "SIGTERM: finishing the current intervals" in output
+    store = CheckpointStore(str(store_dir))
+    rows = store.read_records().table.to_pylist()
+    for run in ("term-m000", "term-m001"):
+        last = max(r["step"] for r in rows if r["run_id"] == run)
+        assert last > 0
+        assert_complete_runs(store, [run], last)
