@@ -115,34 +115,34 @@ class StoreConfig:
 
 
 @dataclass
-class TrainConfig:
-    """`pgen train`: one population member trained in-process, without Ray."""
+class LearnerSetup:
+    """What every training command shares: the env, the networks, PPO, the budget and the seed."""
 
     env: EnvConfig = field(default_factory=EnvConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     population: PopulationConfig = field(default_factory=PopulationConfig)
     seed: int = 0
+    torch_threads: int = 1
+
+
+@dataclass
+class TrainConfig(LearnerSetup):
+    """`pgen train`: one population member trained in-process, without Ray."""
+
     run_id: Optional[str] = None  # default: train-<env>-<algo>-s<seed>-<utc time>
     run_dir: str = "pgen-runs"  # outputs go to <run_dir>/<run_id>/
     log_every_s: float = 5.0
-    torch_threads: int = 1
     resume: bool = False  # continue from <run_dir>/<run_id>/state if it exists
 
 
 @dataclass
-class PopulateConfig:
+class PopulateConfig(LearnerSetup):
     """`pgen populate`: population.size Ray actors that train and stream checkpoints to the store."""
 
-    env: EnvConfig = field(default_factory=EnvConfig)
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    algo: AlgoConfig = field(default_factory=AlgoConfig)
-    population: PopulationConfig = field(default_factory=PopulationConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
-    seed: int = 0
     run_id: Optional[str] = None  # prefix of the members' run ids; default pop-<env>-<utc time>
     log_every_s: float = 10.0
-    torch_threads: int = 1
 
 
 @dataclass

@@ -83,6 +83,34 @@ def test_populate_local_store_then_dataset(tmp_path):
     assert ds.returncode == 0 and "1 unreadable parts" in ds.stdout and "part-999999" in ds.stdout
 
 
+class PopulateProcess:
+    """`pgen populate` in the background, its merged output collected line by line."""
+
+    def __init__(self, *args: str, env=None, cwd=None):
+        self.proc = pgen_background("populate", *args, env=env, cwd=cwd)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stdout.readline, "")),
+                                       daemon=True)
+        self.reader.start()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for_members(self, prefix: str, size: int, timeout: float = 120) -> None:
+        """Until every member's table row shows env steps > 0 (each has saved state)."""
+        row = re.compile(rf"{prefix}-m(\d+)\s+[1-9]")
+        deadline = time.time() + timeout
+        while len({m.group(1) for line in self.lines if (m := row.search(line))}) < size:
+            assert time.time() < deadline and self.proc.poll() is None, self.output[-3000:]
+            time.sleep(0.5)
+
+    def finish(self, timeout: float = 240) -> str:
+        self.proc.wait(timeout=timeout)
+        self.reader.join(timeout=10)
+        return self.output
+
+
 def _worker_pids() -> list[int]:
     out = subprocess.run(["pgrep", "-f", "ray::PopulationWorker"], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
@@ -90,20 +118,14 @@ def _worker_pids() -> list[int]:
 
 def test_killed_workers_resume_without_duplicates(tmp_path):
     store_dir = tmp_path / "store"
-    proc = pgen_background("populate", *TINY, "population.size=2", "population.max_env_steps=8000",
-                           f"store.uri={store_dir}", "run_id=kill", cwd=tmp_path)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
-    reader.start()
+    pop = PopulateProcess(*TINY, "population.size=2", "population.max_env_steps=8000", f"store.uri={store_dir}",
+                          "run_id=kill", cwd=tmp_path)
+    pop.wait_for_members("kill", 2)  # both have saved state: a kill now leads to a resume
     kills, killed = 0, set()
     deadline = time.time() + 180
-    started = re.compile(r"kill-m00([01])\s+[1-9]")  # a member's table row with env steps > 0
-    while len({m.group(1) for line in lines if (m := started.search(line))}) < 2:
-        assert time.time() < deadline and proc.poll() is None, "".join(lines)[-3000:]
-        time.sleep(0.5)  # both members have saved state: a kill now leads to a resume
-    while kills < 3 and time.time() < deadline and proc.poll() is None:
+    while kills < 3 and time.time() < deadline and pop.proc.poll() is None:
         # kill only once the previous victim has come back (its "resumed at" line is out)
-        if sum("resumed at" in line for line in lines) < kills:
+        if pop.output.count("resumed at") < kills:
             time.sleep(0.5)
             continue
         time.sleep(2.0)
@@ -112,10 +134,8 @@ def test_killed_workers_resume_without_duplicates(tmp_path):
             killed.add(pids[0])
             os.kill(pids[0], signal.SIGKILL)
             kills += 1
-    proc.wait(timeout=240)
-    reader.join(timeout=10)
-    output = "".join(lines)
-    assert proc.returncode == 0, output[-3000:]
+    output = pop.finish()
+    assert pop.proc.returncode == 0, output[-3000:]
     assert kills == 3, output[-2000:]
     assert output.count("resumed at") >= 3, output[-3000:]
     store = CheckpointStore(str(store_dir))
@@ -174,20 +194,12 @@ def test_bad_population_config_is_a_clear_error(tmp_path):
 
 def test_sigterm_finishes_the_intervals_in_flight_and_exits_cleanly(tmp_path):
     store_dir = tmp_path / "store"
-    proc = pgen_background("populate", *TINY, "population.size=2", "population.max_env_steps=null",
-                           f"store.uri={store_dir}", "run_id=term", cwd=tmp_path)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
-    reader.start()
-    deadline = time.time() + 120
-    while not any(re.search(r"term-m001\s+[1-9]", line) for line in lines):
-        assert time.time() < deadline and proc.poll() is None, "".join(lines)[-3000:]
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=120)
-    reader.join(timeout=10)
-    output = "".join(lines)
-    assert proc.returncode == 0, output[-3000:]
+    pop = PopulateProcess(*TINY, "population.size=2", "population.max_env_steps=null", f"store.uri={store_dir}",
+                          "run_id=term", cwd=tmp_path)
+    pop.wait_for_members("term", 2)
+    pop.proc.send_signal(signal.SIGTERM)
+    output = pop.finish(timeout=120)
+    assert pop.proc.returncode == 0, output[-3000:]
     assert "SIGTERM: finishing the current intervals" in output
     store = CheckpointStore(str(store_dir))
     rows = store.read_records().table.to_pylist()
