@@ -93,6 +93,11 @@ def main() -> None:
                                                                      a.seconds, "iterate")
     rllib = None
     if not a.skip_rllib:
+        import os
+
+        # Ray's env runners must import this folder's rllib_ppo module (for the env creator)
+        here = str(Path(__file__).resolve().parent)
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
         from rllib_ppo import rllib_ppo_throughput
 
         for runners in (0, a.workers):

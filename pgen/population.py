@@ -124,7 +124,9 @@ class PopulationWorker:
                 raise ValueError(f"population.seed_from={seed_from}: its groups/archs {arch} do not match {self.arch}")
             for group, flat in params.items():
                 self.learner.groups[group].actor.load_flat_params(flat)
-            self.origin = origin if origin.startswith("seeded:") else f"seeded:run@{seed_from}"
+            # DESIGN.md origins are "trained" | "seeded:<generator>@<version>": weights copied from a
+            # trained run stay "trained" (run.json records seed_from)
+            self.origin = origin
         info = {"run_id": self.run_id, "member": self.member, "seed": self.seed, "hparams": self.hparams,
                 "origin": self.origin, "seed_from": seed_from, "env_key": self.env_key, "arch": self.arch,
                 "status": "started", "created_at": datetime.now(timezone.utc).isoformat(),
