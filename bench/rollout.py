@@ -75,13 +75,16 @@ def main() -> None:
     p.add_argument("--num-envs", type=int, default=32)
     p.add_argument("--rollout-steps", type=int, default=50)
     p.add_argument("--workers", type=int, default=2, help="env worker processes for the (c) variant")
+    p.add_argument("--num-minibatches", type=int, default=4,
+                   help="for (c) and (d) alike; RLlib rejects a minibatch larger than the env-step batch")
     p.add_argument("--skip-rllib", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(1)
 
     from pgen.config import compose_config
 
-    base = [f"algo.num_envs={a.num_envs}", f"algo.rollout_steps={a.rollout_steps}"]
+    base = [f"algo.num_envs={a.num_envs}", f"algo.rollout_steps={a.rollout_steps}",
+            f"algo.num_minibatches={a.num_minibatches}"]
     env_cfg = compose_config("train", base).env
     algo = compose_config("train", base).algo
     rows: dict[str, float] = {}
