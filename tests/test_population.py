@@ -118,7 +118,8 @@ def _worker_pids() -> list[int]:
 
 def test_killed_workers_resume_without_duplicates(tmp_path):
     store_dir = tmp_path / "store"
-    pop = PopulateProcess(*TINY, "population.size=2", "population.max_env_steps=8000", f"store.uri={store_dir}",
+    # no step limit: the test decides when the run ends, so a fast machine cannot finish it first
+    pop = PopulateProcess(*TINY, "population.size=2", "population.max_env_steps=null", f"store.uri={store_dir}",
                           "run_id=kill", cwd=tmp_path)
     pop.wait_for_members("kill", 2)  # both have saved state: a kill now leads to a resume
     kills, killed = 0, set()
@@ -134,32 +135,45 @@ def test_killed_workers_resume_without_duplicates(tmp_path):
             killed.add(pids[0])
             os.kill(pids[0], signal.SIGKILL)
             kills += 1
+    while pop.output.count("resumed at") < kills and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(2.0)  # at least one more interval after the last resume
+    pop.proc.send_signal(signal.SIGTERM)
     output = pop.finish()
     assert pop.proc.returncode == 0, output[-3000:]
     assert kills == 3, output[-2000:]
     assert output.count("resumed at") >= 3, output[-3000:]
     store = CheckpointStore(str(store_dir))
-    assert_complete_runs(store, ["kill-m000", "kill-m001"], 8000)
+    rows = store.read_records().table.to_pylist()
+    for run in ("kill-m000", "kill-m001"):
+        assert_complete_runs(store, [run], max(r["step"] for r in rows if r["run_id"] == run))
 
 
 def test_s3_outage_mid_run_loses_nothing(tmp_path, s3_server, s3_store_uri):
     proxy = TcpProxy(int(s3_server.endpoint_url.rsplit(":", 1)[1])).start()
     try:
-        proc = pgen_background("populate", *TINY, "population.size=2", "population.max_env_steps=2400",
-                               f"store.uri={s3_store_uri}", "run_id=outage", env={"AWS_ENDPOINT_URL": proxy.url},
-                               cwd=tmp_path)
-        time.sleep(12)
-        assert proc.poll() is None
-        proxy.stop()
+        pop = PopulateProcess(*TINY, "population.size=2", "population.max_env_steps=null",
+                              f"store.uri={s3_store_uri}", "run_id=outage", env={"AWS_ENDPOINT_URL": proxy.url},
+                              cwd=tmp_path)
+        pop.wait_for_members("outage", 2)
+        proxy.stop()  # the S3 endpoint refuses connections for 20 s
         time.sleep(20)
+        assert pop.proc.poll() is None, pop.output[-3000:]
         proxy.start()
-        output, _ = proc.communicate(timeout=240)
+        steps_at_restart = pop.output.count("population outage:")
+        deadline = time.time() + 120
+        while pop.output.count("population outage:") < steps_at_restart + 3 and time.time() < deadline:
+            time.sleep(0.5)  # a few more table refreshes after the outage
+        pop.proc.send_signal(signal.SIGTERM)
+        output = pop.finish()
     finally:
         proxy.stop()
-    assert proc.returncode == 0, output[-3000:]
+    assert pop.proc.returncode == 0, output[-3000:]
     assert "retry" in output.lower()
     store = CheckpointStore(s3_store_uri, endpoint_url=s3_server.endpoint_url)
-    assert_complete_runs(store, ["outage-m000", "outage-m001"], 2400)
+    rows = store.read_records().table.to_pylist()
+    for run in ("outage-m000", "outage-m001"):
+        assert_complete_runs(store, [run], max(r["step"] for r in rows if r["run_id"] == run))
 
 
 def test_seed_from_starts_members_from_seed_checkpoints(tmp_path):
