@@ -31,7 +31,7 @@ from pgen.config import AlgoConfig, PopulateConfig, config_from_dict, enum_value
 from pgen.envs import env_key
 from pgen.evaluation import evaluate_returns
 from pgen.progress import format_duration, log, setup_logging
-from pgen.state import META_FILE, TENSORS_FILE, encode_trainer_state, restore_trainer_state
+from pgen.state import load_state, save_state
 from pgen.store import CheckpointStore, params_checksum
 
 WORKER_FILE = "worker.json"
@@ -136,12 +136,10 @@ class PopulationWorker:
         self._checkpoint()
 
     def _resume(self) -> bool:
-        prefix = self._state_prefix()
-        if not self.store.exists(f"{prefix}/latest"):
+        files = load_state(self.store, self._state_prefix(), self.learner, extra=(WORKER_FILE,))
+        if files is None:
             return False
-        folder = f"{prefix}/{self.store.get(f'{prefix}/latest').decode().strip()}"
-        restore_trainer_state(self.learner, {n: self.store.get(f"{folder}/{n}") for n in (TENSORS_FILE, META_FILE)})
-        meta = json.loads(self.store.get(f"{folder}/{WORKER_FILE}"))
+        meta = json.loads(files[WORKER_FILE])
         self.checkpoints, self.origin = meta["checkpoints"], meta["origin"]
         self.restarts = meta["restarts"] + 1
         self.last_return = meta.get("last_return", {})
@@ -183,7 +181,7 @@ class PopulationWorker:
             record = {
                 "run_id": self.run_id, "member": self.member, "env_id": self.cfg.env.id, "env_key": self.env_key,
                 "group": name, "arch": self.arch[name], "step": self.learner.env_steps,
-                "update": self.learner.iteration, "return_mean": float(returns[name].mean()),
+                "update": self.learner.iteration, "return_mean": self.last_return[name],
                 "return_std": float(returns[name].std()), "episodes": int(returns[name].size),
                 "num_params": int(params.size), "params": params, "checksum": params_checksum(params),
                 "created_at": now, "seed": self.seed, "origin": self.origin,
@@ -195,14 +193,9 @@ class PopulationWorker:
             self.store_s += time.perf_counter() - t0
 
     def _save_state(self) -> None:
-        folder = f"{self._state_prefix()}/{self.learner.iteration:08d}"
-        files = encode_trainer_state(self.learner)
-        files[WORKER_FILE] = json.dumps({"checkpoints": self.checkpoints, "origin": self.origin,
-                                         "restarts": self.restarts, "last_return": self.last_return,
-                                         "status": "done" if self.done else "running"}).encode()
-        for name, data in files.items():
-            self.store.put_once(f"{folder}/{name}", data)
-        self.store.put_pointer(f"{self._state_prefix()}/latest", folder.rsplit("/", 1)[1].encode())
+        worker = {"checkpoints": self.checkpoints, "origin": self.origin, "restarts": self.restarts,
+                  "last_return": self.last_return, "status": "done" if self.done else "running"}
+        save_state(self.store, self._state_prefix(), self.learner, extra={WORKER_FILE: json.dumps(worker).encode()})
 
     def status(self) -> dict[str, Any]:
         return {"member": self.member, "run_id": self.run_id, "env_steps": self.learner.env_steps,

@@ -18,6 +18,7 @@ from safetensors.torch import save as save_tensors
 
 if TYPE_CHECKING:
     from pgen.learner import PPOLearner
+    from pgen.store import CheckpointStore
 
 STATE_FORMAT = 1
 TENSORS_FILE, META_FILE = "trainer.safetensors", "trainer.json"
@@ -84,3 +85,23 @@ def restore_trainer_state(learner: "PPOLearner", files: dict[str, bytes]) -> Non
     learner.iteration = int(meta["iteration"])
     learner.env_steps = int(meta["env_steps"])
     learner.reseed_envs(int(np.random.SeedSequence([learner.seed, learner.iteration]).generate_state(1)[0]))
+
+
+def save_state(store: "CheckpointStore", prefix: str, learner: "PPOLearner",
+               extra: dict[str, bytes] | None = None) -> None:
+    """`<prefix>/<iteration>/` (trainer files + `extra`, each written once), then `<prefix>/latest`."""
+    folder = f"{learner.iteration:08d}"
+    for name, data in {**encode_trainer_state(learner), **(extra or {})}.items():
+        store.put_once(f"{prefix}/{folder}/{name}", data)
+    store.put_pointer(f"{prefix}/latest", folder.encode())
+
+
+def load_state(store: "CheckpointStore", prefix: str, learner: "PPOLearner",
+               extra: tuple[str, ...] = ()) -> dict[str, bytes] | None:
+    """Restore the learner from what `<prefix>/latest` points to; returns the files read, or None."""
+    if not store.exists(f"{prefix}/latest"):
+        return None
+    folder = f"{prefix}/{store.get(f'{prefix}/latest').decode().strip()}"
+    files = {name: store.get(f"{folder}/{name}") for name in (TENSORS_FILE, META_FILE, *extra)}
+    restore_trainer_state(learner, files)
+    return files

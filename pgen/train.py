@@ -26,7 +26,8 @@ from pgen.learner import IterationStats, PPOLearner
 from pgen.plots import plot_curves
 from pgen.policy import atomic_write, save_policy_file
 from pgen.progress import Progress, log
-from pgen.state import META_FILE, TENSORS_FILE, encode_trainer_state, restore_trainer_state
+from pgen.state import load_state, save_state
+from pgen.store import CheckpointStore
 
 STATE_EVERY_ITERATIONS = 25
 
@@ -38,23 +39,6 @@ def default_run_id(cfg: TrainConfig) -> str:
 
 def _write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, default=str)))
-
-
-def save_state(run_path: Path, learner: PPOLearner) -> None:
-    """`state/<iteration>/` then the `state/latest` pointer, each written whole."""
-    folder = run_path / "state" / f"{learner.iteration:08d}"
-    for name, data in encode_trainer_state(learner).items():
-        atomic_write(folder / name, lambda tmp, data=data: Path(tmp).write_bytes(data))
-    atomic_write(run_path / "state" / "latest", lambda tmp: Path(tmp).write_text(folder.name))
-
-
-def load_state(run_path: Path, learner: PPOLearner) -> bool:
-    pointer = run_path / "state" / "latest"
-    if not pointer.exists():
-        return False
-    folder = run_path / "state" / pointer.read_text().strip()
-    restore_trainer_state(learner, {n: (folder / n).read_bytes() for n in (TENSORS_FILE, META_FILE)})
-    return True
 
 
 @dataclass
@@ -108,7 +92,8 @@ def train(cfg: TrainConfig, on_iteration: Callable[[IterationStats], None] | Non
     learner = PPOLearner(cfg.env, cfg.policy, cfg.algo, cfg.seed, max_env_steps=budget)
     groups = list(learner.groups)
     curve: list[dict[str, float]] = []
-    if cfg.resume and load_state(run_path, learner):
+    run_store = CheckpointStore(str(run_path))  # state/ is written like a population's, write-once + pointer
+    if cfg.resume and load_state(run_store, "state", learner) is not None:
         if (run_path / "curve.json").exists():
             curve = [r for r in json.loads((run_path / "curve.json").read_text()) if r["iteration"] <= learner.iteration]
         log.info(f"resumed {run_id} at iteration {learner.iteration} ({learner.env_steps:,} env steps)")
@@ -133,14 +118,14 @@ def train(cfg: TrainConfig, on_iteration: Callable[[IterationStats], None] | Non
             extra = "return " + " ".join(f"{g}={np.mean(r):.1f}" for g, r in recent.items() if r)
             progress.update(learner.env_steps, extra)
             if learner.iteration % STATE_EVERY_ITERATIONS == 0:
-                save_state(run_path, learner)
+                save_state(run_store, "state", learner)
                 write_curve(run_path, curve, groups, f"{cfg.env.name} {enum_value(cfg.algo.name)} seed {cfg.seed}")
         status = "done"
     except KeyboardInterrupt:
         status = "interrupted"
         log.info("interrupted: saving state, curve and policies")
     progress.update(learner.env_steps, "finished", force=True)
-    save_state(run_path, learner)
+    save_state(run_store, "state", learner)
     write_curve(run_path, curve, groups, f"{cfg.env.name} {enum_value(cfg.algo.name)} seed {cfg.seed}")
     result = TrainResult(run_id, run_path, learner.env_steps, learner.iteration, curve)
     for g in groups:
