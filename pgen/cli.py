@@ -18,6 +18,10 @@ commands:
   populate   start population.size Ray actors that train and stream checkpoints to store.uri
   dataset    summarise the checkpoints in a store: counts, return range and histogram, bad rows
   train      train one population member in-process with IPPO/MAPPO (no Ray)
+  train-generator  fit the return-conditioned VAE on a store slice; register a version
+  generate   write num policies for target_return to a safetensors policy file
+  evaluate   generated policies over a grid of targets vs random, top-10 % and retrieval baselines
+  pipeline   the main job: populate -> train-generator -> evaluate (profile=quick | full)
 
 Overrides are Hydra's: env=simple_tag algo=ippo policy=gru population.max_env_steps=200000
 env.id=<module with parallel_env> env.kwargs.<k>=<v> seed=1 run_dir=/abs/path ...
@@ -43,7 +47,34 @@ def _dataset(cfg) -> None:
     print(format_summary(summarise(cfg)))
 
 
-COMMANDS: dict[str, Callable] = {"train": _train, "populate": _populate, "dataset": _dataset}
+def _train_generator(cfg) -> None:
+    from pgen.generator.train import train_generator
+
+    train_generator(cfg)
+
+
+def _generate(cfg) -> None:
+    from pgen.generator.sample import generate_file
+
+    path = generate_file(cfg)
+    print(f"wrote {cfg.num} policies for target_return={cfg.target_return} to {path}")
+
+
+def _evaluate(cfg) -> None:
+    from pgen.evaluate import evaluate_generator, format_result
+
+    print(format_result(evaluate_generator(cfg)))
+
+
+def _pipeline(cfg) -> None:
+    from pgen.pipeline import pipeline
+
+    pipeline(cfg)
+
+
+COMMANDS: dict[str, Callable] = {"train": _train, "populate": _populate, "dataset": _dataset,
+                                 "train-generator": _train_generator, "generate": _generate,
+                                 "evaluate": _evaluate, "pipeline": _pipeline}
 
 
 def main(argv: list[str] | None = None) -> int:

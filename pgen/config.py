@@ -37,6 +37,11 @@ class AlgoName(str, Enum):
     mappo = "mappo"
 
 
+class Tokenisation(str, Enum):
+    neuron = "neuron"  # one token per output unit: its incoming weights and bias
+    chunk = "chunk"  # fixed-size chunks of each layer's flat parameters
+
+
 class CriticInput(str, Enum):
     auto = "auto"  # ippo: the agent's own observation; mappo: env state if it has one, else joint obs
     obs = "obs"
@@ -97,6 +102,9 @@ class PopulationConfig:
     checkpoint_every: int = 10  # PPO updates between checkpoints (evaluate, write record, save state)
     eval_episodes: int = 20  # fixed-seed greedy episodes per checkpoint
     seed_from: Optional[str] = None  # run id whose checkpoints initialise the members' policies
+    # every member starts from the same initial policy weights (drawn from `seed`), so the population's
+    # checkpoints share one basin of weight space and a generator can interpolate between members
+    shared_init: bool = True
     cpus_per_worker: float = 1.0
     max_restarts: int = 20  # Ray restarts of a crashed worker (each resumes from its saved state)
     # per-member hyper-parameters: algo.<key> drawn from [low, high] (log-uniform when low > 0)
@@ -157,11 +165,107 @@ class DatasetConfig:
     out_dir: str = "pgen-runs/dataset"  # where the return histogram PNG and summary JSON go
 
 
-SCHEMAS: Dict[str, type] = {"train": TrainConfig, "populate": PopulateConfig, "dataset": DatasetConfig}
+@dataclass
+class GeneratorConfig:
+    """The conditional transformer VAE (DESIGN.md "Generator") and how it is trained."""
+
+    name: Optional[str] = None  # store name; default <env.name>-<group>-<arch>
+    group: Optional[str] = None  # the env group whose weights it learns; default: every group (pipeline) / the first
+    tokenisation: Tokenisation = Tokenisation.neuron
+    chunk_size: int = 64  # values per token when tokenisation=chunk
+    d_model: int = 64
+    n_layers: int = 2  # transformer blocks in the encoder and in the decoder
+    n_heads: int = 4
+    latent_dim: int = 32
+    fourier_features: int = 16  # frequencies of the return condition's Fourier features
+    dropout: float = 0.0
+    beta: float = 0.01  # weight of the KL term (KL summed over latent dims, recon = mean squared error)
+    kl_warmup_epochs: int = 30  # β rises linearly from 0 over these epochs
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    batch_size: int = 64
+    epochs: int = 300
+    permute_prob: float = 0.0  # chance a training vector's hidden units are randomly permuted
+    noise_std: float = 0.005  # Gaussian noise added to standardised training vectors
+    val_fraction: float = 0.2  # fraction of runs held out for validation (split by run, never by row)
+    device: str = "auto"  # auto: cuda when present, else cpu
+    log_every_s: float = 10.0
+
+
+@dataclass
+class EvaluateSettings:
+    """How `pgen evaluate` measures a generator (DESIGN.md "Metrics")."""
+
+    episodes: int = 50  # fixed-seed evaluation episodes per policy
+    stochastic: bool = False  # sample actions instead of greedy ones
+    targets: int = 8  # grid points from the 5th to the 95th percentile of the dataset's returns (+ its maximum)
+    extra_targets: List[float] = field(default_factory=list)  # more targets; outside the dataset's range is flagged
+    samples: int = 5  # generated policies per target
+    temperature: float = 1.0  # z ~ N(0, temperature² I)
+    top_fraction: float = 0.1  # R_top10: the best this fraction of training checkpoints ...
+    max_top: int = 20  # ... at most this many, re-evaluated on the same episodes
+    states: int = 20  # episodes whose observations are the fixed states of behavioural agreement
+    seed: int = 0
+    out_dir: str = "pgen-runs/evaluate"  # <out_dir>/<model>@<version>/{evaluation.json,alignment.png}
+
+
+@dataclass
+class TrainGeneratorConfig:
+    """`pgen train-generator`: fit the VAE on one env/group/arch slice of the store; register a version."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    seed: int = 0
+    torch_threads: int = 2
+    out_dir: str = "pgen-runs/generators"  # TensorBoard events and loss-curve PNG: <out_dir>/<name>/<version>/
+
+
+@dataclass
+class GenerateConfig:
+    """`pgen generate`: write `num` policies for `target_return` to a policy file."""
+
+    store: StoreConfig = field(default_factory=StoreConfig)
+    model: Optional[str] = None  # <name> (its LATEST) or <name>@<version>; default: the store's only generator
+    target_return: Optional[float] = None
+    num: int = 1
+    seed: int = 0
+    temperature: float = 1.0
+    out: Optional[str] = None  # default generated-<name>-<version>-<target>.safetensors
+    max_num: int = 1024
+
+
+@dataclass
+class EvaluateConfig:
+    """`pgen evaluate`: generated policies over a grid of targets against the baselines."""
+
+    store: StoreConfig = field(default_factory=StoreConfig)
+    model: Optional[str] = None  # as in `pgen generate`
+    evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
+    torch_threads: int = 2
+
+
+@dataclass
+class PipelineConfig(LearnerSetup):
+    """`pgen pipeline`: populate → train generator(s) → evaluate, on local Ray and store by default."""
+
+    profile: str = "quick"
+    store: StoreConfig = field(default_factory=StoreConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
+    run_id: Optional[str] = None  # population prefix; default pipe-<env>-<utc time>
+    log_every_s: float = 30.0
+    out_dir: str = "pgen-runs"  # generators/ and evaluate/ outputs go below it
+
+
+SCHEMAS: Dict[str, type] = {"train": TrainConfig, "populate": PopulateConfig, "dataset": DatasetConfig,
+                            "train-generator": TrainGeneratorConfig, "generate": GenerateConfig,
+                            "evaluate": EvaluateConfig, "pipeline": PipelineConfig}
 
 _cs = ConfigStore.instance()
 for _name, _node in SCHEMAS.items():
-    _cs.store(name=f"{_name}_schema", node=_node)
+    _cs.store(name=f"{_name.replace('-', '_')}_schema", node=_node)
 
 
 def compose_config(command: str, overrides: List[str] | None = None) -> Any:

@@ -17,15 +17,22 @@ from pgen.envs import VecEnv
 from pgen.policy import Actor
 
 EVAL_SEED = 10_000  # evaluation episodes never share seeds with training copies of seeds < 10000
+# `pgen evaluate` plays other episodes than the populations' checkpoint evaluations (EVAL_SEED), so a
+# checkpoint picked for its recorded return is not flattered by the noise of the episodes it was picked on
+HELDOUT_EVAL_SEED = 60_000
 
 
 @torch.no_grad()
 def evaluate_returns(env_cfg: EnvConfig, policies: Mapping[str, Actor | None], episodes: int = 100,
-                     seed: int = EVAL_SEED, stochastic: bool = False, num_envs: int = 20) -> dict[str, np.ndarray]:
+                     seed: int = EVAL_SEED, stochastic: bool = False, num_envs: int = 20,
+                     observations: dict[str, list[tuple[np.ndarray, np.ndarray]]] | None = None
+                     ) -> dict[str, np.ndarray]:
     """Per-episode return of every group (sum over its agents) over exactly `episodes` episodes.
 
     Each env copy plays whole episodes from a fixed seed, so the same `seed` gives the same
-    episodes for every set of policies compared.
+    episodes for every set of policies compared. With `observations` (a dict), every step's
+    `(obs [copies · agents, obs_dim], starts [copies · agents])` of each group is appended to
+    `observations[group]` (`starts` = 1 where a new trajectory begins).
     """
     num_envs = max(1, min(num_envs, episodes))
     vec = VecEnv(env_cfg, num_envs, seed, with_state=False)
@@ -39,7 +46,12 @@ def evaluate_returns(env_cfg: EnvConfig, policies: Mapping[str, Actor | None], e
                        if policies[g.name] is not None and policies[g.name].recurrent else None) for g in vec.groups}
     results: dict[str, list[float]] = {g.name: [] for g in vec.groups}
     finished = 0
+    starts = {g.name: np.ones(num_envs * g.size, np.float32) for g in vec.groups}
     while finished < episodes:
+        if observations is not None:
+            for g in vec.groups:
+                observations.setdefault(g.name, []).append((obs[g.name].reshape(num_envs * g.size, -1).copy(),
+                                                            starts[g.name]))
         actions = {}
         for g in vec.groups:
             policy = policies[g.name]
@@ -59,6 +71,7 @@ def evaluate_returns(env_cfg: EnvConfig, policies: Mapping[str, Actor | None], e
             actions[g.name] = act.reshape(num_envs, g.size, *act.shape[1:]).numpy()
         step = vec.step(actions)
         for g in vec.groups:
+            starts[g.name] = step.groups[g.name].ended.reshape(-1).astype(np.float32)
             h = hidden[g.name]
             if h is not None:
                 hidden[g.name] = h * (1.0 - torch.from_numpy(step.groups[g.name].ended).reshape(-1, 1))

@@ -127,6 +127,8 @@ class PopulationWorker:
             # DESIGN.md origins are "trained" | "seeded:<generator>@<version>": weights copied from a
             # trained run stay "trained" (run.json records seed_from)
             self.origin = origin
+        elif self.cfg.population.shared_init:
+            self._shared_initial_policies()
         info = {"run_id": self.run_id, "member": self.member, "seed": self.seed, "hparams": self.hparams,
                 "origin": self.origin, "seed_from": seed_from, "env_key": self.env_key, "arch": self.arch,
                 "status": "started", "created_at": datetime.now(timezone.utc).isoformat(),
@@ -134,6 +136,18 @@ class PopulationWorker:
         self.store.put_once(f"runs/{self.run_id}/run.json", json.dumps(info, indent=1, default=str).encode())
         # checkpoint 0: the initial policies, so the dataset starts at the random / seeded level
         self._checkpoint()
+
+    def _shared_initial_policies(self) -> None:
+        """Replace each group's actor weights by ones drawn from the population seed (with the base
+        `algo.init_scale`), the same for every member; critics stay per member."""
+        import torch
+
+        from pgen.policy import Actor
+
+        for i, (name, gl) in enumerate(sorted(self.learner.groups.items())):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(np.random.SeedSequence([self.cfg.seed, i, 0x5EED]).generate_state(1)[0]))
+                gl.actor.load_flat_params(Actor(gl.actor.spec, init_scale=self.cfg.algo.init_scale).flat_params())
 
     def _resume(self) -> bool:
         files = load_state(self.store, self._state_prefix(), self.learner, extra=(WORKER_FILE,))

@@ -24,7 +24,8 @@ STATE_FORMAT = 1
 TENSORS_FILE, META_FILE = "trainer.safetensors", "trainer.json"
 
 
-def _optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer's state as tensors named `<prefix>.<param index>.<slot>` plus JSON-able metadata."""
     sd = optimizer.state_dict()
     tensors, scalars = {}, {}
     for idx, slots in sd["state"].items():
@@ -34,6 +35,20 @@ def _optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[d
             else:
                 scalars[f"{idx}.{key}"] = value
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, prefix: str, tensors: dict[str, torch.Tensor],
+                      meta: dict[str, Any]) -> None:
+    """Inverse of `optimizer_tensors`."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix + "."):
+            idx, slot = key[len(prefix) + 1:].split(".", 1)
+            state.setdefault(int(idx), {})[slot] = value
+    for key, value in meta["scalars"].items():
+        idx, slot = key.split(".", 1)
+        state.setdefault(int(idx), {})[slot] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
 def encode_trainer_state(learner: "PPOLearner") -> dict[str, bytes]:
@@ -49,7 +64,7 @@ def encode_trainer_state(learner: "PPOLearner") -> dict[str, bytes]:
         for part, module in (("actor", gl.actor), ("critic", gl.critic), ("value_norm", gl.value_norm)):
             for key, value in module.state_dict().items():
                 tensors[f"{name}/{part}.{key}"] = value.detach().clone().contiguous()
-        opt_tensors, opt_meta = _optimizer_tensors(f"{name}/optim", gl.optimizer)
+        opt_tensors, opt_meta = optimizer_tensors(f"{name}/optim", gl.optimizer)
         tensors.update(opt_tensors)
         meta["groups"][name] = {"optimizer": opt_meta, "arch": gl.actor.spec.arch_key}
     return {TENSORS_FILE: save_tensors(tensors), META_FILE: json.dumps(meta).encode()}
@@ -69,17 +84,7 @@ def restore_trainer_state(learner: "PPOLearner", files: dict[str, bytes]) -> Non
         for part, module in (("actor", gl.actor), ("critic", gl.critic), ("value_norm", gl.value_norm)):
             prefix = f"{name}/{part}."
             module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-        opt_meta = meta["groups"][name]["optimizer"]
-        state: dict[int, dict[str, Any]] = {}
-        prefix = f"{name}/optim."
-        for key, value in tensors.items():
-            if key.startswith(prefix):
-                idx, slot = key[len(prefix):].split(".", 1)
-                state.setdefault(int(idx), {})[slot] = value
-        for key, value in opt_meta["scalars"].items():
-            idx, slot = key.split(".", 1)
-            state.setdefault(int(idx), {})[slot] = value
-        gl.optimizer.load_state_dict({"state": state, "param_groups": opt_meta["param_groups"]})
+        restore_optimizer(gl.optimizer, f"{name}/optim", tensors, meta["groups"][name]["optimizer"])
     learner.rng.set_state(tensors["rng"])
     learner.seed = int(meta["seed"])
     learner.iteration = int(meta["iteration"])

@@ -1,0 +1,253 @@
+"""`pgen evaluate`: generated policies over a grid of target returns, against the baselines.
+
+Targets: `evaluate.targets` points from the 5th to the 95th percentile of the training
+checkpoints' returns, plus their maximum, plus `evaluate.extra_targets` (flagged when outside the
+dataset's range; alignment is computed over the in-range targets only). For each target,
+`evaluate.samples` generated policies are rolled out on the same `evaluate.episodes` fixed-seed
+episodes (greedy unless `evaluate.stochastic`), as are, in the same run, the baselines:
+
+Episodes use held-out seeds (`HELDOUT_EVAL_SEED`), not those the populations evaluated checkpoints on.
+
+- random: uniform-random actions (R_random);
+- top-10 %: the best `top_fraction` of training checkpoints by recorded return (at most
+  `max_top`), re-evaluated; their mean is R_top10 and their best is "best trained";
+- retrieval: the training checkpoint whose recorded return is closest to the target.
+
+In envs with several groups the other groups play the generator's reference (the co-trained
+policies of the best checkpoint's run at that step), the same for every policy compared.
+
+Writes `<out_dir>/<model>@<version>/evaluation.json` (every metric of DESIGN.md), `alignment.png`
+(requested vs achieved with the identity line) and prints a table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from pgen.config import EnvConfig, EvaluateConfig, EvaluateSettings, config_from_dict  # noqa: E402
+from pgen.envs import describe_env  # noqa: E402
+from pgen.evaluation import HELDOUT_EVAL_SEED, evaluate_returns  # noqa: E402
+from pgen.generator.data import load_slice  # noqa: E402
+from pgen.generator.sample import Generator, load_generator  # noqa: E402
+from pgen.metrics import (action_agreement, alignment_r2, cross_run_nn_median, min_relative_l2, nearest,  # noqa: E402
+                          normalised_score, spearman)
+from pgen.policy import Actor, PolicySpec, atomic_write  # noqa: E402
+from pgen.progress import Progress, log  # noqa: E402
+from pgen.store import CheckpointStore  # noqa: E402
+
+COPY_THRESHOLD = 0.01  # relative L2 below which a generated vector counts as a copy of a training vector
+
+
+def _actor(spec: PolicySpec, flat: np.ndarray) -> Actor:
+    actor = Actor(spec)
+    actor.load_flat_params(flat)
+    return actor.eval()
+
+
+def reference_actors(store: CheckpointStore, gen: Generator, env_cfg: EnvConfig) -> dict[str, Actor]:
+    """The other groups' fixed policies named by the generator's `reference`."""
+    ref = gen.info.get("reference") or {}
+    if not ref.get("groups"):
+        return {}
+    env = describe_env(env_cfg)
+    rows = store.read_records(env_key=gen.info["env_key"], run_id=ref["run_id"],
+                              columns=["group", "arch", "step", "params"]).table.to_pylist()
+    out = {}
+    for group, meta in ref["groups"].items():
+        row = next((r for r in rows if r["group"] == group and r["step"] == ref["step"]), None)
+        if row is None:
+            raise ValueError(f"reference checkpoint of group {group} (run {ref['run_id']}, step {ref['step']})"
+                             f" is missing from {store.uri}")
+        g = env.group(group)
+        spec = PolicySpec(gen.spec.kind, g.obs_dim, gen.spec.hidden, g.action_dim, g.discrete, gen.spec.activation)
+        if spec.arch_key != meta["arch"]:
+            raise ValueError(f"reference group {group}: arch {meta['arch']} is not {spec.arch_key}")
+        out[group] = _actor(spec, np.asarray(row["params"], np.float32))
+    return out
+
+
+def target_grid(returns: np.ndarray, settings: EvaluateSettings) -> tuple[list[float], list[bool]]:
+    """(targets, in_range): the percentile grid, the maximum, then the extra targets."""
+    if settings.targets < 2:
+        raise ValueError(f"evaluate.targets must be >= 2, got {settings.targets}")
+    grid = [float(np.percentile(returns, q)) for q in np.linspace(5, 95, settings.targets)]
+    targets = grid + [float(returns.max())] + [float(t) for t in settings.extra_targets]
+    if not all(math.isfinite(t) for t in targets):
+        raise ValueError(f"evaluate.extra_targets must be finite numbers, got {settings.extra_targets}")
+    low, high = float(returns.min()), float(returns.max())
+    return targets, [low <= t <= high for t in targets]
+
+
+def evaluate_generator(cfg: EvaluateConfig, store: CheckpointStore | None = None,
+                       gen: Generator | None = None) -> dict[str, Any]:
+    s = cfg.evaluate
+    torch.set_num_threads(cfg.torch_threads)
+    store = store or CheckpointStore(cfg.store.uri, endpoint_url=cfg.store.endpoint_url, retry_s=cfg.store.retry_s)
+    gen = gen or load_generator(store, cfg.model)
+    info, spec = gen.info, gen.spec
+    env_cfg = config_from_dict("train", {"env": info["env"]}).env
+    ds = info["dataset"]
+    data = load_slice(store, info["env_key"], info["group"], info["arch"], gen.layout.num_params,
+                      run_ids=ds["train_runs"])
+    keep = np.array([step <= ds["max_step"][run] for run, step in zip(data.run_ids, data.steps)])
+    data = data.subset(np.flatnonzero(keep))  # the rows the generator was trained on, not later ones
+    others = reference_actors(store, gen, env_cfg)
+    group = info["group"]
+    targets, in_range = target_grid(data.returns, s)
+    top_n = min(s.max_top, max(1, math.ceil(s.top_fraction * len(data))))
+    top_rows = np.argsort(-data.returns, kind="stable")[:top_n]
+    retrieval_rows = [int(np.argmin(np.abs(data.returns - t))) for t in targets]
+    n_rollouts = 1 + top_n + len(set(retrieval_rows)) + len(targets) * s.samples
+    progress = Progress(f"evaluate {gen.model_id}", n_rollouts, unit="policies", every_s=10.0)
+    done = [0]
+
+    def achieved(actor: Actor | None) -> float:
+        returns = evaluate_returns(env_cfg, {**others, group: actor}, s.episodes, seed=HELDOUT_EVAL_SEED,
+                                   stochastic=s.stochastic)[group]
+        done[0] += 1
+        progress.update(done[0])
+        return float(returns.mean())
+
+    r_random = achieved(None)
+    top_achieved = {int(i): achieved(_actor(spec, data.params[i])) for i in top_rows}
+    r_top = float(np.mean(list(top_achieved.values())))
+    retrieval_cache = {i: (top_achieved[i] if i in top_achieved else achieved(_actor(spec, data.params[i])))
+                       for i in sorted(set(retrieval_rows))}
+
+    generated, points = [], []
+    for k, target in enumerate(targets):
+        params = gen.generate(target, s.samples, seed=s.seed * 100_003 + k, temperature=s.temperature)
+        for j, flat in enumerate(params):
+            a = achieved(_actor(spec, flat)) if np.isfinite(flat).all() else float("nan")
+            points.append({"k": k, "target": target, "in_range": in_range[k], "sample": j, "achieved": a})
+            generated.append(flat)
+    generated = np.stack(generated)
+    progress.update(done[0], force=True)
+
+    # novelty and copies, in the generator's standardised space
+    std = lambda x: gen.normalizer.standardise(torch.from_numpy(x), gen.tokenizer).numpy()  # noqa: E731
+    train_std = std(data.params)
+    nn_dist, nn_idx = nearest(std(generated), train_std)
+    median_cross = cross_run_nn_median(train_std, data.run_ids)
+    rel_l2 = min_relative_l2(generated, data.params)
+    observations: dict[str, list] = {}
+    best = int(top_rows[0])
+    evaluate_returns(env_cfg, {**others, group: _actor(spec, data.params[best])}, s.states, seed=HELDOUT_EVAL_SEED + 7919,
+                     observations=observations)
+    obs = torch.from_numpy(np.stack([o for o, _ in observations[group]]))
+    starts = torch.from_numpy(np.stack([st for _, st in observations[group]]))
+    agreement = [action_agreement(_actor(spec, g), _actor(spec, data.params[i]), obs, starts)
+                 for g, i in zip(generated, nn_idx)]
+    for p, d, rl, ag in zip(points, nn_dist, rel_l2, agreement):
+        p.update(novelty=float(d / median_cross) if median_cross > 0 else float("nan"),
+                 min_relative_l2=float(rl), agreement=float(ag))
+
+    # per-target table and the metrics
+    rows = []
+    for k, target in enumerate(targets):
+        pts = [p for p in points if p["k"] == k]
+        ach = np.array([p["achieved"] for p in pts])
+        rows.append({"target": target, "in_range": in_range[k], "achieved_mean": float(np.nanmean(ach)),
+                     "achieved_std": float(np.nanstd(ach)), "retrieval": retrieval_cache[retrieval_rows[k]],
+                     "retrieval_return_recorded": float(data.returns[retrieval_rows[k]]),
+                     "normalised_score": float(normalised_score(np.nanmean(ach), r_random, r_top)),
+                     "novelty": float(np.mean([p["novelty"] for p in pts])),
+                     "agreement": float(np.mean([p["agreement"] for p in pts]))})
+    inr = [p for p in points if p["in_range"]]
+    t_in, a_in = np.array([p["target"] for p in inr]), np.array([p["achieved"] for p in inr])
+    finite = np.isfinite(a_in)
+    ret_t = np.array([r["target"] for r in rows if r["in_range"]])
+    ret_a = np.array([r["retrieval"] for r in rows if r["in_range"]])
+    top_k = len(targets) - 1 - len(s.extra_targets)  # index of the dataset-maximum target
+    result = {
+        "model": gen.model_id, "env_id": env_cfg.id, "group": group, "arch": info["arch"],
+        "episodes": s.episodes, "mode": "stochastic" if s.stochastic else "greedy", "samples": s.samples,
+        "temperature": s.temperature, "reference": info.get("reference"),
+        "dataset": {"checkpoints": int(len(data)), "runs": sorted(set(data.run_ids.tolist())),
+                    "return_min": float(data.returns.min()), "return_max": float(data.returns.max())},
+        "r_random": r_random, "r_top10": r_top, "top10_checkpoints": top_n,
+        "best_trained": float(max(top_achieved.values())),
+        "alignment_r2": alignment_r2(t_in[finite], a_in[finite]),
+        "spearman": spearman(t_in[finite], a_in[finite]),
+        "retrieval_alignment_r2": alignment_r2(ret_t, ret_a), "retrieval_spearman": spearman(ret_t, ret_a),
+        "top_target": targets[top_k],
+        "normalised_score_top": float(np.nanmean(normalised_score(
+            np.array([p["achieved"] for p in points if p["k"] == top_k]), r_random, r_top))),
+        "retrieval_normalised_score_top": float(normalised_score(rows[top_k]["retrieval"], r_random, r_top)),
+        "novelty_median": float(np.median([p["novelty"] for p in points])),
+        "median_cross_run_nn_distance": median_cross,
+        "min_relative_l2": float(rel_l2.min()), "copies": int((rel_l2 < COPY_THRESHOLD).sum()),
+        "agreement_mean": float(np.mean(agreement)), "non_finite_policies": int((~np.isfinite(a_in)).sum()),
+        "targets": rows, "points": points,
+    }
+    out = Path(s.out_dir).expanduser().resolve() / gen.model_id
+    result["plot"] = str(plot_alignment(result, out / "alignment.png"))
+    result["json"] = str(out / "evaluation.json")
+    atomic_write(out / "evaluation.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
+    return result
+
+
+def plot_alignment(result: dict[str, Any], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6.2, 5.4), dpi=110)
+    pts = result["points"]
+    ax.scatter([p["target"] for p in pts], [p["achieved"] for p in pts], s=12, alpha=0.45, color="tab:blue",
+               label="generated (each sample)")
+    rows = result["targets"]
+    ax.plot([r["target"] for r in rows], [r["achieved_mean"] for r in rows], "o-", color="tab:blue",
+            label="generated (mean per target)")
+    ax.plot([r["target"] for r in rows], [r["retrieval"] for r in rows], "s--", color="tab:orange", alpha=0.8,
+            label="retrieval (closest training checkpoint)")
+    out = [r for r in rows if not r["in_range"]]
+    if out:
+        ax.scatter([r["target"] for r in out], [r["achieved_mean"] for r in out], marker="x", s=80, color="red",
+                   label="target outside the dataset's range")
+    values = [p["achieved"] for p in pts if np.isfinite(p["achieved"])] + [r["target"] for r in rows]
+    lo, hi = min(values + [result["r_random"]]), max(values + [result["r_top10"]])
+    ax.plot([lo, hi], [lo, hi], color="black", linewidth=1, label="identity")
+    ax.axhline(result["r_random"], linestyle=":", color="grey")
+    ax.annotate("uniform random", (0.01, result["r_random"]), xycoords=("axes fraction", "data"), fontsize=8)
+    ax.axhline(result["r_top10"], linestyle=":", color="green")
+    ax.annotate("top-10 % trained", (0.01, result["r_top10"]), xycoords=("axes fraction", "data"), fontsize=8,
+                color="green")
+    ax.set(title=f"{result['model']}\nR² {result['alignment_r2']:.2f}, Spearman {result['spearman']:.2f},"
+                 f" score at top {result['normalised_score_top']:.2f}",
+           xlabel="requested return", ylabel=f"achieved return ({result['mode']}, {result['episodes']} episodes)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return path
+
+
+def format_result(r: dict[str, Any]) -> str:
+    lines = [f"{r['model']}: {r['env_id']} group {r['group']} ({r['arch']}), {r['episodes']} {r['mode']} episodes"
+             f" per policy, {r['samples']} samples per target; return = group sum, mean per episode",
+             f"{'target':>9} {'generated':>16} {'retrieval':>10} {'norm score':>10} {'novelty':>8} {'agree':>6}"]
+    for row in r["targets"]:
+        flag = "" if row["in_range"] else "  (outside the dataset's range)"
+        lines.append(f"{row['target']:>9.1f} {row['achieved_mean']:>9.1f} ± {row['achieved_std']:<4.1f}"
+                     f" {row['retrieval']:>10.1f} {row['normalised_score']:>10.2f} {row['novelty']:>8.2f}"
+                     f" {row['agreement']:>6.2f}{flag}")
+    lines += [
+        f"random {r['r_random']:.1f} | top-10% trained {r['r_top10']:.1f} ({r['top10_checkpoints']} checkpoints)"
+        f" | best trained {r['best_trained']:.1f}",
+        f"alignment R² {r['alignment_r2']:.3f} (retrieval {r['retrieval_alignment_r2']:.3f}) | Spearman"
+        f" {r['spearman']:.3f} (retrieval {r['retrieval_spearman']:.3f})",
+        f"normalised score at the top target {r['top_target']:.1f}: {r['normalised_score_top']:.2f}"
+        f" (retrieval {r['retrieval_normalised_score_top']:.2f})",
+        f"novelty median {r['novelty_median']:.2f} | copies (relative L2 < {COPY_THRESHOLD:.0%}): {r['copies']}"
+        f" (min {r['min_relative_l2']:.3f}) | action agreement with nearest checkpoint {r['agreement_mean']:.2f}",
+        f"plot {r['plot']}\njson {r['json']}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,111 @@
+"""The conditional transformer VAE over a policy's parameter tokens (DESIGN.md "Generator").
+
+Encoder: `[CLS, condition, tokens...]` → transformer → CLS → (μ, log σ²) of a global latent z.
+Decoder: `[z, condition, queries...]` → transformer → one output per query → the layer's tokens.
+Tokens enter and leave through a linear map per layer (their widths differ); every token position
+has a learned layer embedding and a learned position embedding. The condition is the target
+return scaled to [0, 1] over the dataset's range, through fixed Fourier features and an MLP,
+separately for encoder and decoder.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    layer_tokens: list[int]  # tokens per layer
+    layer_widths: list[int]  # values per token, per layer
+    d_model: int = 128
+    n_layers: int = 3
+    n_heads: int = 4
+    latent_dim: int = 32
+    fourier_features: int = 16
+    dropout: float = 0.0
+
+
+class FourierCondition(nn.Module):
+    """c `[B]` → `[B, d_model]` from (c, sin 2^k π c, cos 2^k π c) for k < n."""
+
+    def __init__(self, n: int, d_model: int):
+        super().__init__()
+        self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(n, dtype=torch.float32), persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(2 * n + 1, d_model), nn.GELU(), nn.Linear(d_model, d_model))
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        angles = c[:, None] * self.freqs
+        return self.mlp(torch.cat([c[:, None], angles.sin(), angles.cos()], dim=-1))
+
+
+def _transformer(cfg: ModelConfig) -> nn.TransformerEncoder:
+    block = nn.TransformerEncoderLayer(cfg.d_model, cfg.n_heads, 4 * cfg.d_model, cfg.dropout, activation="gelu",
+                                       batch_first=True, norm_first=True)
+    return nn.TransformerEncoder(block, cfg.n_layers, norm=nn.LayerNorm(cfg.d_model), enable_nested_tensor=False)
+
+
+class ParamVAE(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.d_model % cfg.n_heads:
+            raise ValueError(f"d_model {cfg.d_model} is not divisible by n_heads {cfg.n_heads}")
+        self.cfg = cfg
+        d = cfg.d_model
+        self.token_in = nn.ModuleList(nn.Linear(w, d) for w in cfg.layer_widths)
+        self.token_out = nn.ModuleList(nn.Linear(d, w) for w in cfg.layer_widths)
+        self.register_buffer("layer_ids", torch.cat([torch.full((n,), i, dtype=torch.long)
+                                                     for i, n in enumerate(cfg.layer_tokens)]), persistent=False)
+        self.layer_emb = nn.Embedding(len(cfg.layer_tokens), d)
+        self.pos_emb = nn.Parameter(0.02 * torch.randn(sum(cfg.layer_tokens), d))
+        self.cls = nn.Parameter(0.02 * torch.randn(d))
+        self.enc_cond = FourierCondition(cfg.fourier_features, d)
+        self.dec_cond = FourierCondition(cfg.fourier_features, d)
+        self.encoder = _transformer(cfg)
+        self.decoder = _transformer(cfg)
+        self.to_latent = nn.Linear(d, 2 * cfg.latent_dim)
+        self.from_latent = nn.Linear(cfg.latent_dim, d)
+
+    def _positions(self) -> torch.Tensor:
+        return self.layer_emb(self.layer_ids) + self.pos_emb  # [T, d]
+
+    def encode(self, tokens: list[torch.Tensor], c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-layer tokens `[B, n_l, w_l]` and condition `[B]` → (μ, log σ²) `[B, latent]`."""
+        x = torch.cat([proj(t) for proj, t in zip(self.token_in, tokens)], dim=1) + self._positions()
+        batch = x.shape[0]
+        head = torch.stack([self.cls.expand(batch, -1), self.enc_cond(c)], dim=1)
+        h = self.encoder(torch.cat([head, x], dim=1))[:, 0]
+        mu, logvar = self.to_latent(h).chunk(2, dim=-1)
+        return mu, logvar.clamp(-12.0, 8.0)
+
+    def decode(self, z: torch.Tensor, c: torch.Tensor) -> list[torch.Tensor]:
+        """Latent `[B, latent]` and condition `[B]` → per-layer tokens `[B, n_l, w_l]`."""
+        batch = z.shape[0]
+        queries = self._positions().expand(batch, -1, -1)
+        head = torch.stack([self.from_latent(z), self.dec_cond(c)], dim=1)
+        h = self.decoder(torch.cat([head, queries], dim=1))[:, 2:]
+        return [proj(part) for proj, part in zip(self.token_out, h.split(self.cfg.layer_tokens, dim=1))]
+
+    def forward(self, tokens: list[torch.Tensor], c: torch.Tensor, generator: torch.Generator | None = None
+                ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encode(tokens, c)
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device)
+        z = mu + eps * (0.5 * logvar).exp()
+        return self.decode(z, c), mu, logvar
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(q(z|x) ‖ N(0, I)) summed over latent dims, mean over the batch."""
+    return (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).sum(-1).mean()
+
+
+def reconstruction_loss(pred: list[torch.Tensor], target: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tensor:
+    """Mean squared error of each layer's real (unpadded) values, averaged over layers with equal weight."""
+    losses = []
+    for p, t, m in zip(pred, target, masks):
+        m = m.to(p.device)
+        losses.append(((p - t).pow(2) * m).sum() / (m.sum() * p.shape[0]))
+    return torch.stack(losses).mean()

@@ -1,0 +1,234 @@
+"""A trained generator: sample policies for a target return; save and load versions in the store.
+
+Store layout (DESIGN.md): `generators/<name>/<version>/` holds `model.safetensors` (the VAE's
+weights), `normalizer.safetensors` (per-layer mean/std, return range), `metrics.json` (training
+history and final figures) and `config.json` (model config, policy spec, layout, env, dataset
+summary); `config.json` is written last of the four and marks the version complete, then
+`generators/<name>/LATEST` moves to it. Versions are `v0001`, `v0002`, … claimed with write-once
+puts, so two trainers registering at once get different versions. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from pgen.generator.data import Normalizer, Tokenizer
+from pgen.generator.model import ModelConfig, ParamVAE
+from pgen.policy import ParamLayout, PolicySpec, save_policy_file
+from pgen.store import CheckpointStore, StoreError
+
+VERSION_RE = re.compile(r"^v(\d{4,})$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]*$")
+FILES = ("model.safetensors", "normalizer.safetensors", "metrics.json", "config.json")
+
+
+class GeneratorNotFound(ValueError):
+    """No generator (or version) of that name in the store; the message lists what there is."""
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def check_target(value: Any, what: str = "target_return") -> float:
+    """A finite float, or ValueError naming the problem."""
+    try:
+        target = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(target):
+        raise ValueError(f"{what} must be a finite number, got {target}")
+    return target
+
+
+@dataclass
+class Generator:
+    """A VAE with everything needed to turn (target return, z) into policy parameters."""
+
+    model: ParamVAE
+    tokenizer: Tokenizer
+    normalizer: Normalizer
+    info: dict[str, Any]  # config.json: name, version, model, generator, policy_spec, layout, env, dataset …
+
+    @property
+    def spec(self) -> PolicySpec:
+        return PolicySpec.from_json(self.info["policy_spec"])
+
+    @property
+    def layout(self) -> ParamLayout:
+        return ParamLayout.from_json(self.info["layout"])
+
+    @property
+    def name(self) -> str:
+        return self.info["name"]
+
+    @property
+    def version(self) -> str:
+        return self.info.get("version", "unregistered")
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def generate(self, target_returns: float | Sequence[float], num: int = 1, seed: int = 0,
+                 temperature: float = 1.0) -> np.ndarray:
+        """`num` parameter vectors per target, `[len(targets) · num, P]` float32, target-major.
+
+        z ~ N(0, temperature² I) from a CPU generator seeded with `seed`, so the same call gives
+        the same vectors on any device (up to the device's float arithmetic).
+        """
+        targets = [check_target(t) for t in np.atleast_1d(np.asarray(target_returns, dtype=object))]
+        if num < 1:
+            raise ValueError(f"num must be >= 1, got {num}")
+        temperature = check_target(temperature, "temperature")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        self.model.eval()
+        rng = torch.Generator().manual_seed(int(seed))
+        z = torch.randn(len(targets) * num, self.model.cfg.latent_dim, generator=rng) * temperature
+        returns = torch.tensor(targets, dtype=torch.float64).repeat_interleave(num)
+        c = self.normalizer.condition(returns).float()
+        tokens = self.model.decode(z.to(self.device), c.to(self.device))
+        flat = self.normalizer.unstandardise(self.tokenizer.flat(tokens), self.tokenizer)
+        return flat.cpu().numpy().astype(np.float32)
+
+
+def build_generator(model: ParamVAE, normalizer: Normalizer, info: dict[str, Any]) -> Generator:
+    g = info["generator"]
+    tokenizer = Tokenizer(ParamLayout.from_json(info["layout"]), g["tokenisation"], g["chunk_size"])
+    return Generator(model, tokenizer, normalizer, info)
+
+
+# --- the store -----------------------------------------------------------------------------------
+
+
+def _versions(store: CheckpointStore, name: str) -> list[str]:
+    found = set()
+    for key in store.list(f"generators/{name}/"):
+        parts = key.split("/")
+        if len(parts) == 4 and parts[3] == "config.json" and VERSION_RE.match(parts[2]):
+            found.add(parts[2])
+    return sorted(found, key=lambda v: int(v[1:]))
+
+
+def list_generators(store: CheckpointStore) -> list[dict[str, Any]]:
+    """Every complete version in the store: name, version, latest flag, env, group, arch, return range."""
+    names = sorted({k.split("/")[1] for k in store.list("generators/") if k.count("/") >= 2})
+    out = []
+    for name in names:
+        latest = _latest(store, name)
+        for version in _versions(store, name):
+            info = json.loads(store.get(f"generators/{name}/{version}/config.json"))
+            ds = info["dataset"]
+            out.append({"name": name, "version": version, "latest": version == latest, "env_id": info["env"]["id"],
+                        "env_key": info["env_key"], "group": info["group"], "arch": info["arch"],
+                        "return_min": ds["return_min"], "return_max": ds["return_max"],
+                        "created_at": info["created_at"]})
+    return out
+
+
+def _latest(store: CheckpointStore, name: str) -> str | None:
+    key = f"generators/{name}/LATEST"
+    return store.get(key).decode().strip() if store.exists(key) else None
+
+
+def resolve_model(store: CheckpointStore, model: str | None) -> tuple[str, str]:
+    """`name`, `name@version` or None (the store's only generator) → (name, version)."""
+    if model is None:
+        names = sorted({k.split("/")[1] for k in store.list("generators/") if k.endswith("/LATEST")})
+        if len(names) != 1:
+            raise GeneratorNotFound(f"model= is required: the store {store.uri} has "
+                                    f"{'no generators' if not names else 'generators ' + ', '.join(names)}")
+        model = names[0]
+    name, _, version = model.partition("@")
+    if not NAME_RE.match(name) or (version and not VERSION_RE.match(version)):
+        raise GeneratorNotFound(f"bad model id {model!r}: expected <name> or <name>@v<NNNN>")
+    if not version:
+        version = _latest(store, name)
+        if version is None:
+            names = sorted({k.split("/")[1] for k in store.list("generators/") if k.endswith("/LATEST")})
+            raise GeneratorNotFound(f"no generator {name!r} in {store.uri}; there are: {', '.join(names) or 'none'}")
+    elif not store.exists(f"generators/{name}/{version}/config.json"):
+        have = _versions(store, name)
+        raise GeneratorNotFound(f"no complete version {version} of generator {name!r} in {store.uri};"
+                                f" versions: {', '.join(have) or 'none'}")
+    return name, version
+
+
+def load_generator(store: CheckpointStore, model: str | None, device: str = "auto") -> Generator:
+    """Load a registered version (safetensors + JSON only) onto `device`."""
+    name, version = resolve_model(store, model)
+    prefix = f"generators/{name}/{version}"
+    try:
+        info = json.loads(store.get(f"{prefix}/config.json"))
+        weights = load_tensors(store.get(f"{prefix}/model.safetensors"))
+        normalizer = Normalizer.from_tensors(load_tensors(store.get(f"{prefix}/normalizer.safetensors")))
+        model_obj = ParamVAE(ModelConfig(**info["model"]))
+        model_obj.load_state_dict(weights, strict=True)
+    except StoreError:
+        raise
+    except Exception as err:  # noqa: BLE001 - untrusted bytes: any decoding failure is "unreadable"
+        raise GeneratorNotFound(f"generator {name}@{version} in {store.uri} is unreadable: {err}") from err
+    return build_generator(model_obj.to(pick_device(device)).eval(), normalizer, info)
+
+
+def save_generator(store: CheckpointStore, generator: Generator, metrics: dict[str, Any]) -> str:
+    """Register `generator` as the next version of its name; returns the version. LATEST moves last."""
+    name = generator.info["name"]
+    if not NAME_RE.match(name):
+        raise ValueError(f"bad generator name {name!r}: letters, digits, '.', '_', '=', '-' only")
+    weights = {k: v.detach().to("cpu").contiguous() for k, v in generator.model.state_dict().items()}
+    blobs = {"model.safetensors": save_tensors(weights),
+             "normalizer.safetensors": save_tensors(generator.normalizer.tensors()),
+             "metrics.json": json.dumps(metrics, indent=1, default=float).encode()}
+    existing = _versions(store, name)
+    number = int(existing[-1][1:]) + 1 if existing else 1
+    while True:
+        version = f"v{number:04d}"
+        # the first write-once put claims the version; losing the race means another trainer has it
+        if store.put_once(f"generators/{name}/{version}/model.safetensors", blobs["model.safetensors"]):
+            break
+        number += 1
+    info = {**generator.info, "version": version, "created_at": datetime.now(timezone.utc).isoformat()}
+    for file in ("normalizer.safetensors", "metrics.json"):
+        store.put_once(f"generators/{name}/{version}/{file}", blobs[file])
+    store.put_once(f"generators/{name}/{version}/config.json", json.dumps(info, indent=1).encode())
+    store.put_pointer(f"generators/{name}/LATEST", version.encode())
+    generator.info = info
+    return version
+
+
+def generate_file(cfg: Any, store: CheckpointStore | None = None) -> Path:
+    """`pgen generate`: `cfg.num` policies for `cfg.target_return` as a DESIGN.md policy file."""
+    if cfg.target_return is None:
+        raise ValueError("target_return=<number> is required")
+    target = check_target(cfg.target_return)
+    if not 1 <= cfg.num <= cfg.max_num:
+        raise ValueError(f"num must be between 1 and {cfg.max_num}, got {cfg.num}")
+    store = store or CheckpointStore(cfg.store.uri, endpoint_url=cfg.store.endpoint_url, retry_s=cfg.store.retry_s)
+    gen = load_generator(store, cfg.model)
+    params = gen.generate(target, cfg.num, seed=cfg.seed, temperature=cfg.temperature)
+    out = Path(cfg.out or f"generated-{gen.name}-{gen.version}-{target:g}.safetensors").expanduser().resolve()
+    ds = gen.info["dataset"]
+    extra = {"seed": str(cfg.seed), "temperature": repr(float(cfg.temperature)),
+             "dataset_return_range": json.dumps([ds["return_min"], ds["return_max"]])}
+    return save_policy_file(out, params, gen.spec, gen.info["env"]["id"], gen.info["group"], gen.name, gen.version,
+                            target_return=target, extra=extra)

@@ -1,0 +1,252 @@
+"""Training the generator: `fit` is the loop (a plain function Ray Tune can wrap unchanged);
+`train_generator` is `pgen train-generator` around it (data from the store, TensorBoard, loss-curve
+PNG, registration of a version).
+
+`fit(cfg, data, spec, seed, callback)` calls `callback(metrics, save)` after every epoch with the
+epoch's metrics and a function `save(folder)` that writes a resumable training state there
+(safetensors + JSON); `fit(..., resume=folder)` continues from such a folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from pgen.config import EnvConfig, GeneratorConfig, TrainGeneratorConfig, enum_value, to_dict
+from pgen.envs import describe_env, env_key
+from pgen.generator.data import Normalizer, ParamDataset, Tokenizer, load_slice, permutation_index, split_by_run
+from pgen.generator.model import ModelConfig, ParamVAE, kl_divergence, reconstruction_loss
+from pgen.generator.sample import Generator, pick_device, save_generator
+from pgen.plots import plot_curves
+from pgen.policy import Actor, PolicySpec, atomic_write
+from pgen.progress import Progress, log
+from pgen.state import optimizer_tensors, restore_optimizer
+from pgen.store import CheckpointStore
+
+Callback = Callable[[dict[str, float], Callable[[Path], None]], None]
+
+
+@dataclass
+class FitResult:
+    generator: Generator
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_runs: list[str] = field(default_factory=list)
+    val_runs: list[str] = field(default_factory=list)
+
+
+def model_config(cfg: GeneratorConfig, tokenizer: Tokenizer) -> ModelConfig:
+    return ModelConfig([layer.tokens for layer in tokenizer.layers], [layer.width for layer in tokenizer.layers],
+                       cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.latent_dim, cfg.fourier_features, cfg.dropout)
+
+
+def _augment(x: torch.Tensor, perms: torch.Tensor | None, cfg: GeneratorConfig, rng: torch.Generator) -> torch.Tensor:
+    """Random hidden-unit permutations (a pool of precomputed ones) and Gaussian noise."""
+    if perms is not None and cfg.permute_prob > 0:
+        which = torch.rand(x.shape[0], generator=rng) < cfg.permute_prob
+        if which.any():
+            pick = torch.randint(len(perms), (int(which.sum()),), generator=rng)
+            x = x.clone()
+            x[which] = torch.gather(x[which], 1, perms[pick].to(x.device))
+    if cfg.noise_std > 0:
+        x = x + cfg.noise_std * torch.randn(x.shape, generator=rng).to(x.device)
+    return x
+
+
+def _losses(model: ParamVAE, tokenizer: Tokenizer, masks: list[torch.Tensor], x: torch.Tensor, c: torch.Tensor,
+            rng: torch.Generator | None, use_mean: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = tokenizer.tokens(x)
+    if use_mean:
+        mu, logvar = model.encode(tokens, c)
+        pred = model.decode(mu, c)
+    else:
+        pred, mu, logvar = model(tokens, c, rng)
+    return reconstruction_loss(pred, tokens, masks), kl_divergence(mu, logvar)
+
+
+def fit(cfg: GeneratorConfig, data: ParamDataset, spec: PolicySpec, seed: int, callback: Callback | None = None,
+        resume: Path | None = None, label: str = "generator") -> FitResult:
+    """Train the VAE on `data` (one slice) for `cfg.epochs` epochs; returns the generator and history."""
+    if len(data) < 2:
+        raise ValueError(f"{label}: need at least 2 checkpoints to train a generator, got {len(data)}")
+    if not np.isfinite(data.returns).all() or not np.isfinite(data.params).all():
+        raise ValueError(f"{label}: the dataset has non-finite values")
+    torch.manual_seed(seed)
+    device = pick_device(cfg.device)
+    layout = Actor(spec).layout
+    tokenizer = Tokenizer(layout, enum_value(cfg.tokenisation), cfg.chunk_size)
+    train_idx, val_idx = split_by_run(data.run_ids, cfg.val_fraction, seed)
+    train, val = data.subset(train_idx), data.subset(val_idx)
+    normalizer = Normalizer.fit(train.params, train.returns, tokenizer)
+    x_train = normalizer.standardise(torch.from_numpy(train.params), tokenizer).to(device)
+    c_train = normalizer.condition(torch.from_numpy(train.returns)).float().to(device)
+    x_val = normalizer.standardise(torch.from_numpy(val.params), tokenizer).to(device) if len(val) else None
+    c_val = normalizer.condition(torch.from_numpy(val.returns)).float().to(device) if len(val) else None
+    masks = [m.to(device) for m in tokenizer.masks()]
+    model = ParamVAE(model_config(cfg, tokenizer)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = torch.Generator().manual_seed(seed)
+    perms = (torch.stack([permutation_index(spec, rng) for _ in range(256)]) if cfg.permute_prob > 0 else None)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    if resume is not None:
+        start_epoch, history = _load_fit_state(Path(resume), model, optimizer, rng)
+
+    def lr_at(step: int) -> float:  # linear warm-up over 5 % of the steps, then cosine to 10 %
+        warm = max(1, total_steps // 20)
+        if step < warm:
+            return cfg.lr * (step + 1) / warm
+        progress = (step - warm) / max(1, total_steps - warm)
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    progress = Progress(label, cfg.epochs, unit="epochs", every_s=cfg.log_every_s, start=start_epoch)
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        beta = cfg.beta * min(1.0, (epoch + 1) / max(1, cfg.kl_warmup_epochs))
+        order = torch.randperm(len(train), generator=rng)
+        sums = np.zeros(3)
+        for b in range(steps_per_epoch):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(epoch * steps_per_epoch + b)
+            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size].to(device)
+            x = _augment(x_train[idx], perms, cfg, rng)
+            recon, kl = _losses(model, tokenizer, masks, x, c_train[idx], rng)
+            loss = recon + beta * kl
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            sums += np.array([loss.item(), recon.item(), kl.item()]) * len(idx)
+        train_loss, train_recon, train_kl = sums / len(train)
+        metrics = {"epoch": epoch + 1, "train_loss": train_loss, "train_recon": train_recon, "train_kl": train_kl,
+                   "beta": beta, "lr": optimizer.param_groups[0]["lr"]}
+        if x_val is not None:
+            model.eval()
+            with torch.no_grad():
+                recon, kl = _losses(model, tokenizer, masks, x_val, c_val, None, use_mean=True)
+            metrics.update(val_recon=recon.item(), val_kl=kl.item(), val_loss=recon.item() + cfg.beta * kl.item())
+        metrics["epoch_s"] = time.perf_counter() - t0
+        history.append(metrics)
+        if callback is not None:
+            callback(metrics, lambda folder: _save_fit_state(Path(folder), model, optimizer, rng, history))
+        shown = f"loss {train_loss:.4f} recon {train_recon:.4f} kl {train_kl:.1f}"
+        if "val_recon" in metrics:
+            shown += f" | val recon {metrics['val_recon']:.4f}"
+        progress.update(epoch + 1, shown, force=epoch + 1 == cfg.epochs)
+    model.eval()
+    info = {"model": asdict(model_config(cfg, tokenizer)), "generator": to_dict(cfg), "policy_spec": spec.to_json(),
+            "layout": layout.to_json(), "arch": spec.arch_key}
+    return FitResult(Generator(model, tokenizer, normalizer, info), history,
+                     sorted(set(train.run_ids.tolist())), sorted(set(val.run_ids.tolist())))
+
+
+def _save_fit_state(folder: Path, model: ParamVAE, optimizer: torch.optim.Optimizer, rng: torch.Generator,
+                    history: list[dict[str, float]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    opt_tensors, opt_meta = optimizer_tensors("optim", optimizer)
+    tensors = {**{f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+               **{k: v.cpu() for k, v in opt_tensors.items()}, "rng": rng.get_state()}
+    atomic_write(folder / "fit.safetensors", lambda tmp: save_file(tensors, tmp))
+    meta = {"epoch": len(history), "history": history, "optimizer": opt_meta}
+    atomic_write(folder / "fit.json", lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+
+
+def _load_fit_state(folder: Path, model: ParamVAE, optimizer: torch.optim.Optimizer,
+                    rng: torch.Generator) -> tuple[int, list[dict[str, float]]]:
+    meta = json.loads((folder / "fit.json").read_text())
+    tensors = load_file(str(folder / "fit.safetensors"))
+    device = next(model.parameters()).device
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    restore_optimizer(optimizer, "optim", {k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")},
+                      meta["optimizer"])
+    rng.set_state(tensors["rng"])
+    return int(meta["epoch"]), list(meta["history"])
+
+
+# --- `pgen train-generator` ----------------------------------------------------------------------
+
+
+def slice_spec(env_cfg: EnvConfig, policy_cfg: Any, group: str | None) -> tuple[str, PolicySpec]:
+    """The group (default: the env's first) and the policy spec its checkpoints have."""
+    env = describe_env(env_cfg)
+    g = env.group(group) if group else env.groups[0]
+    spec = PolicySpec(enum_value(policy_cfg.kind), g.obs_dim, tuple(policy_cfg.hidden), g.action_dim, g.discrete,
+                      enum_value(policy_cfg.activation))
+    return g.name, spec
+
+
+def reference_policies(store: CheckpointStore, key: str, group: str, arch: str, data: ParamDataset
+                       ) -> dict[str, Any]:
+    """The other groups' fixed opponents/partners for evaluation (DESIGN.md "achieved return"):
+    the co-trained policies of the run with the best checkpoint, at that checkpoint's step."""
+    best = int(np.argmax(data.returns))
+    run, step = str(data.run_ids[best]), int(data.steps[best])
+    rows = store.read_records(env_key=key, run_id=run, columns=["group", "arch", "step", "params"]).table.to_pylist()
+    others = {r["group"]: r for r in rows if r["group"] != group and r["step"] == step}
+    return {"run_id": run, "step": step, "groups": {g: {"arch": r["arch"]} for g, r in sorted(others.items())}}
+
+
+def train_generator(cfg: TrainGeneratorConfig, store: CheckpointStore | None = None) -> Generator:
+    """Fit on the store's slice for (env, generator.group, policy), write TensorBoard events and the
+    loss curve to `<out_dir>/<name>/<version>/`, register the version; returns the generator."""
+    from tensorboardX import SummaryWriter
+
+    store = store or CheckpointStore(cfg.store.uri, endpoint_url=cfg.store.endpoint_url, retry_s=cfg.store.retry_s)
+    torch.set_num_threads(cfg.torch_threads)
+    group, spec = slice_spec(cfg.env, cfg.policy, cfg.generator.group)
+    key = env_key(cfg.env)
+    name = cfg.generator.name or f"{cfg.env.name}-{group}-{spec.arch_key}"
+    data = load_slice(store, key, group, spec.arch_key, Actor(spec).layout.num_params)
+    log.info(f"train-generator {name}: {len(data)} checkpoints from {len(set(data.run_ids))} runs"
+             f" ({data.bad_rows} bad rows skipped), returns {data.returns.min():.1f} .. {data.returns.max():.1f}")
+    out = Path(cfg.out_dir).expanduser().resolve() / name
+    scratch = out / f"unregistered-{time.strftime('%Y%m%dT%H%M%S')}"
+    writer = SummaryWriter(str(scratch / "tensorboard"))
+
+    def callback(metrics: dict[str, float], _save: Callable[[Path], None]) -> None:
+        for k, v in metrics.items():
+            if k != "epoch":
+                writer.add_scalar(f"generator/{k}", v, metrics["epoch"])
+
+    result = fit(cfg.generator, data, spec, cfg.seed, callback, label=f"train-generator {name}")
+    writer.close()
+    gen = result.generator
+    train_rows = np.isin(data.run_ids, result.train_runs)
+    returns = data.returns[train_rows]
+    top = np.sort(returns)[::-1][: max(1, int(math.ceil(0.1 * len(returns))))]
+    gen.info.update({
+        "name": name, "env": to_dict(cfg.env),
+        "env_key": key, "group": group, "seed": cfg.seed,
+        "dataset": {"store": store.uri, "rows": int(len(data)), "train_rows": int(train_rows.sum()),
+                    "runs": sorted(set(data.run_ids.tolist())), "train_runs": result.train_runs,
+                    "val_runs": result.val_runs, "max_step": {r: int(data.steps[data.run_ids == r].max())
+                                                              for r in sorted(set(data.run_ids.tolist()))},
+                    "return_min": float(returns.min()), "return_max": float(returns.max()),
+                    "return_p5": float(np.percentile(returns, 5)), "return_p95": float(np.percentile(returns, 95)),
+                    "return_top10_recorded": float(top.mean())},
+        "reference": reference_policies(store, key, group, spec.arch_key, data),
+    })
+    final = result.history[-1]
+    metrics = {"final": final, "history": result.history}
+    version = save_generator(store, gen, metrics)
+    folder = out / version
+    if folder.exists():  # the same name and version in another store
+        folder = out / f"{version}-{scratch.name.split('-', 1)[1]}"
+    scratch.rename(folder)
+    png = plot_curves({k: ([h["epoch"] for h in result.history], [h.get(k, float("nan")) for h in result.history])
+                       for k in ("train_recon", "val_recon")}, folder / "loss.png",
+                      f"{name}@{version}: reconstruction loss (standardised params)", xlabel="epoch",
+                      ylabel="mean squared error", window=1)
+    log.info(f"registered {name}@{version} in {store.uri}: val recon {final.get('val_recon', float('nan')):.4f};"
+             f" loss curve {png}; TensorBoard: tensorboard --logdir {folder / 'tensorboard'}")
+    return gen

@@ -1,0 +1,99 @@
+"""The metrics of DESIGN.md ("Metrics"), as pure functions shared by `pgen evaluate`, Tune and benches.
+
+- alignment R² against the identity: `1 − Σ(a_i − t_i)² / Σ(t_i − mean t)²`, and Spearman ρ beside it;
+- normalised score `(a − R_random) / (R_top10 − R_random)`;
+- novelty: nearest-neighbour distance to the training checkpoints (standardised parameter space)
+  over the median nearest-neighbour distance between checkpoints of different runs, and the
+  relative L2 distance `‖g − x‖ / ‖x‖` to the nearest training vector (copy check);
+- behavioural agreement: the fraction of greedy actions equal to the nearest neighbour's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pgen.policy import Actor
+
+
+def alignment_r2(targets: np.ndarray, achieved: np.ndarray) -> float:
+    """R² of achieved against the identity line (not a fitted line): bias is penalised."""
+    t, a = np.asarray(targets, np.float64), np.asarray(achieved, np.float64)
+    spread = ((t - t.mean()) ** 2).sum()
+    if t.size < 2 or spread == 0:
+        return float("nan")
+    return float(1.0 - ((a - t) ** 2).sum() / spread)
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with ties given their average rank."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(1, len(x) + 1)
+    for value in np.unique(x):
+        tie = x == value
+        if tie.sum() > 1:
+            ranks[tie] = ranks[tie].mean()
+    return ranks
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.size < 2:
+        return float("nan")
+    rx, ry = _ranks(x), _ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def normalised_score(achieved: np.ndarray | float, r_random: float, r_top: float) -> np.ndarray | float:
+    """1.0 = on par with the best 10 % of training checkpoints, 0.0 = uniform random."""
+    return (np.asarray(achieved, np.float64) - r_random) / (r_top - r_random)
+
+
+def nearest(queries: np.ndarray, refs: np.ndarray, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Euclidean distance to, and index of, the nearest row of `refs` for each row of `queries`."""
+    r = torch.from_numpy(np.asarray(refs, np.float32))
+    dist, idx = [], []
+    for i in range(0, len(queries), chunk):
+        d = torch.cdist(torch.from_numpy(np.asarray(queries[i : i + chunk], np.float32)), r)
+        v, j = d.min(dim=1)
+        dist.append(v.numpy())
+        idx.append(j.numpy())
+    return np.concatenate(dist), np.concatenate(idx)
+
+
+def cross_run_nn_median(refs: np.ndarray, run_ids: np.ndarray) -> float:
+    """Median over checkpoints of the distance to the nearest checkpoint of a *different* run."""
+    r = torch.from_numpy(np.asarray(refs, np.float32))
+    runs = np.asarray(run_ids)
+    if len(set(runs.tolist())) < 2:
+        return float("nan")
+    out = []
+    for i in range(0, len(r), 256):
+        d = torch.cdist(r[i : i + 256], r).numpy()
+        d[runs[i : i + 256, None] == runs[None, :]] = np.inf
+        out.append(d.min(axis=1))
+    return float(np.median(np.concatenate(out)))
+
+
+def min_relative_l2(queries: np.ndarray, refs: np.ndarray) -> np.ndarray:
+    """For each query g: min over refs x of ‖g − x‖ / ‖x‖ (raw parameters)."""
+    q = torch.from_numpy(np.asarray(queries, np.float32))
+    r = torch.from_numpy(np.asarray(refs, np.float32))
+    norms = r.norm(dim=1).clamp_min(1e-12)
+    return (torch.cdist(q, r) / norms).min(dim=1).values.numpy()
+
+
+@torch.no_grad()
+def action_agreement(a: Actor, b: Actor, obs: torch.Tensor, starts: torch.Tensor, tol: float = 0.1) -> float:
+    """Fraction of states where the greedy actions agree: same argmax (discrete), or every
+    action dimension's mean within `tol` (continuous). `obs` `[T, B, obs_dim]`, `starts` `[T, B]`
+    (recurrent state reset where 1)."""
+    h0a = a.initial_state(obs.shape[1]) if a.recurrent else None
+    h0b = b.initial_state(obs.shape[1]) if b.recurrent else None
+    out_a, out_b = a.forward_sequence(obs, h0a, starts), b.forward_sequence(obs, h0b, starts)
+    if a.spec.discrete:
+        return float((out_a.argmax(-1) == out_b.argmax(-1)).float().mean())
+    return float(((out_a - out_b).abs().amax(-1) <= tol).float().mean())

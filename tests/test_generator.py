@@ -1,0 +1,251 @@
+"""The generator: tokenisation, augmentation, normalisation, the metrics, training, versions in the
+store (local and S3), `pgen generate` / `pgen evaluate` error cases."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pgen.config import GeneratorConfig, compose_config
+from pgen.envs import env_key
+from pgen.generator.data import Normalizer, Tokenizer, load_slice, permutation_index, split_by_run
+from pgen.generator.sample import GeneratorNotFound, list_generators, load_generator, resolve_model, save_generator
+from pgen.generator.train import fit, train_generator
+from pgen.metrics import (action_agreement, alignment_r2, cross_run_nn_median, min_relative_l2, nearest,
+                          normalised_score, spearman)
+from pgen.policy import Actor, PolicySpec, read_policy_file
+from pgen.store import CheckpointStore, params_checksum
+
+SPECS = [PolicySpec("mlp", 18, (64, 64), 5, True), PolicySpec("mlp", 7, (16,), 3, False, "relu"),
+         PolicySpec("gru", 10, (12, 8), 4, True), PolicySpec("gru", 6, (5, 7), 2, False)]
+TINY_GEN = GeneratorConfig(d_model=16, n_layers=1, n_heads=2, latent_dim=4, fourier_features=4, epochs=4,
+                           batch_size=8, kl_warmup_epochs=2, log_every_s=60)
+SPREAD = compose_config("train-generator").env  # simple_spread: one group "agent", obs 18, 5 actions
+SMALL = PolicySpec("mlp", 18, (8,), 5, True)
+
+
+def pgen(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "pgen.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("mode", ["neuron", "chunk"])
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.arch_key)
+def test_tokenizer_round_trips_exactly(spec, mode):
+    layout = Actor(spec).layout
+    tok = Tokenizer(layout, mode, chunk_size=13)
+    x = torch.randn(3, layout.num_params)
+    tokens = tok.tokens(x)
+    assert torch.equal(tok.flat(tokens), x)
+    assert sum(int(m.sum()) for m in tok.masks()) == layout.num_params
+    if mode == "neuron" and spec.kind == "mlp":
+        # one token per output unit: its incoming weights then its bias
+        tokens_of = {layer.name: layer.tokens for layer in tok.layers}
+        assert [tokens_of[f"layers.{i}"] for i in range(len(spec.hidden))] + [tokens_of["head"]] == [
+            *spec.hidden, spec.action_dim]
+        actor = Actor(spec)
+        first = [layer.name for layer in tok.layers].index("layers.0")
+        t0 = tok.tokens(torch.from_numpy(actor.flat_params())[None])[first][0, 2]
+        assert torch.equal(t0, torch.cat([actor.layers[0].weight[2], actor.layers[0].bias[2:3]]).detach())
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.arch_key)
+def test_hidden_unit_permutation_preserves_the_function(spec):
+    a, b = Actor(spec), Actor(spec)
+    flat = a.flat_params()
+    idx = permutation_index(spec, torch.Generator().manual_seed(1)).numpy()
+    assert sorted(idx.tolist()) == list(range(flat.size)) and (idx != np.arange(flat.size)).any()
+    b.load_flat_params(flat[idx])
+    x = torch.randn(6, 4, spec.obs_dim)
+    starts = torch.zeros(6, 4)
+    starts[0] = 1
+    h0 = a.initial_state(4) if a.recurrent else None
+    torch.testing.assert_close(a.forward_sequence(x, h0, starts), b.forward_sequence(x, h0, starts), atol=1e-5, rtol=1e-5)
+
+
+def test_split_by_run_never_splits_a_run():
+    runs = np.array(["a"] * 5 + ["b"] * 4 + ["c"] * 6 + ["d"] * 2 + ["e"] * 3)
+    train, val = split_by_run(runs, 0.4, seed=3)
+    assert set(runs[train]).isdisjoint(runs[val]) and len(set(runs[val])) == 2
+    assert sorted(np.concatenate([train, val]).tolist()) == list(range(len(runs)))
+    assert len(split_by_run(np.array(["a", "a"]), 0.5, 0)[1]) == 0  # one run: nothing to hold out
+
+
+def test_normalizer_standardises_per_layer_and_round_trips():
+    layout = Actor(SPECS[0]).layout
+    tok = Tokenizer(layout)
+    params = np.random.default_rng(0).normal(3.0, 2.0, (20, layout.num_params)).astype(np.float32)
+    norm = Normalizer.fit(params, np.linspace(-50, -10, 20), tok)
+    x = norm.standardise(torch.from_numpy(params), tok)
+    for i in range(len(tok.layers)):
+        col = x[:, tok.layer_of_param == i]
+        assert abs(col.mean().item()) < 1e-4 and abs(col.std().item() - 1) < 1e-3
+    torch.testing.assert_close(norm.unstandardise(x, tok), torch.from_numpy(params), atol=1e-4, rtol=1e-5)
+    assert norm.condition(torch.tensor([-50.0, -10.0, 30.0])).tolist() == [0.0, 1.0, 2.0]
+
+
+def test_metrics_match_their_definitions():
+    t = np.array([-60.0, -50.0, -40.0, -30.0])
+    assert alignment_r2(t, t) == 1.0
+    assert alignment_r2(t, t + 5) == pytest.approx(1 - 4 * 25 / 500)  # a bias is penalised
+    assert alignment_r2(t, np.full(4, -45.0)) == pytest.approx(0.0)  # the mean is worth 0
+    assert spearman(t, t ** 3) == pytest.approx(1.0) and spearman(t, -t) == pytest.approx(-1.0)
+    assert spearman(np.array([1.0, 2.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0, 4.0])) == pytest.approx(0.9486833)
+    assert normalised_score(-30.0, r_random=-80.0, r_top=-30.0) == 1.0
+    assert normalised_score(-80.0, r_random=-80.0, r_top=-30.0) == 0.0
+    refs = np.array([[0.0, 0.0], [3.0, 4.0], [10.0, 0.0], [10.0, 1.0]])
+    d, i = nearest(np.array([[3.0, 3.0], [9.0, 0.0]]), refs)
+    assert i.tolist() == [1, 2] and d == pytest.approx([1.0, 1.0])
+    # nearest neighbour of another run: 0→(3,4) 5, (3,4)→0 5, (10,0)→(3,4) √65, (10,1)→(3,4) √58
+    assert cross_run_nn_median(refs, np.array(["a", "b", "c", "c"])) == pytest.approx(np.median([5, 5, 65 ** .5, 58 ** .5]))
+    assert min_relative_l2(np.array([[3.0, 4.05]]), refs)[0] == pytest.approx(0.01, rel=1e-5)
+    a = Actor(SMALL)
+    obs = torch.randn(5, 3, 18)
+    assert action_agreement(a, a, obs, torch.ones(5, 3)) == 1.0
+
+
+def synthetic_records(spec: PolicySpec, runs: int = 3, per_run: int = 12, seed: int = 0) -> list[list[dict]]:
+    """Checkpoints that move from a shared init along a per-run direction; return grows with progress."""
+    rng = np.random.default_rng(seed)
+    init = Actor(spec).flat_params()
+    out = []
+    for r in range(runs):
+        direction = rng.normal(0, 0.05, init.size).astype(np.float32)
+        rows = []
+        for k in range(per_run):
+            params = (init + k * direction).astype(np.float32)
+            rows.append({"run_id": f"syn-m{r:03d}", "member": r, "env_id": SPREAD.id, "env_key": env_key(SPREAD),
+                         "group": "agent", "arch": spec.arch_key, "step": 1000 * k, "update": k,
+                         "return_mean": -80.0 + 4.0 * k + r, "return_std": 1.0, "episodes": 4,
+                         "num_params": int(params.size), "params": params, "checksum": params_checksum(params),
+                         "created_at": datetime.now(timezone.utc), "seed": r, "origin": "trained"})
+        out.append(rows)
+    return out
+
+
+def fill_store(store: CheckpointStore, spec: PolicySpec = SMALL, **kw) -> None:
+    for rows in synthetic_records(spec, **kw):
+        for seq, row in enumerate(rows):
+            store.write_part([row], row["env_key"], "agent", spec.arch_key, row["run_id"], seq)
+
+
+def train_cfg(store_uri: str, **generator):
+    out = Path(store_uri).parent / "generators"
+    cfg = compose_config("train-generator", [f"store.uri={store_uri}", "policy.hidden=[8]", f"out_dir={out}"])
+    cfg.generator = replace(TINY_GEN, **generator)
+    return cfg
+
+
+def test_fit_resumes_exactly_from_a_saved_state(tmp_path):
+    store = CheckpointStore(str(tmp_path / "store"))
+    fill_store(store)
+    data = load_slice(store, env_key(SPREAD), "agent", SMALL.arch_key, Actor(SMALL).layout.num_params)
+    cfg = replace(TINY_GEN, permute_prob=0.5)
+    full = fit(cfg, data, SMALL, seed=0)
+
+    def stop_after_two(metrics, save):
+        if metrics["epoch"] == 2:
+            save(tmp_path / "state")
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, data, SMALL, seed=0, callback=stop_after_two)
+    resumed = fit(cfg, data, SMALL, seed=0, resume=tmp_path / "state")
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    assert resumed.history[-1]["train_loss"] == pytest.approx(full.history[-1]["train_loss"], rel=1e-5)
+    for (k, a), b in zip(full.generator.model.state_dict().items(), resumed.generator.model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_versions_round_trip_exactly_and_generation_is_deterministic(tmp_path):
+    store_uri = str(tmp_path / "store")
+    fill_store(CheckpointStore(store_uri))
+    gen = train_generator(train_cfg(store_uri, name="spread"))
+    assert gen.version == "v0001"
+    store = CheckpointStore(store_uri)
+    loaded = load_generator(store, "spread")
+    for (k, a), b in zip(gen.model.state_dict().items(), loaded.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    a = gen.generate([-70.0, -45.0], num=3, seed=7)
+    assert a.shape == (6, Actor(SMALL).layout.num_params) and a.dtype == np.float32
+    assert np.array_equal(a, loaded.generate([-70.0, -45.0], num=3, seed=7))
+    assert np.array_equal(a, loaded.generate([-70.0, -45.0], num=3, seed=7))
+    assert not np.array_equal(a, loaded.generate([-70.0, -45.0], num=3, seed=8))
+    assert loaded.info["dataset"]["rows"] == 36 and len(loaded.info["dataset"]["val_runs"]) == 1
+    for bad in (float("nan"), float("inf"), "many"):
+        with pytest.raises(ValueError, match="target_return must be a"):
+            loaded.generate(bad)
+    # a second version moves LATEST; the first stays loadable by name@version
+    train_generator(train_cfg(store_uri, name="spread", epochs=2))
+    assert resolve_model(store, "spread") == ("spread", "v0002")
+    assert np.array_equal(load_generator(store, "spread@v0001").generate(-50.0, seed=1), gen.generate(-50.0, seed=1))
+    assert [(g["name"], g["version"], g["latest"]) for g in list_generators(store)] == [
+        ("spread", "v0001", False), ("spread", "v0002", True)]
+    with pytest.raises(GeneratorNotFound, match="versions: v0001, v0002"):
+        load_generator(store, "spread@v0003")
+    with pytest.raises(GeneratorNotFound, match="there are: spread"):
+        load_generator(store, "other")
+    assert (tmp_path / "store" / "generators" / "spread" / "v0002" / "metrics.json").exists()
+
+
+def test_a_version_with_a_corrupt_model_file_is_a_clear_error(tmp_path):
+    store_uri = str(tmp_path / "store")
+    fill_store(CheckpointStore(store_uri))
+    train_generator(train_cfg(store_uri, name="spread"))
+    path = tmp_path / "store" / "generators" / "spread" / "v0001" / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(GeneratorNotFound, match="unreadable"):
+        load_generator(CheckpointStore(store_uri), "spread")
+
+
+def test_train_generator_and_generate_against_s3(s3_store_uri, tmp_path):
+    fill_store(CheckpointStore(s3_store_uri))
+    out = pgen("train-generator", f"store.uri={s3_store_uri}", "policy.hidden=[8]", "generator.d_model=16",
+               "generator.n_layers=1", "generator.epochs=3", "generator.batch_size=8", "generator.name=spread",
+               f"out_dir={tmp_path / 'gens'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "registered spread@v0001" in out.stderr and "epochs/s" in out.stderr and "ETA" in out.stderr
+    folder = tmp_path / "gens" / "spread" / "v0001"
+    assert (folder / "loss.png").stat().st_size > 1000
+    assert any(p.name.startswith("events.out.tfevents") for p in (folder / "tensorboard").iterdir())
+    out = pgen("generate", f"store.uri={s3_store_uri}", "target_return=-55", "num=4", "seed=3",
+               f"out={tmp_path / 'p.safetensors'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    pf = read_policy_file(tmp_path / "p.safetensors")
+    assert pf.params.shape == (4, Actor(SMALL).layout.num_params)
+    assert pf.metadata["model"] == "spread" and pf.metadata["version"] == "v0001"
+    assert float(pf.metadata["target_return"]) == -55.0 and pf.metadata["arch"] == SMALL.arch_key
+    expected = load_generator(CheckpointStore(s3_store_uri), "spread").generate(-55.0, num=4, seed=3)
+    np.testing.assert_array_equal(pf.params, expected)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["target_return=nan"], "target_return must be a finite number"),
+    (["target_return=inf"], "target_return must be a finite number"),
+    (["target_return=-inf"], "target_return must be a finite number"),
+    ([], "target_return=<number> is required"),
+    (["target_return=-50", "num=5000"], "num must be between 1 and 1024"),
+    (["target_return=-50", "model=nope"], "no generator 'nope'"),
+    (["target_return=-50", "model=spread@v0009"], "no complete version v0009"),
+])
+def test_generate_rejects_bad_requests_with_a_clear_error(tmp_path, args, message):
+    store_uri = str(tmp_path / "store")
+    fill_store(CheckpointStore(store_uri), runs=2, per_run=4)
+    train_generator(train_cfg(store_uri, name="spread", epochs=1))
+    out = pgen("generate", f"store.uri={store_uri}", *args, cwd=tmp_path)
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_train_generator_on_an_empty_slice_is_a_clear_error(tmp_path):
+    out = pgen("train-generator", f"store.uri={tmp_path / 'empty'}", cwd=tmp_path)
+    assert out.returncode == 2 and "no checkpoints in" in out.stderr and "Traceback" not in out.stderr
