@@ -97,10 +97,12 @@ def evaluate_generator(cfg: EvaluateConfig, store: CheckpointStore | None = None
     info, spec = gen.info, gen.spec
     env_cfg = config_from_dict("train", {"env": info["env"]}).env
     ds = info["dataset"]
-    data = load_slice(store, info["env_key"], info["group"], info["arch"], gen.layout.num_params,
-                      run_ids=ds["train_runs"])
-    keep = np.array([step <= ds["max_step"][run] for run, step in zip(data.run_ids, data.steps)])
-    data = data.subset(np.flatnonzero(keep))  # the rows the generator was trained on, not later ones
+    everything = load_slice(store, info["env_key"], info["group"], info["arch"], gen.layout.num_params,
+                            run_ids=ds["runs"])
+    # the rows the generator saw (train runs) and held out (validation runs), not ones written since
+    keep = np.array([step <= ds["max_step"][run] for run, step in zip(everything.run_ids, everything.steps)])
+    everything = everything.subset(np.flatnonzero(keep))
+    data = everything.subset(np.flatnonzero(np.isin(everything.run_ids, ds["train_runs"])))
     others = reference_actors(store, gen, env_cfg)
     group = info["group"]
     targets, in_range = target_grid(data.returns, s)
@@ -138,7 +140,7 @@ def evaluate_generator(cfg: EvaluateConfig, store: CheckpointStore | None = None
     std = lambda x: gen.normalizer.standardise(torch.from_numpy(x), gen.tokenizer).numpy()  # noqa: E731
     train_std = std(data.params)
     nn_dist, nn_idx = nearest(std(generated), train_std)
-    median_cross = cross_run_nn_median(train_std, data.run_ids)
+    median_cross = cross_run_nn_median(std(everything.params), everything.run_ids)  # over all runs of the slice
     rel_l2 = min_relative_l2(generated, data.params)
     observations: dict[str, list] = {}
     best = int(top_rows[0])
