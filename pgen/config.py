@@ -177,13 +177,14 @@ class GeneratorConfig:
     n_layers: int = 2  # transformer blocks in the encoder and in the decoder
     n_heads: int = 4
     latent_dim: int = 32
-    fourier_features: int = 16  # frequencies of the return condition's Fourier features
+    fourier_features: int = 6  # frequencies π·2^k, k < n, of the return condition's Fourier features
     dropout: float = 0.0
-    beta: float = 0.01  # weight of the KL term (KL summed over latent dims, recon = mean squared error)
+    beta: float = 1.0  # weight of the KL term (KL summed over latent dims, recon = mean squared error)
     kl_warmup_epochs: int = 30  # β rises linearly from 0 over these epochs
-    lr: float = 5e-4
+    free_bits: float = 0.0  # nats per latent dim below which the KL is not penalised (0: plain β-VAE)
+    lr: float = 1e-3
     weight_decay: float = 0.01
-    batch_size: int = 64
+    batch_size: int = 16
     epochs: int = 300
     permute_prob: float = 0.0  # chance a training vector's hidden units are randomly permuted
     noise_std: float = 0.005  # Gaussian noise added to standardised training vectors

@@ -3,7 +3,8 @@
 - `load_slice` reads the checkpoint records of one slice with pyarrow (checksums verified by the
   store) into a `ParamDataset`: `[N, P]` float32 parameters, returns, run ids.
 - `split_by_run` holds out whole runs for validation, never single rows.
-- `Normalizer`: per-layer mean/std of the parameters and the return range, saved with the model.
+- `Normalizer`: per-parameter mean, per-layer std of the residuals, and the return range (saved
+  with the model).
 - `Tokenizer`: flat vector ⇄ per-layer token matrices (one token per output unit — its incoming
   weights and bias — or fixed-size chunks).
 - `permutation_index`: a function-preserving random permutation of the hidden units, as an index
@@ -179,9 +180,14 @@ class Tokenizer:
 
 @dataclass
 class Normalizer:
-    """Per-layer standardisation of parameters and the return range used to scale the condition."""
+    """Standardisation of parameters and the return range used to scale the condition.
 
-    layer_mean: torch.Tensor  # [L]
+    Each parameter has the dataset mean subtracted (`param_mean`, `[P]`); the residuals are then
+    divided by one standard deviation per layer (`layer_std`, `[L]`), so the model sees how
+    checkpoints differ from the typical one, on a comparable scale in every layer.
+    """
+
+    param_mean: torch.Tensor  # [P]
     layer_std: torch.Tensor  # [L]
     return_low: float
     return_high: float
@@ -189,34 +195,35 @@ class Normalizer:
     @classmethod
     def fit(cls, params: np.ndarray, returns: np.ndarray, tokenizer: Tokenizer) -> "Normalizer":
         x = torch.from_numpy(params).double()
+        mean = x.mean(0)
+        resid = x - mean
         which = tokenizer.layer_of_param
-        mean = torch.stack([x[:, which == i].mean() for i in range(len(tokenizer.layers))])
-        std = torch.stack([x[:, which == i].std() for i in range(len(tokenizer.layers))]).clamp_min(1e-8)
+        std = torch.stack([resid[:, which == i].pow(2).mean().sqrt() for i in range(len(tokenizer.layers))])
         low, high = float(np.min(returns)), float(np.max(returns))
         if high - low < 1e-8:
             high = low + 1.0
-        return cls(mean.float(), std.float(), low, high)
+        return cls(mean.float(), std.clamp_min(1e-8).float(), low, high)
 
     def standardise(self, flat: torch.Tensor, tokenizer: Tokenizer) -> torch.Tensor:
         which = tokenizer.layer_of_param.to(flat.device)
-        return (flat - self.layer_mean.to(flat.device)[which]) / self.layer_std.to(flat.device)[which]
+        return (flat - self.param_mean.to(flat.device)) / self.layer_std.to(flat.device)[which]
 
     def unstandardise(self, flat: torch.Tensor, tokenizer: Tokenizer) -> torch.Tensor:
         which = tokenizer.layer_of_param.to(flat.device)
-        return flat * self.layer_std.to(flat.device)[which] + self.layer_mean.to(flat.device)[which]
+        return flat * self.layer_std.to(flat.device)[which] + self.param_mean.to(flat.device)
 
     def condition(self, returns: torch.Tensor) -> torch.Tensor:
         """Return → [0, 1] over the dataset's range (targets beyond it map outside [0, 1])."""
         return (returns - self.return_low) / (self.return_high - self.return_low)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"layer_mean": self.layer_mean, "layer_std": self.layer_std,
+        return {"param_mean": self.param_mean, "layer_std": self.layer_std,
                 "return_range": torch.tensor([self.return_low, self.return_high], dtype=torch.float64)}
 
     @classmethod
     def from_tensors(cls, t: dict[str, torch.Tensor]) -> "Normalizer":
         low, high = (float(v) for v in t["return_range"])
-        return cls(t["layer_mean"].float(), t["layer_std"].float(), low, high)
+        return cls(t["param_mean"].float(), t["layer_std"].float(), low, high)
 
 
 def permutation_index(spec: PolicySpec, generator: torch.Generator) -> torch.Tensor:

@@ -1,7 +1,11 @@
 """The conditional transformer VAE over a policy's parameter tokens (DESIGN.md "Generator").
 
 Encoder: `[CLS, condition, tokens...]` → transformer → CLS → (μ, log σ²) of a global latent z.
-Decoder: `[z, condition, queries...]` → transformer → one output per query → the layer's tokens.
+Decoder: `[z, condition, queries...]` → transformer → one output per query → the layer's tokens;
+each query is its position embedding plus the embeddings of z and of the condition. Beside the
+transformer's output, every token position has its own linear read-out of z and of the condition's
+Fourier features (a conditional probabilistic-PCA path that a small transformer cannot express:
+position-specific linear maps of a global latent); the transformer models what is not linear.
 Tokens enter and leave through a linear map per layer (their widths differ); every token position
 has a learned layer embedding and a learned position embedding. The condition is the target
 return scaled to [0, 1] over the dataset's range, through fixed Fourier features and an MLP,
@@ -37,9 +41,12 @@ class FourierCondition(nn.Module):
         self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(n, dtype=torch.float32), persistent=False)
         self.mlp = nn.Sequential(nn.Linear(2 * n + 1, d_model), nn.GELU(), nn.Linear(d_model, d_model))
 
-    def forward(self, c: torch.Tensor) -> torch.Tensor:
+    def features(self, c: torch.Tensor) -> torch.Tensor:
         angles = c[:, None] * self.freqs
-        return self.mlp(torch.cat([c[:, None], angles.sin(), angles.cos()], dim=-1))
+        return torch.cat([c[:, None], angles.sin(), angles.cos()], dim=-1)
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.features(c))
 
 
 def _transformer(cfg: ModelConfig) -> nn.TransformerEncoder:
@@ -68,6 +75,10 @@ class ParamVAE(nn.Module):
         self.decoder = _transformer(cfg)
         self.to_latent = nn.Linear(d, 2 * cfg.latent_dim)
         self.from_latent = nn.Linear(cfg.latent_dim, d)
+        # per-position linear read-out of (z, Fourier features of c): [tokens_l, latent + 2n + 1, width_l]
+        k = cfg.latent_dim + 2 * cfg.fourier_features + 1
+        self.readout = nn.ParameterList(nn.Parameter(torch.randn(n, k, w) / math.sqrt(k))
+                                        for n, w in zip(cfg.layer_tokens, cfg.layer_widths))
 
     def _positions(self) -> torch.Tensor:
         return self.layer_emb(self.layer_ids) + self.pos_emb  # [T, d]
@@ -83,11 +94,13 @@ class ParamVAE(nn.Module):
 
     def decode(self, z: torch.Tensor, c: torch.Tensor) -> list[torch.Tensor]:
         """Latent `[B, latent]` and condition `[B]` → per-layer tokens `[B, n_l, w_l]`."""
-        batch = z.shape[0]
-        queries = self._positions().expand(batch, -1, -1)
-        head = torch.stack([self.from_latent(z), self.dec_cond(c)], dim=1)
-        h = self.decoder(torch.cat([head, queries], dim=1))[:, 2:]
-        return [proj(part) for proj, part in zip(self.token_out, h.split(self.cfg.layer_tokens, dim=1))]
+        zc = torch.stack([self.from_latent(z), self.dec_cond(c)], dim=1)  # [B, 2, d]
+        # every query carries z and the condition as well (a strong, direct conditioning path)
+        queries = self._positions() + zc.sum(dim=1, keepdim=True)
+        h = self.decoder(torch.cat([zc, queries], dim=1))[:, 2:]
+        u = torch.cat([z, self.dec_cond.features(c)], dim=-1)  # [B, k]
+        return [proj(part) + torch.einsum("bk,tkw->btw", u, a)
+                for proj, part, a in zip(self.token_out, h.split(self.cfg.layer_tokens, dim=1), self.readout)]
 
     def forward(self, tokens: list[torch.Tensor], c: torch.Tensor, generator: torch.Generator | None = None
                 ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
@@ -97,9 +110,14 @@ class ParamVAE(nn.Module):
         return self.decode(z, c), mu, logvar
 
 
-def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(q(z|x) ‖ N(0, I)) summed over latent dims, mean over the batch."""
-    return (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).sum(-1).mean()
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, free_bits: float = 0.0) -> torch.Tensor:
+    """KL(q(z|x) ‖ N(0, I)) summed over latent dims, mean over the batch. With `free_bits` > 0 each
+    dimension's batch-mean KL counts as at least that many nats (no gradient below it), which keeps
+    the decoder from ignoring z."""
+    per_dim = (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).mean(0)
+    if free_bits > 0:
+        per_dim = per_dim.clamp_min(free_bits)
+    return per_dim.sum()
 
 
 def reconstruction_loss(pred: list[torch.Tensor], target: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tensor:

@@ -61,14 +61,15 @@ def _augment(x: torch.Tensor, perms: torch.Tensor | None, cfg: GeneratorConfig, 
 
 
 def _losses(model: ParamVAE, tokenizer: Tokenizer, masks: list[torch.Tensor], x: torch.Tensor, c: torch.Tensor,
-            rng: torch.Generator | None, use_mean: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+            rng: torch.Generator | None, use_mean: bool = False, free_bits: float = 0.0
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     tokens = tokenizer.tokens(x)
     if use_mean:
         mu, logvar = model.encode(tokens, c)
         pred = model.decode(mu, c)
     else:
         pred, mu, logvar = model(tokens, c, rng)
-    return reconstruction_loss(pred, tokens, masks), kl_divergence(mu, logvar)
+    return reconstruction_loss(pred, tokens, masks), kl_divergence(mu, logvar, free_bits)
 
 
 def fit(cfg: GeneratorConfig, data: ParamDataset, spec: PolicySpec, seed: int, callback: Callback | None = None,
@@ -120,7 +121,7 @@ def fit(cfg: GeneratorConfig, data: ParamDataset, spec: PolicySpec, seed: int, c
                 group["lr"] = lr_at(epoch * steps_per_epoch + b)
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size].to(device)
             x = _augment(x_train[idx], perms, cfg, rng)
-            recon, kl = _losses(model, tokenizer, masks, x, c_train[idx], rng)
+            recon, kl = _losses(model, tokenizer, masks, x, c_train[idx], rng, free_bits=cfg.free_bits)
             loss = recon + beta * kl
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,0 +1,94 @@
+"""Generator quality on simple_spread and simple_tag: alignment, normalised score, novelty.
+
+For each slice (env, group) the script trains a generator with the given settings on the store's
+checkpoints (`pgen train-generator`'s code path) and runs `pgen evaluate`'s measurement on it: a
+grid of targets from the 5th to the 95th percentile of the training checkpoints' returns plus
+their maximum, `--samples` generated policies per target, each rolled out on `--episodes`
+held-out fixed-seed greedy episodes, with the baselines (uniform random, re-evaluated top-10 %
+checkpoints, retrieval of the closest-return checkpoint) in the same run. Seeds of the generator
+training are repeated with `--seeds`.
+
+The data comes from `pgen populate` (the `profile=full` setting; the exact commands are in
+bench/README.md). Writes `bench/results/generator.json`, copies each alignment plot to
+`bench/results/generator-<env>-<group>-s<seed>.png` and prints the table.
+
+    python bench/generator.py --store bench/results/runs/gen-store --seeds 0 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+
+from pgen.config import compose_config
+from pgen.evaluate import evaluate_generator, format_result
+from pgen.generator.train import train_generator
+from pgen.progress import setup_logging
+from pgen.store import CheckpointStore
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SLICES = {"simple_spread": "agent", "simple_tag": "adversary"}
+KEYS = ("alignment_r2", "spearman", "retrieval_alignment_r2", "retrieval_spearman", "normalised_score_top",
+        "retrieval_normalised_score_top", "r_random", "r_top10", "best_trained", "novelty_median", "copies",
+        "min_relative_l2", "agreement_mean")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--store", default=str(RESULTS / "runs" / "gen-store"))
+    ap.add_argument("--envs", nargs="+", default=list(SLICES))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--episodes", type=int, default=50)
+    ap.add_argument("--samples", type=int, default=5)
+    ap.add_argument("--targets", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("overrides", nargs="*", help="generator.* Hydra overrides, e.g. generator.epochs=200")
+    args = ap.parse_args()
+    setup_logging()
+    store = CheckpointStore(args.store)
+    out_dir = RESULTS / "runs" / "generator"
+    rows = []
+    for env in args.envs:
+        for seed in args.seeds:
+            name = f"bench-{env}-s{seed}"
+            cfg = compose_config("train-generator", [f"env={env}", f"store.uri={args.store}", f"seed={seed}",
+                                                     f"generator.group={SLICES[env]}", f"generator.name={name}",
+                                                     f"torch_threads={args.threads}", f"out_dir={out_dir}",
+                                                     *args.overrides])
+            t0 = time.perf_counter()
+            gen = train_generator(cfg, store)
+            train_s = time.perf_counter() - t0
+            ecfg = compose_config("evaluate", [f"store.uri={args.store}", f"model={gen.model_id}",
+                                              f"evaluate.episodes={args.episodes}", f"evaluate.samples={args.samples}",
+                                              f"evaluate.targets={args.targets}", f"evaluate.out_dir={out_dir}",
+                                              f"torch_threads={args.threads}"])
+            t0 = time.perf_counter()
+            result = evaluate_generator(ecfg, store, gen)
+            eval_s = time.perf_counter() - t0
+            print(format_result(result), flush=True)
+            png = RESULTS / f"generator-{env}-{SLICES[env]}-s{seed}.png"
+            shutil.copyfile(result["plot"], png)
+            rows.append({"env": env, "group": SLICES[env], "seed": seed, "model": gen.model_id,
+                         "checkpoints": gen.info["dataset"]["rows"], "runs": len(gen.info["dataset"]["runs"]),
+                         "train_s": train_s, "evaluate_s": eval_s, "plot": str(png.relative_to(RESULTS.parent)),
+                         "generator": gen.info["generator"], "targets": result["targets"],
+                         **{k: result[k] for k in KEYS}})
+    summary = {"host": platform.node(), "store": store.uri, "episodes": args.episodes, "samples": args.samples,
+               "targets": args.targets, "overrides": args.overrides, "rows": rows}
+    (RESULTS / "generator.json").write_text(json.dumps(summary, indent=1))
+    print(f"\n{'env / group':<26} {'seed':>4} {'ckpts':>5} {'R²':>6} {'(retr.)':>7} {'ρ':>6} {'score@top':>9}"
+          f" {'(retr.)':>7} {'novelty':>7} {'copies':>6} {'agree':>5} {'train s':>7}")
+    for r in rows:
+        print(f"{r['env'] + ' / ' + r['group']:<26} {r['seed']:>4} {r['checkpoints']:>5} {r['alignment_r2']:>6.2f}"
+              f" {r['retrieval_alignment_r2']:>7.2f} {r['spearman']:>6.2f} {r['normalised_score_top']:>9.2f}"
+              f" {r['retrieval_normalised_score_top']:>7.2f} {r['novelty_median']:>7.2f} {r['copies']:>6}"
+              f" {r['agreement_mean']:>5.2f} {r['train_s']:>7.0f}")
+    print(f"\nwrote {RESULTS / 'generator.json'}")
+
+
+if __name__ == "__main__":
+    main()
