@@ -9,7 +9,8 @@ checkpoints, retrieval of the closest-return checkpoint) in the same run. Seeds 
 training are repeated with `--seeds`.
 
 The data comes from `pgen populate` (the `profile=full` setting; the exact commands are in
-bench/README.md). Writes `bench/results/generator.json`, copies each alignment plot to
+bench/README.md). Writes `bench/results/generator.json` (rows of other envs/seeds from earlier
+runs are kept), copies each alignment plot to
 `bench/results/generator-<env>-<group>-s<seed>.png` and prints the table.
 
     python bench/generator.py --store bench/results/runs/gen-store --seeds 0 1
@@ -75,10 +76,15 @@ def main() -> None:
             rows.append({"env": env, "group": SLICES[env], "seed": seed, "model": gen.model_id,
                          "checkpoints": gen.info["dataset"]["rows"], "runs": len(gen.info["dataset"]["runs"]),
                          "train_s": train_s, "evaluate_s": eval_s, "plot": str(png.relative_to(RESULTS.parent)),
+                         "overrides": args.overrides,
                          "generator": gen.info["generator"], "targets": result["targets"],
                          **{k: result[k] for k in KEYS}})
+    path = RESULTS / "generator.json"
+    previous = json.loads(path.read_text())["rows"] if path.exists() else []
+    done = {(r["env"], r["seed"]) for r in rows}  # rows of other envs/seeds from earlier runs are kept
+    rows = [r for r in previous if (r["env"], r["seed"]) not in done] + rows
     summary = {"host": platform.node(), "store": store.uri, "episodes": args.episodes, "samples": args.samples,
-               "targets": args.targets, "overrides": args.overrides, "rows": rows}
+               "targets": args.targets, "rows": rows}
     (RESULTS / "generator.json").write_text(json.dumps(summary, indent=1))
     print(f"\n{'env / group':<26} {'seed':>4} {'ckpts':>5} {'R²':>6} {'(retr.)':>7} {'ρ':>6} {'score@top':>9}"
           f" {'(retr.)':>7} {'novelty':>7} {'copies':>6} {'agree':>5} {'train s':>7}")

@@ -179,10 +179,11 @@ class GeneratorConfig:
     latent_dim: int = 32
     fourier_features: int = 6  # frequencies π·2^k, k < n, of the return condition's Fourier features
     dropout: float = 0.0
-    beta: float = 1.0  # weight of the KL term (KL summed over latent dims, recon = mean squared error)
+    beta: float = 0.1  # weight of the KL term (KL summed over latent dims, recon = mean squared error)
     kl_warmup_epochs: int = 30  # β rises linearly from 0 over these epochs
     free_bits: float = 0.0  # nats per latent dim below which the KL is not penalised (0: plain β-VAE)
-    lr: float = 1e-3
+    conditional_prior: bool = True  # p(z | return) learned with the model; false: p(z) = N(0, I)
+    lr: float = 3e-3
     weight_decay: float = 0.01
     batch_size: int = 16
     epochs: int = 300

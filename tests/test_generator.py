@@ -91,7 +91,12 @@ def test_normalizer_centres_per_parameter_scales_per_layer_and_round_trips():
         col = x[:, tok.layer_of_param == i]
         assert abs(col.pow(2).mean().sqrt().item() - 1) < 1e-3  # unit scale per layer
     torch.testing.assert_close(norm.unstandardise(x, tok), torch.from_numpy(params), atol=1e-4, rtol=1e-5)
-    assert norm.condition(torch.tensor([-50.0, -10.0, 30.0])).tolist() == [0.0, 1.0, 2.0]
+    c = norm.condition(torch.tensor([-50.0, -10.0, 30.0, -90.0, -30.0])).tolist()
+    assert c == pytest.approx([0.0, 1.0, 2.0, -1.0, 0.5], abs=1e-6)
+    # the condition is the return's percentile: a few very low returns do not squash the top
+    skewed = Normalizer.fit(params, np.array([-150.0] * 2 + list(np.linspace(-60, -40, 18))), tok)
+    assert skewed.condition(torch.tensor([-50.0])).item() == pytest.approx(0.55, abs=0.03)
+    assert torch.equal(Normalizer.from_tensors(norm.tensors()).return_knots, norm.return_knots)
 
 
 def test_metrics_match_their_definitions():

@@ -3,8 +3,8 @@
 - `load_slice` reads the checkpoint records of one slice with pyarrow (checksums verified by the
   store) into a `ParamDataset`: `[N, P]` float32 parameters, returns, run ids.
 - `split_by_run` holds out whole runs for validation, never single rows.
-- `Normalizer`: per-parameter mean, per-layer std of the residuals, and the return range (saved
-  with the model).
+- `Normalizer`: per-parameter mean, per-layer std of the residuals, and the return percentiles that
+  scale the condition (saved with the model).
 - `Tokenizer`: flat vector ⇄ per-layer token matrices (one token per output unit — its incoming
   weights and bias — or fixed-size chunks).
 - `permutation_index`: a function-preserving random permutation of the hidden units, as an index
@@ -180,17 +180,22 @@ class Tokenizer:
 
 @dataclass
 class Normalizer:
-    """Standardisation of parameters and the return range used to scale the condition.
+    """Standardisation of parameters, and the scale of the return condition.
 
     Each parameter has the dataset mean subtracted (`param_mean`, `[P]`); the residuals are then
     divided by one standard deviation per layer (`layer_std`, `[L]`), so the model sees how
     checkpoints differ from the typical one, on a comparable scale in every layer.
+
+    The return condition is the return's position in the dataset's return distribution: the
+    empirical CDF through `return_knots` (the 0th, 1st, …, 100th percentiles), piecewise linear, so
+    the range [min, max] maps to [0, 1] with equal resolution for every percentile (a few very low
+    returns of initial policies do not squash the top of the range). Beyond the range it continues
+    linearly with slope 1 / (max − min), so out-of-range targets map outside [0, 1].
     """
 
     param_mean: torch.Tensor  # [P]
     layer_std: torch.Tensor  # [L]
-    return_low: float
-    return_high: float
+    return_knots: torch.Tensor  # [101] float64, non-decreasing
 
     @classmethod
     def fit(cls, params: np.ndarray, returns: np.ndarray, tokenizer: Tokenizer) -> "Normalizer":
@@ -199,10 +204,16 @@ class Normalizer:
         resid = x - mean
         which = tokenizer.layer_of_param
         std = torch.stack([resid[:, which == i].pow(2).mean().sqrt() for i in range(len(tokenizer.layers))])
-        low, high = float(np.min(returns)), float(np.max(returns))
-        if high - low < 1e-8:
-            high = low + 1.0
-        return cls(mean.float(), std.clamp_min(1e-8).float(), low, high)
+        knots = torch.from_numpy(np.percentile(np.asarray(returns, np.float64), np.arange(101)))
+        return cls(mean.float(), std.clamp_min(1e-8).float(), knots)
+
+    @property
+    def return_low(self) -> float:
+        return float(self.return_knots[0])
+
+    @property
+    def return_high(self) -> float:
+        return float(self.return_knots[-1])
 
     def standardise(self, flat: torch.Tensor, tokenizer: Tokenizer) -> torch.Tensor:
         which = tokenizer.layer_of_param.to(flat.device)
@@ -213,17 +224,23 @@ class Normalizer:
         return flat * self.layer_std.to(flat.device)[which] + self.param_mean.to(flat.device)
 
     def condition(self, returns: torch.Tensor) -> torch.Tensor:
-        """Return → [0, 1] over the dataset's range (targets beyond it map outside [0, 1])."""
-        return (returns - self.return_low) / (self.return_high - self.return_low)
+        """Return → its empirical-CDF position in [0, 1]; linear continuation outside the range."""
+        r = returns.double().cpu().numpy()
+        knots = self.return_knots.numpy()
+        span = max(self.return_high - self.return_low, 1e-8)
+        # strictly increasing knots (ties spread by a negligible epsilon) for np.interp
+        xs = knots + np.arange(len(knots)) * span * 1e-9
+        c = np.interp(r, xs, np.linspace(0.0, 1.0, len(knots)))
+        c = np.where(r < xs[0], (r - xs[0]) / span, c)
+        c = np.where(r > xs[-1], 1.0 + (r - xs[-1]) / span, c)
+        return torch.from_numpy(c).to(returns.device)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"param_mean": self.param_mean, "layer_std": self.layer_std,
-                "return_range": torch.tensor([self.return_low, self.return_high], dtype=torch.float64)}
+        return {"param_mean": self.param_mean, "layer_std": self.layer_std, "return_knots": self.return_knots}
 
     @classmethod
     def from_tensors(cls, t: dict[str, torch.Tensor]) -> "Normalizer":
-        low, high = (float(v) for v in t["return_range"])
-        return cls(t["param_mean"].float(), t["layer_std"].float(), low, high)
+        return cls(t["param_mean"].float(), t["layer_std"].float(), t["return_knots"].double())
 
 
 def permutation_index(spec: PolicySpec, generator: torch.Generator) -> torch.Tensor:

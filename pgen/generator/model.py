@@ -1,6 +1,9 @@
 """The conditional transformer VAE over a policy's parameter tokens (DESIGN.md "Generator").
 
 Encoder: `[CLS, condition, tokens...]` → transformer → CLS → (μ, log σ²) of a global latent z.
+Prior: p(z | condition), a small MLP on the condition's Fourier features (or N(0, I) with
+`conditional_prior=False`), so that the latent can say which member a checkpoint resembles while
+the prior knows which members reached a given return.
 Decoder: `[z, condition, queries...]` → transformer → one output per query → the layer's tokens;
 each query is its position embedding plus the embeddings of z and of the condition. Beside the
 transformer's output, every token position has its own linear read-out of z and of the condition's
@@ -31,6 +34,7 @@ class ModelConfig:
     latent_dim: int = 32
     fourier_features: int = 16
     dropout: float = 0.0
+    conditional_prior: bool = True  # p(z | condition) learned; else p(z) = N(0, I)
 
 
 class FourierCondition(nn.Module):
@@ -75,6 +79,9 @@ class ParamVAE(nn.Module):
         self.decoder = _transformer(cfg)
         self.to_latent = nn.Linear(d, 2 * cfg.latent_dim)
         self.from_latent = nn.Linear(cfg.latent_dim, d)
+        k_cond = 2 * cfg.fourier_features + 1
+        self.prior = (nn.Sequential(nn.Linear(k_cond, d), nn.GELU(), nn.Linear(d, 2 * cfg.latent_dim))
+                      if cfg.conditional_prior else None)
         # per-position linear read-out of (z, Fourier features of c): [tokens_l, latent + 2n + 1, width_l]
         k = cfg.latent_dim + 2 * cfg.fourier_features + 1
         self.readout = nn.ParameterList(nn.Parameter(torch.randn(n, k, w) / math.sqrt(k))
@@ -102,6 +109,19 @@ class ParamVAE(nn.Module):
         return [proj(part) + torch.einsum("bk,tkw->btw", u, a)
                 for proj, part, a in zip(self.token_out, h.split(self.cfg.layer_tokens, dim=1), self.readout)]
 
+    def prior_params(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of p(z | c): learned from the condition, or N(0, I)."""
+        if self.prior is None:
+            zeros = c.new_zeros(c.shape[0], self.cfg.latent_dim)
+            return zeros, zeros
+        mu, logvar = self.prior(self.dec_cond.features(c)).chunk(2, dim=-1)
+        return mu, logvar.clamp(-12.0, 8.0)
+
+    def sample_latent(self, c: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """z = μ_p(c) + σ_p(c)·ε for the generation noise ε ~ N(0, τ²I)."""
+        mu, logvar = self.prior_params(c)
+        return mu + (0.5 * logvar).exp() * eps
+
     def forward(self, tokens: list[torch.Tensor], c: torch.Tensor, generator: torch.Generator | None = None
                 ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         mu, logvar = self.encode(tokens, c)
@@ -110,11 +130,13 @@ class ParamVAE(nn.Module):
         return self.decode(z, c), mu, logvar
 
 
-def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, free_bits: float = 0.0) -> torch.Tensor:
-    """KL(q(z|x) ‖ N(0, I)) summed over latent dims, mean over the batch. With `free_bits` > 0 each
-    dimension's batch-mean KL counts as at least that many nats (no gradient below it), which keeps
-    the decoder from ignoring z."""
-    per_dim = (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).mean(0)
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor, prior_logvar: torch.Tensor,
+                  free_bits: float = 0.0) -> torch.Tensor:
+    """KL(q(z|x, c) ‖ p(z|c)) of diagonal Gaussians, summed over latent dims, mean over the batch.
+    With `free_bits` > 0 each dimension's batch-mean KL counts as at least that many nats (no
+    gradient below it), which keeps the decoder from ignoring z."""
+    per_dim = 0.5 * (prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1.0)
+    per_dim = per_dim.mean(0)
     if free_bits > 0:
         per_dim = per_dim.clamp_min(free_bits)
     return per_dim.sum()

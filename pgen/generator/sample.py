@@ -92,8 +92,9 @@ class Generator:
                  temperature: float = 1.0) -> np.ndarray:
         """`num` parameter vectors per target, `[len(targets) · num, P]` float32, target-major.
 
-        z ~ N(0, temperature² I) from a CPU generator seeded with `seed`, so the same call gives
-        the same vectors on any device (up to the device's float arithmetic).
+        z = μ_p(c) + σ_p(c)·ε with ε ~ N(0, temperature² I) drawn from a CPU generator seeded with
+        `seed` (μ_p = 0, σ_p = 1 without a conditional prior), so the same call gives the same
+        vectors on any device (up to the device's float arithmetic).
         """
         targets = [check_target(t) for t in np.atleast_1d(np.asarray(target_returns, dtype=object))]
         if num < 1:
@@ -103,10 +104,10 @@ class Generator:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         self.model.eval()
         rng = torch.Generator().manual_seed(int(seed))
-        z = torch.randn(len(targets) * num, self.model.cfg.latent_dim, generator=rng) * temperature
+        eps = torch.randn(len(targets) * num, self.model.cfg.latent_dim, generator=rng) * temperature
         returns = torch.tensor(targets, dtype=torch.float64).repeat_interleave(num)
-        c = self.normalizer.condition(returns).float()
-        tokens = self.model.decode(z.to(self.device), c.to(self.device))
+        c = self.normalizer.condition(returns).float().to(self.device)
+        tokens = self.model.decode(self.model.sample_latent(c, eps.to(self.device)), c)
         flat = self.normalizer.unstandardise(self.tokenizer.flat(tokens), self.tokenizer)
         return flat.cpu().numpy().astype(np.float32)
 

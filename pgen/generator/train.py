@@ -44,7 +44,8 @@ class FitResult:
 
 def model_config(cfg: GeneratorConfig, tokenizer: Tokenizer) -> ModelConfig:
     return ModelConfig([layer.tokens for layer in tokenizer.layers], [layer.width for layer in tokenizer.layers],
-                       cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.latent_dim, cfg.fourier_features, cfg.dropout)
+                       cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.latent_dim, cfg.fourier_features, cfg.dropout,
+                       cfg.conditional_prior)
 
 
 def _augment(x: torch.Tensor, perms: torch.Tensor | None, cfg: GeneratorConfig, rng: torch.Generator) -> torch.Tensor:
@@ -69,7 +70,7 @@ def _losses(model: ParamVAE, tokenizer: Tokenizer, masks: list[torch.Tensor], x:
         pred = model.decode(mu, c)
     else:
         pred, mu, logvar = model(tokens, c, rng)
-    return reconstruction_loss(pred, tokens, masks), kl_divergence(mu, logvar, free_bits)
+    return reconstruction_loss(pred, tokens, masks), kl_divergence(mu, logvar, *model.prior_params(c), free_bits)
 
 
 def fit(cfg: GeneratorConfig, data: ParamDataset, spec: PolicySpec, seed: int, callback: Callback | None = None,
