@@ -13,7 +13,7 @@ bench/README.md). Writes `bench/results/generator.json` (rows of other envs/seed
 runs are kept), copies each alignment plot to
 `bench/results/generator-<env>-<group>-s<seed>.png` and prints the table.
 
-    python bench/generator.py --store bench/results/runs/gen-store --seeds 0 1
+    python bench/generator.py generator.epochs=200 --envs simple_spread simple_tag --seeds 0
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ class Progress:
     def line(self, done: int, extra: str = "") -> str:
         rate = self.rate(done)
         parts = [f"{self.label} {done:,}" + (f"/{self.total:,} ({100 * done / self.total:.1f}%)" if self.total else "")]
-        parts.append(f"{rate:,.0f} {self.unit}/s")
+        parts.append(f"{rate:,.0f} {self.unit}/s" if rate >= 10 else f"{rate:.2g} {self.unit}/s")
         if extra:
             parts.append(extra)
         if self.total:

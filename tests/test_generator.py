@@ -255,3 +255,23 @@ def test_generate_rejects_bad_requests_with_a_clear_error(tmp_path, args, messag
 def test_train_generator_on_an_empty_slice_is_a_clear_error(tmp_path):
     out = pgen("train-generator", f"store.uri={tmp_path / 'empty'}", cwd=tmp_path)
     assert out.returncode == 2 and "no checkpoints in" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("tokenisation", ["neuron", "chunk"])
+def test_gru_generator_end_to_end(tmp_path, tokenisation):
+    """A GRU slice: train, register, generate, and the generated policies play the env."""
+    from pgen.evaluation import evaluate_returns
+
+    spec = PolicySpec("gru", 18, (8, 8), 5, True)
+    store_uri = str(tmp_path / "store")
+    fill_store(CheckpointStore(store_uri), spec=spec)
+    cfg = compose_config("train-generator", [f"store.uri={store_uri}", "policy=gru", "policy.hidden=[8,8]",
+                                             f"out_dir={tmp_path / 'gens'}"])
+    cfg.generator = replace(TINY_GEN, tokenisation=tokenisation, chunk_size=16)
+    gen = train_generator(cfg)
+    assert gen.info["arch"] == spec.arch_key == "gru-18x8x8x5-tanh"
+    params = load_generator(CheckpointStore(store_uri), gen.name).generate([-60.0, -45.0], num=2, seed=0)
+    actor = Actor(spec)
+    actor.load_flat_params(params[0])
+    returns = evaluate_returns(SPREAD, {"agent": actor}, episodes=2)["agent"]
+    assert returns.shape == (2,) and np.isfinite(returns).all()
