@@ -68,8 +68,7 @@ def reference_actors(store: CheckpointStore, gen: Generator, env_cfg: EnvConfig)
         if row is None:
             raise ValueError(f"reference checkpoint of group {group} (run {ref['run_id']}, step {ref['step']})"
                              f" is missing from {store.uri}")
-        g = env.group(group)
-        spec = PolicySpec(gen.spec.kind, g.obs_dim, gen.spec.hidden, g.action_dim, g.discrete, gen.spec.activation)
+        spec = PolicySpec.for_group(env.group(group), gen.spec.kind, gen.spec.hidden, gen.spec.activation)
         if spec.arch_key != meta["arch"]:
             raise ValueError(f"reference group {group}: arch {meta['arch']} is not {spec.arch_key}")
         out[group] = _actor(spec, np.asarray(row["params"], np.float32))

@@ -139,8 +139,8 @@ class PPOLearner:
         self.obs, self.alive, self.state = self.vec.reset()
         self.groups: dict[str, GroupLearner] = {}
         for g in self.vec.groups:
-            spec = PolicySpec(enum_value(policy_cfg.kind), g.obs_dim, tuple(policy_cfg.hidden), g.action_dim,
-                              g.discrete, enum_value(policy_cfg.activation))
+            spec = PolicySpec.for_group(g, enum_value(policy_cfg.kind), policy_cfg.hidden,
+                                        enum_value(policy_cfg.activation))
             actor = Actor(spec, init_scale=algo.init_scale)
             source = self._critic_source(g)
             critic = critic_net(spec.kind, self._critic_dim(g, source), spec.hidden, spec.activation)

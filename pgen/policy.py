@@ -55,6 +55,11 @@ class PolicySpec:
         sizes = "x".join(str(s) for s in (self.obs_dim, *self.hidden))
         return f"{self.kind}-{sizes}x{out}-{self.activation}"
 
+    @classmethod
+    def for_group(cls, group, kind: str, hidden: Sequence[int], activation: str) -> "PolicySpec":
+        """The spec of an agent group's actor (`group`: an `envs.AgentGroup`) for a network shape."""
+        return cls(kind, group.obs_dim, tuple(hidden), group.action_dim, group.discrete, activation)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 

@@ -146,6 +146,11 @@ def list_generators(store: CheckpointStore) -> list[dict[str, Any]]:
     return out
 
 
+def _names(store: CheckpointStore) -> list[str]:
+    """Generator names that have a LATEST pointer."""
+    return sorted({k.split("/")[1] for k in store.list("generators/") if k.endswith("/LATEST")})
+
+
 def _latest(store: CheckpointStore, name: str) -> str | None:
     key = f"generators/{name}/LATEST"
     return store.get(key).decode().strip() if store.exists(key) else None
@@ -154,7 +159,7 @@ def _latest(store: CheckpointStore, name: str) -> str | None:
 def resolve_model(store: CheckpointStore, model: str | None) -> tuple[str, str]:
     """`name`, `name@version` or None (the store's only generator) → (name, version)."""
     if model is None:
-        names = sorted({k.split("/")[1] for k in store.list("generators/") if k.endswith("/LATEST")})
+        names = _names(store)
         if len(names) != 1:
             raise GeneratorNotFound(f"model= is required: the store {store.uri} has "
                                     f"{'no generators' if not names else 'generators ' + ', '.join(names)}")
@@ -165,8 +170,7 @@ def resolve_model(store: CheckpointStore, model: str | None) -> tuple[str, str]:
     if not version:
         version = _latest(store, name)
         if version is None:
-            names = sorted({k.split("/")[1] for k in store.list("generators/") if k.endswith("/LATEST")})
-            raise GeneratorNotFound(f"no generator {name!r} in {store.uri}; there are: {', '.join(names) or 'none'}")
+            raise GeneratorNotFound(f"no generator {name!r} in {store.uri}; there are: {', '.join(_names(store)) or 'none'}")
     elif not store.exists(f"generators/{name}/{version}/config.json"):
         have = _versions(store, name)
         raise GeneratorNotFound(f"no complete version {version} of generator {name!r} in {store.uri};"

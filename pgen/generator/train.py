@@ -182,9 +182,8 @@ def slice_spec(env_cfg: EnvConfig, policy_cfg: Any, group: str | None) -> tuple[
     """The group (default: the env's first) and the policy spec its checkpoints have."""
     env = describe_env(env_cfg)
     g = env.group(group) if group else env.groups[0]
-    spec = PolicySpec(enum_value(policy_cfg.kind), g.obs_dim, tuple(policy_cfg.hidden), g.action_dim, g.discrete,
-                      enum_value(policy_cfg.activation))
-    return g.name, spec
+    return g.name, PolicySpec.for_group(g, enum_value(policy_cfg.kind), policy_cfg.hidden,
+                                        enum_value(policy_cfg.activation))
 
 
 def reference_policies(store: CheckpointStore, key: str, group: str, arch: str, data: ParamDataset
@@ -193,7 +192,7 @@ def reference_policies(store: CheckpointStore, key: str, group: str, arch: str, 
     the co-trained policies of the run with the best checkpoint, at that checkpoint's step."""
     best = int(np.argmax(data.returns))
     run, step = str(data.run_ids[best]), int(data.steps[best])
-    rows = store.read_records(env_key=key, run_id=run, columns=["group", "arch", "step", "params"]).table.to_pylist()
+    rows = store.read_records(env_key=key, run_id=run, columns=["group", "arch", "step"]).table.to_pylist()
     others = {r["group"]: r for r in rows if r["group"] != group and r["step"] == step}
     return {"run_id": run, "step": step, "groups": {g: {"arch": r["arch"]} for g, r in sorted(others.items())}}
 
