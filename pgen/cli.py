@@ -22,6 +22,7 @@ commands:
   generate   write num policies for target_return to a safetensors policy file
   evaluate   generated policies over a grid of targets vs random, top-10 % and retrieval baselines
   pipeline   the main job: populate -> train-generator -> evaluate (profile=quick | full)
+  serve      the generator as an HTTP endpoint on Ray Serve (serve/app.py): /v1/generate, /v1/seed
 
 Overrides are Hydra's: env=simple_tag algo=ippo policy=gru population.max_env_steps=200000
 env.id=<module with parallel_env> env.kwargs.<k>=<v> seed=1 run_dir=/abs/path ...
@@ -72,9 +73,16 @@ def _pipeline(cfg) -> None:
     pipeline(cfg)
 
 
+def _serve(cfg) -> None:
+    # `serve/` sits beside `pgen/` (DESIGN.md): pgen itself never imports it, only this shortcut does
+    from serve.app import run
+
+    run(cfg)
+
+
 COMMANDS: dict[str, Callable] = {"train": _train, "populate": _populate, "dataset": _dataset,
                                  "train-generator": _train_generator, "generate": _generate,
-                                 "evaluate": _evaluate, "pipeline": _pipeline}
+                                 "evaluate": _evaluate, "pipeline": _pipeline, "serve": _serve}
 
 
 def main(argv: list[str] | None = None) -> int:

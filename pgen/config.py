@@ -93,6 +93,17 @@ class AlgoConfig:
 
 
 @dataclass
+class SeedConfig:
+    """Start the members from a served generator, through a DeploymentHandle (`serve/app.py`)."""
+
+    model: Optional[str] = None  # <name> (its LATEST) or <name>@<version>; null: no seeding from Serve
+    target_return: Optional[float] = None  # the return the generated initial policies should have
+    temperature: float = 1.0
+    app: Optional[str] = None  # Serve application name; null: the one application with a PolicyGenerator
+    timeout_s: float = 120.0
+
+
+@dataclass
 class PopulationConfig:
     """Population members and their budget (`pgen train` runs one member in-process)."""
 
@@ -102,6 +113,7 @@ class PopulationConfig:
     checkpoint_every: int = 10  # PPO updates between checkpoints (evaluate, write record, save state)
     eval_episodes: int = 20  # fixed-seed greedy episodes per checkpoint
     seed_from: Optional[str] = None  # run id whose checkpoints initialise the members' policies
+    seed: SeedConfig = field(default_factory=SeedConfig)
     # every member starts from the same initial policy weights (drawn from `seed`), so the population's
     # checkpoints share one basin of weight space and a generator can interpolate between members
     shared_init: bool = True
@@ -261,9 +273,49 @@ class PipelineConfig(LearnerSetup):
     out_dir: str = "pgen-runs"  # generators/ and evaluate/ outputs go below it
 
 
+@dataclass
+class ServeSettings:
+    """The Serve application (`serve/app.py`): limits, batching, replicas, resources, auth."""
+
+    host: str = "127.0.0.1"  # `pgen serve` only; `serve run/deploy` take Serve's http_options
+    port: int = 8000  # `pgen serve` only
+    app_name: str = "pgen"  # `pgen serve` only
+    max_num: int = 64  # policies per /v1/generate request
+    max_population: int = 256  # population_size limit of /v1/seed
+    max_body_bytes: int = 16384  # larger request bodies get 413
+    batching: bool = True  # @serve.batch across requests; false: one forward pass per request
+    max_batch_size: int = 32
+    batch_wait_timeout_s: float = 0.002
+    max_ongoing_requests: int = 64  # per generator replica (caps the batch size too)
+    max_queued_requests: int = 256  # per caller of the generator; beyond: 503 + Retry-After
+    ingress_max_ongoing_requests: int = 128  # per ingress replica
+    ingress_max_queued_requests: int = 512  # per HTTP proxy; beyond: 503 + Retry-After
+    retry_after_s: float = 1.0
+    min_replicas: int = 1  # generator replicas (autoscaled on ongoing requests)
+    max_replicas: int = 2
+    target_ongoing_requests: float = 16.0
+    ingress_replicas: int = 1
+    num_cpus: float = 0.5  # per generator replica
+    num_gpus: float = 0.0  # per generator replica; > 0 (e.g. 0.25) only where GPUs exist
+    ingress_num_cpus: float = 0.25
+    device: str = "auto"  # auto: cuda when the replica has a GPU, else cpu
+    torch_threads: int = 1
+    latest_ttl_s: float = 2.0  # how long a resolved `name` → LATEST version is reused
+    token_env: str = "PGEN_SERVE_TOKEN"  # environment variable holding the bearer token of /v1/seed
+    seed_eval_episodes: int = 20  # fixed-seed episodes measuring each seed policy's return
+
+
+@dataclass
+class ServeConfig:
+    """`pgen serve` and `serve run serve.app:app [key=value ...]`: the generator endpoint."""
+
+    store: StoreConfig = field(default_factory=StoreConfig)
+    serve: ServeSettings = field(default_factory=ServeSettings)
+
+
 SCHEMAS: Dict[str, type] = {"train": TrainConfig, "populate": PopulateConfig, "dataset": DatasetConfig,
                             "train-generator": TrainGeneratorConfig, "generate": GenerateConfig,
-                            "evaluate": EvaluateConfig, "pipeline": PipelineConfig}
+                            "evaluate": EvaluateConfig, "pipeline": PipelineConfig, "serve": ServeConfig}
 
 _cs = ConfigStore.instance()
 for _name, _node in SCHEMAS.items():

@@ -35,44 +35,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pgen.config import EnvConfig, EvaluateConfig, EvaluateSettings, config_from_dict  # noqa: E402
-from pgen.envs import describe_env  # noqa: E402
-from pgen.evaluation import HELDOUT_EVAL_SEED, evaluate_returns  # noqa: E402
+from pgen.evaluation import HELDOUT_EVAL_SEED, actor_from_flat, evaluate_returns, reference_actors  # noqa: E402
 from pgen.generator.data import load_slice  # noqa: E402
 from pgen.generator.sample import Generator, load_generator  # noqa: E402
 from pgen.metrics import (action_agreement, alignment_r2, cross_run_nn_median, min_relative_l2, nearest,  # noqa: E402
                           normalised_score, spearman)
-from pgen.policy import Actor, PolicySpec, atomic_write  # noqa: E402
+from pgen.policy import Actor, atomic_write  # noqa: E402
 from pgen.progress import Progress, log  # noqa: E402
 from pgen.store import CheckpointStore  # noqa: E402
 
 COPY_THRESHOLD = 0.01  # relative L2 below which a generated vector counts as a copy of a training vector
-
-
-def _actor(spec: PolicySpec, flat: np.ndarray) -> Actor:
-    actor = Actor(spec)
-    actor.load_flat_params(flat)
-    return actor.eval()
-
-
-def reference_actors(store: CheckpointStore, gen: Generator, env_cfg: EnvConfig) -> dict[str, Actor]:
-    """The other groups' fixed policies named by the generator's `reference`."""
-    ref = gen.info.get("reference") or {}
-    if not ref.get("groups"):
-        return {}
-    env = describe_env(env_cfg)
-    rows = store.read_records(env_key=gen.info["env_key"], run_id=ref["run_id"],
-                              columns=["group", "arch", "step", "params"]).table.to_pylist()
-    out = {}
-    for group, meta in ref["groups"].items():
-        row = next((r for r in rows if r["group"] == group and r["step"] == ref["step"]), None)
-        if row is None:
-            raise ValueError(f"reference checkpoint of group {group} (run {ref['run_id']}, step {ref['step']})"
-                             f" is missing from {store.uri}")
-        spec = PolicySpec.for_group(env.group(group), gen.spec.kind, gen.spec.hidden, gen.spec.activation)
-        if spec.arch_key != meta["arch"]:
-            raise ValueError(f"reference group {group}: arch {meta['arch']} is not {spec.arch_key}")
-        out[group] = _actor(spec, np.asarray(row["params"], np.float32))
-    return out
 
 
 def target_grid(returns: np.ndarray, settings: EvaluateSettings) -> tuple[list[float], list[bool]]:
@@ -102,7 +74,7 @@ def evaluate_generator(cfg: EvaluateConfig, store: CheckpointStore | None = None
     keep = np.array([step <= ds["max_step"][run] for run, step in zip(everything.run_ids, everything.steps)])
     everything = everything.subset(np.flatnonzero(keep))
     data = everything.subset(np.flatnonzero(np.isin(everything.run_ids, ds["train_runs"])))
-    others = reference_actors(store, gen, env_cfg)
+    others = reference_actors(store, gen.info, env_cfg)
     group = info["group"]
     targets, in_range = target_grid(data.returns, s)
     top_n = min(s.max_top, max(1, math.ceil(s.top_fraction * len(data))))
@@ -120,16 +92,16 @@ def evaluate_generator(cfg: EvaluateConfig, store: CheckpointStore | None = None
         return float(returns.mean())
 
     r_random = achieved(None)
-    top_achieved = {int(i): achieved(_actor(spec, data.params[i])) for i in top_rows}
+    top_achieved = {int(i): achieved(actor_from_flat(spec, data.params[i])) for i in top_rows}
     r_top = float(np.mean(list(top_achieved.values())))
-    retrieval_cache = {i: (top_achieved[i] if i in top_achieved else achieved(_actor(spec, data.params[i])))
+    retrieval_cache = {i: (top_achieved[i] if i in top_achieved else achieved(actor_from_flat(spec, data.params[i])))
                        for i in sorted(set(retrieval_rows))}
 
     generated, points = [], []
     for k, target in enumerate(targets):
         params = gen.generate(target, s.samples, seed=s.seed * 100_003 + k, temperature=s.temperature)
         for j, flat in enumerate(params):
-            a = achieved(_actor(spec, flat)) if np.isfinite(flat).all() else float("nan")
+            a = achieved(actor_from_flat(spec, flat)) if np.isfinite(flat).all() else float("nan")
             points.append({"k": k, "target": target, "in_range": in_range[k], "sample": j, "achieved": a})
             generated.append(flat)
     generated = np.stack(generated)
@@ -143,11 +115,12 @@ def evaluate_generator(cfg: EvaluateConfig, store: CheckpointStore | None = None
     rel_l2 = min_relative_l2(generated, data.params)
     observations: dict[str, list] = {}
     best = int(top_rows[0])
-    evaluate_returns(env_cfg, {**others, group: _actor(spec, data.params[best])}, s.states, seed=HELDOUT_EVAL_SEED + 7919,
+    evaluate_returns(env_cfg, {**others, group: actor_from_flat(spec, data.params[best])}, s.states,
+                     seed=HELDOUT_EVAL_SEED + 7919,
                      observations=observations)
     obs = torch.from_numpy(np.stack([o for o, _ in observations[group]]))
     starts = torch.from_numpy(np.stack([st for _, st in observations[group]]))
-    agreement = [action_agreement(_actor(spec, g), _actor(spec, data.params[i]), obs, starts)
+    agreement = [action_agreement(actor_from_flat(spec, g), actor_from_flat(spec, data.params[i]), obs, starts)
                  for g, i in zip(generated, nn_idx)]
     for p, d, rl, ag in zip(points, nn_dist, rel_l2, agreement):
         p.update(novelty=float(d / median_cross) if median_cross > 0 else float("nan"),

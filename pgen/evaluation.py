@@ -7,14 +7,15 @@ uniformly random actions, which is how the random level R_random is measured.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
 from pgen.config import EnvConfig
-from pgen.envs import VecEnv
-from pgen.policy import Actor
+from pgen.envs import VecEnv, describe_env
+from pgen.policy import Actor, PolicySpec
+from pgen.store import CheckpointStore
 
 EVAL_SEED = 10_000  # evaluation episodes never share seeds with training copies of seeds < 10000
 # `pgen evaluate` plays other episodes than the populations' checkpoint evaluations (EVAL_SEED), so a
@@ -82,3 +83,33 @@ def evaluate_returns(env_cfg: EnvConfig, policies: Mapping[str, Actor | None], e
         obs = {name: s.obs for name, s in step.groups.items()}
     vec.close()
     return {name: np.asarray(r[:episodes]) for name, r in results.items()}
+
+
+def actor_from_flat(spec: PolicySpec, flat: np.ndarray) -> Actor:
+    """A policy of `spec` with the flat parameters `flat`, in eval mode."""
+    actor = Actor(spec)
+    actor.load_flat_params(flat)
+    return actor.eval()
+
+
+def reference_actors(store: CheckpointStore, info: dict[str, Any], env_cfg: EnvConfig) -> dict[str, Actor]:
+    """The other groups' fixed policies named by a generator's `reference` (its config.json `info`):
+    the co-trained policies of the best checkpoint's run at that step. Empty for one-group envs."""
+    ref = info.get("reference") or {}
+    if not ref.get("groups"):
+        return {}
+    env = describe_env(env_cfg)
+    own = PolicySpec.from_json(info["policy_spec"])
+    rows = store.read_records(env_key=info["env_key"], run_id=ref["run_id"],
+                              columns=["group", "arch", "step", "params"]).table.to_pylist()
+    out = {}
+    for group, meta in ref["groups"].items():
+        row = next((r for r in rows if r["group"] == group and r["step"] == ref["step"]), None)
+        if row is None:
+            raise ValueError(f"reference checkpoint of group {group} (run {ref['run_id']}, step {ref['step']})"
+                             f" is missing from {store.uri}")
+        spec = PolicySpec.for_group(env.group(group), own.kind, own.hidden, own.activation)
+        if spec.arch_key != meta["arch"]:
+            raise ValueError(f"reference group {group}: arch {meta['arch']} is not {spec.arch_key}")
+        out[group] = actor_from_flat(spec, np.asarray(row["params"], np.float32))
+    return out

@@ -9,6 +9,7 @@ from it, and a reader without pgen can rebuild them from the `layout` metadata a
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -20,7 +21,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 from torch.distributions import Categorical, Normal
 
@@ -59,6 +60,11 @@ class PolicySpec:
     def for_group(cls, group, kind: str, hidden: Sequence[int], activation: str) -> "PolicySpec":
         """The spec of an agent group's actor (`group`: an `envs.AgentGroup`) for a network shape."""
         return cls(kind, group.obs_dim, tuple(hidden), group.action_dim, group.discrete, activation)
+
+    @property
+    def layout(self) -> "ParamLayout":
+        """The actor's ParamLayout (computed once per spec)."""
+        return _layout_of(self)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -115,6 +121,12 @@ class ParamLayout:
     @classmethod
     def from_json(cls, text: str) -> "ParamLayout":
         return cls(tuple((str(name), tuple(int(s) for s in shape)) for name, shape in json.loads(text)))
+
+
+@functools.lru_cache(maxsize=64)
+def _layout_of(spec: PolicySpec) -> ParamLayout:
+    with torch.random.fork_rng(devices=[]):  # asking for a layout must not move the caller's RNG
+        return Actor(spec).layout
 
 
 def _orthogonal(layer: nn.Linear, gain: float) -> nn.Linear:
@@ -264,14 +276,14 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         raise
 
 
-def save_policy_file(path: str | os.PathLike, params: np.ndarray | Iterable[np.ndarray], spec: PolicySpec,
-                     env_id: str, group: str, model: str, version: str,
-                     target_return: float | None = None, extra: Mapping[str, str] | None = None) -> Path:
-    """Write K policies of one arch as the DESIGN.md policy file (atomically)."""
+def policy_file_bytes(params: np.ndarray | Iterable[np.ndarray], spec: PolicySpec, env_id: str, group: str,
+                      model: str, version: str, target_return: float | None = None,
+                      extra: Mapping[str, str] | None = None) -> bytes:
+    """K policies of one arch as the bytes of a DESIGN.md policy file."""
     params = np.asarray(np.stack(list(params)) if not isinstance(params, np.ndarray) else params, np.float32)
     if params.ndim == 1:
         params = params[None]
-    layout = Actor(spec).layout
+    layout = spec.layout
     if params.shape[1] != layout.num_params:
         raise ValueError(f"params have {params.shape[1]} columns, {spec.arch_key} needs {layout.num_params}")
     metadata = {
@@ -285,8 +297,15 @@ def save_policy_file(path: str | os.PathLike, params: np.ndarray | Iterable[np.n
         "policy_spec": spec.to_json(),
         **dict(extra or {}),
     }
-    tensor = torch.from_numpy(np.ascontiguousarray(params))
-    atomic_write(path, lambda tmp: save_file({"params": tensor}, tmp, metadata=metadata))
+    return save({"params": torch.from_numpy(np.ascontiguousarray(params))}, metadata=metadata)
+
+
+def save_policy_file(path: str | os.PathLike, params: np.ndarray | Iterable[np.ndarray], spec: PolicySpec,
+                     env_id: str, group: str, model: str, version: str,
+                     target_return: float | None = None, extra: Mapping[str, str] | None = None) -> Path:
+    """Write K policies of one arch as the DESIGN.md policy file (atomically)."""
+    data = policy_file_bytes(params, spec, env_id, group, model, version, target_return, extra)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
     return Path(path)
 
 

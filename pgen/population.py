@@ -69,7 +69,8 @@ def open_store(cfg: PopulateConfig) -> CheckpointStore:
 def seed_params(store: CheckpointStore, run_id: str, member: int) -> tuple[dict[str, np.ndarray], str, dict[str, str]]:
     """Initial weights per group from the checkpoints of run `run_id` (row member mod count).
 
-    Returns (params per group, origin of those checkpoints, arch per group).
+    Returns (params per group, origin of those checkpoints, arch per group). A seed run may cover
+    only some of the env's groups (a generator seeds one group).
     """
     result = store.read_records(run_id=run_id)
     if result.rows == 0:
@@ -82,6 +83,24 @@ def seed_params(store: CheckpointStore, run_id: str, member: int) -> tuple[dict[
         params[group] = np.asarray(row["params"], dtype=np.float32)
         origin, arch[group] = row["origin"], row["arch"]
     return params, origin, arch
+
+
+GENERATOR_DEPLOYMENT = "PolicyGenerator"  # the deployment name in serve/app.py
+
+
+def generator_handle(app: str | None) -> Any:
+    """A DeploymentHandle to the served generator: in Serve application `app`, or in the one
+    application that has a PolicyGenerator deployment."""
+    from ray import serve
+
+    if app is None:
+        apps = [name for name, status in serve.status().applications.items()
+                if GENERATOR_DEPLOYMENT in status.deployments]
+        if len(apps) != 1:
+            raise ValueError(f"population.seed.app is required: Serve applications with a {GENERATOR_DEPLOYMENT}"
+                             f" deployment: {apps or 'none (is `pgen serve` running on this cluster?)'}")
+        app = apps[0]
+    return serve.get_deployment_handle(GENERATOR_DEPLOYMENT, app_name=app)
 
 
 class PopulationWorker:
@@ -117,18 +136,23 @@ class PopulationWorker:
         return f"runs/{self.run_id}/state"
 
     def _start(self) -> None:
-        seed_from = self.cfg.population.seed_from
+        if self.cfg.population.shared_init:
+            self._shared_initial_policies()
+        seed_from, seed = self.cfg.population.seed_from, self.cfg.population.seed
         if seed_from:
             params, origin, arch = seed_params(self.store, seed_from, self.member)
-            if set(params) != set(self.learner.groups) or any(arch[g] != self.arch[g] for g in params):
-                raise ValueError(f"population.seed_from={seed_from}: its groups/archs {arch} do not match {self.arch}")
-            for group, flat in params.items():
+        elif seed.model:
+            params, origin, arch = self._seed_from_deployment()
+        if seed_from or seed.model:
+            wrong = {g: a for g, a in arch.items() if self.arch.get(g) != a}
+            if wrong:
+                raise ValueError(f"seed {seed_from or seed.model}: groups/archs {wrong} do not match this"
+                                 f" population's {self.arch}")
+            for group, flat in params.items():  # groups without seed weights keep their initial policy
                 self.learner.groups[group].actor.load_flat_params(flat)
             # DESIGN.md origins are "trained" | "seeded:<generator>@<version>": weights copied from a
             # trained run stay "trained" (run.json records seed_from)
             self.origin = origin
-        elif self.cfg.population.shared_init:
-            self._shared_initial_policies()
         info = {"run_id": self.run_id, "member": self.member, "seed": self.seed, "hparams": self.hparams,
                 "origin": self.origin, "seed_from": seed_from, "env_key": self.env_key, "arch": self.arch,
                 "status": "started", "created_at": datetime.now(timezone.utc).isoformat(),
@@ -136,6 +160,20 @@ class PopulationWorker:
         self.store.put_once(f"runs/{self.run_id}/run.json", json.dumps(info, indent=1, default=str).encode())
         # checkpoint 0: the initial policies, so the dataset starts at the random / seeded level
         self._checkpoint()
+
+    def _seed_from_deployment(self) -> tuple[dict[str, np.ndarray], str, dict[str, str]]:
+        """One generated policy for `population.seed.target_return` from the served generator, asked
+        through a DeploymentHandle (the PolicyGenerator deployment of `serve/app.py`)."""
+        from pgen.generator.sample import resolve_model
+
+        seed = self.cfg.population.seed
+        name, version = resolve_model(self.store, seed.model)  # this member's version, even if LATEST moves
+        handle = generator_handle(seed.app)
+        request = {"target_return": seed.target_return, "num": 1, "seed": self.seed, "temperature": seed.temperature}
+        reply = handle.options(multiplexed_model_id=f"{name}@{version}").generate.remote(request).result(
+            timeout_s=seed.timeout_s)
+        log.info(f"{self.run_id}: seeded from {name}@{version} (target return {seed.target_return})")
+        return {reply["group"]: reply["params"][0]}, f"seeded:{name}@{version}", {reply["group"]: reply["arch"]}
 
     def _shared_initial_policies(self) -> None:
         """Replace each group's actor weights by ones drawn from the population seed (with the base
@@ -253,6 +291,15 @@ def populate(cfg: PopulateConfig) -> dict[int, dict[str, Any]]:
     if cfg.population.size < 1:
         raise ValueError(f"population.size must be >= 1, got {cfg.population.size}")
     member_hparams(cfg.population.hparams, cfg.seed, 0)  # fail fast on bad ranges, before Ray starts
+    seed = cfg.population.seed
+    if seed.model is not None:
+        if cfg.population.seed_from:
+            raise ValueError("population.seed_from and population.seed.model are alternatives: set one")
+        if seed.target_return is None:
+            raise ValueError("population.seed.model needs population.seed.target_return=<number>")
+        from pgen.generator.sample import check_target
+
+        check_target(seed.target_return, "population.seed.target_return")
     open_store(cfg)  # fail fast on a bad store URI
     _init_ray()
     import ray

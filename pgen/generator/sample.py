@@ -87,7 +87,6 @@ class Generator:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    @torch.no_grad()
     def generate(self, target_returns: float | Sequence[float], num: int = 1, seed: int = 0,
                  temperature: float = 1.0) -> np.ndarray:
         """`num` parameter vectors per target, `[len(targets) · num, P]` float32, target-major.
@@ -97,17 +96,26 @@ class Generator:
         vectors on any device (up to the device's float arithmetic).
         """
         targets = [check_target(t) for t in np.atleast_1d(np.asarray(target_returns, dtype=object))]
+        noise = self.noise(len(targets) * num, seed, temperature)
+        return self.decode(np.repeat(np.asarray(targets, np.float64), num), noise)
+
+    def noise(self, num: int, seed: int, temperature: float = 1.0) -> torch.Tensor:
+        """ε for `num` policies: `[num, latent_dim]`, from a CPU generator seeded with `seed`."""
         if num < 1:
             raise ValueError(f"num must be >= 1, got {num}")
         temperature = check_target(temperature, "temperature")
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
-        self.model.eval()
         rng = torch.Generator().manual_seed(int(seed))
-        eps = torch.randn(len(targets) * num, self.model.cfg.latent_dim, generator=rng) * temperature
-        returns = torch.tensor(targets, dtype=torch.float64).repeat_interleave(num)
-        c = self.normalizer.condition(returns).float().to(self.device)
-        tokens = self.model.decode(self.model.sample_latent(c, eps.to(self.device)), c)
+        return torch.randn(num, self.model.cfg.latent_dim, generator=rng) * temperature
+
+    @torch.no_grad()
+    def decode(self, returns: np.ndarray, noise: torch.Tensor) -> np.ndarray:
+        """Parameter vectors `[n, P]` for n (return, ε) pairs in one forward pass; rows are independent,
+        so requests batched together get what each would get alone (up to float rounding)."""
+        self.model.eval()
+        c = self.normalizer.condition(torch.as_tensor(returns, dtype=torch.float64)).float().to(self.device)
+        tokens = self.model.decode(self.model.sample_latent(c, noise.to(self.device)), c)
         flat = self.normalizer.unstandardise(self.tokenizer.flat(tokens), self.tokenizer)
         return flat.cpu().numpy().astype(np.float32)
 

@@ -26,7 +26,7 @@ from pgen.generator.data import Normalizer, ParamDataset, Tokenizer, load_slice,
 from pgen.generator.model import ModelConfig, ParamVAE, kl_divergence, reconstruction_loss
 from pgen.generator.sample import Generator, pick_device, save_generator
 from pgen.plots import plot_curves
-from pgen.policy import Actor, PolicySpec, atomic_write
+from pgen.policy import PolicySpec, atomic_write
 from pgen.progress import Progress, log
 from pgen.state import optimizer_tensors, restore_optimizer
 from pgen.store import CheckpointStore
@@ -82,7 +82,7 @@ def fit(cfg: GeneratorConfig, data: ParamDataset, spec: PolicySpec, seed: int, c
         raise ValueError(f"{label}: the dataset has non-finite values")
     torch.manual_seed(seed)
     device = pick_device(cfg.device)
-    layout = Actor(spec).layout
+    layout = spec.layout
     tokenizer = Tokenizer(layout, enum_value(cfg.tokenisation), cfg.chunk_size)
     train_idx, val_idx = split_by_run(data.run_ids, cfg.val_fraction, seed)
     train, val = data.subset(train_idx), data.subset(val_idx)
@@ -207,7 +207,7 @@ def train_generator(cfg: TrainGeneratorConfig, store: CheckpointStore | None = N
     group, spec = slice_spec(cfg.env, cfg.policy, cfg.generator.group)
     key = env_key(cfg.env)
     name = cfg.generator.name or f"{cfg.env.name}-{group}-{spec.arch_key}"
-    data = load_slice(store, key, group, spec.arch_key, Actor(spec).layout.num_params)
+    data = load_slice(store, key, group, spec.arch_key, spec.layout.num_params)
     log.info(f"train-generator {name}: {len(data)} checkpoints from {len(set(data.run_ids))} runs"
              f" ({data.bad_rows} bad rows skipped), returns {data.returns.min():.1f} .. {data.returns.max():.1f}")
     out = Path(cfg.out_dir).expanduser().resolve() / name

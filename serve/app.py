@@ -1,0 +1,393 @@
+"""The pgen Serve application: a FastAPI ingress in front of a batched, multiplexed generator.
+
+    serve run serve.app:app store.uri=<uri> [serve.<key>=<value> ...]     # from the repo root
+    serve deploy serve/config.yaml                                       # on a running cluster
+    pgen serve store.uri=<uri> serve.port=8000                           # the same, as one command
+
+`app(args)` is the application builder: `key=value` arguments are Hydra overrides of the `serve`
+config (`pgen/conf/serve.yaml`, schema `ServeConfig`), so a misspelt key fails with a message.
+
+- `Ingress` (FastAPI, OpenAPI at /docs) validates every request at the edge, resolves `name` to
+  the version LATEST points at (re-read every `serve.latest_ttl_s`), and calls the generator with
+  `multiplexed_model_id=name@version`; so when a new version is registered, requests move to it
+  while the ones in flight finish on the old one, and none fails.
+- `PolicyGenerator` loads versions on demand (`@serve.multiplexed`, LRU per replica) and runs
+  requests from all clients in one forward pass (`@serve.batch`); replicas autoscale on ongoing
+  requests; `serve.num_gpus > 0` puts replicas (and the model) on GPUs.
+- Overload: each caller queues at most `max_queued_requests`; beyond that Serve answers 503 with
+  Retry-After (at the proxy for the ingress; here for the generator).
+- Bad input: 4xx with a JSON body {"error": ..., "detail": ...}; nothing reaches a 500.
+- `/v1/seed` needs `Authorization: Bearer <token>` when the environment variable named by
+  `serve.token_env` (default PGEN_SERVE_TOKEN) is set in the ingress replica's environment.
+"""
+
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import secrets
+import time
+from typing import Annotated, Any, Literal, Optional
+
+import numpy as np
+import orjson
+from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from ray import serve
+from ray.serve.config import BackpressureConfig
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from pgen.config import ServeConfig, compose_config, config_from_dict, to_dict
+from pgen.generator.sample import (Generator, GeneratorNotFound, check_target, list_generators, load_generator,
+                                   pick_device, resolve_model)
+from pgen.policy import PolicySpec, policy_file_bytes
+from pgen.population import GENERATOR_DEPLOYMENT
+from pgen.seeding import RunExists, write_seed_run
+from pgen.store import CheckpointStore, StoreError
+
+logger = logging.getLogger("ray.serve")
+
+MODEL_ID = r"^[A-Za-z0-9][A-Za-z0-9._=-]*(@v[0-9]{4,})?$"
+MODELS_PER_REPLICA = 4  # generator versions a replica keeps loaded (least recently used goes first)
+SEED_MAX = 2**63 - 1
+BODY_LIMIT = {"bytes": 16384}  # read by the middleware; set from the config when the ingress starts
+
+
+def set_body_limit(limit: int) -> None:
+    # a module function, so the replica's copy of the (by-value pickled) Ingress class sets this
+    # module's BODY_LIMIT, the one the middleware of the replica's frozen copy of `api` reads
+    BODY_LIMIT["bytes"] = limit
+
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
+class GenerateRequest(BaseModel):
+    """POST /v1/generate: `num` policies for `target_return` from generator `model`."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(max_length=200, pattern=MODEL_ID, description="`name` (its LATEST) or `name@vNNNN`")
+    target_return: FiniteFloat = Field(description="the group return the policies should achieve")
+    num: int = Field(1, ge=1, strict=True, description="policies to generate (at most serve.max_num)")
+    seed: Optional[int] = Field(None, ge=0, le=SEED_MAX, strict=True, description="default: a random seed, returned")
+    temperature: float = Field(1.0, ge=0.0, le=10.0, strict=True, allow_inf_nan=False)
+    format: Literal["json", "safetensors"] = Field("json", description="safetensors: the DESIGN.md policy file")
+
+
+class SeedRequest(BaseModel):
+    """POST /v1/seed: write `population_size` generated policies as seed checkpoints of a new run."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(max_length=200, pattern=MODEL_ID)
+    target_return: FiniteFloat
+    population_size: int = Field(ge=1, strict=True, description="seed policies (at most serve.max_population)")
+    run_id: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    seed: Optional[int] = Field(None, ge=0, le=SEED_MAX, strict=True)
+    temperature: float = Field(1.0, ge=0.0, le=10.0, strict=True, allow_inf_nan=False)
+
+
+def open_store(cfg: ServeConfig) -> CheckpointStore:
+    return CheckpointStore(cfg.store.uri, endpoint_url=cfg.store.endpoint_url, retry_s=cfg.store.retry_s)
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None, **detail: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **detail}, status_code=status, headers=headers)
+
+
+@serve.deployment(name=GENERATOR_DEPLOYMENT)
+class PolicyGenerator:
+    """Generator versions multiplexed by model id `name@version`; requests batched across callers.
+
+    Handle API (what population actors use): `handle.options(multiplexed_model_id="name@vNNNN")
+    .generate.remote({"target_return": R, "num": K, "seed": S, "temperature": T})` → a dict with
+    `params` (`[K, P]` float32), `model`, `version`, `group`, `arch`, `env_id`, `layout`, `policy_spec`.
+    """
+
+    def __init__(self, cfg: dict[str, Any]):
+        import torch
+
+        self.cfg: ServeConfig = config_from_dict("serve", cfg)
+        settings = self.cfg.serve
+        torch.set_num_threads(settings.torch_threads)
+        self.store = open_store(self.cfg)
+        self.device = pick_device(settings.device)
+        self._batched.set_max_batch_size(settings.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+
+    @serve.multiplexed(max_num_models_per_replica=MODELS_PER_REPLICA)
+    async def get_model(self, model_id: str) -> Generator:
+        return await asyncio.to_thread(load_generator, self.store, model_id, str(self.device))
+
+    async def generate(self, request: dict[str, Any]) -> dict[str, Any]:
+        model_id = serve.get_multiplexed_model_id()
+        if "@" not in model_id:
+            raise GeneratorNotFound(f"call with multiplexed_model_id='<name>@<version>', got {model_id!r}")
+        target = check_target(request.get("target_return"))
+        num, seed = int(request.get("num", 1)), int(request.get("seed", 0))
+        temperature = check_target(request.get("temperature", 1.0), "temperature")
+        if not 1 <= num <= max(self.cfg.serve.max_num, self.cfg.serve.max_population):
+            raise ValueError(f"num must be between 1 and {self.cfg.serve.max_num}, got {num}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        gen = await self.get_model(model_id)
+        job = (gen, target, num, seed, temperature)
+        if self.cfg.serve.batching:
+            params = await self._batched(job)
+        else:
+            params = (await self._decode([job]))[0]
+        info = gen.info
+        return {"params": params, "model": gen.name, "version": gen.version, "group": info["group"],
+                "arch": info["arch"], "env_id": info["env"]["id"], "layout": info["layout"],
+                "policy_spec": info["policy_spec"], "return_range": [info["dataset"]["return_min"],
+                                                                     info["dataset"]["return_max"]]}
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def _batched(self, jobs: list[tuple]) -> list[np.ndarray]:
+        return await self._decode(jobs)
+
+    async def _decode(self, jobs: list[tuple]) -> list[np.ndarray]:
+        # off the event loop, so the next batch gathers while this one runs
+        return await asyncio.to_thread(decode_jobs, jobs)
+
+    def check_health(self) -> None:
+        self.store.list("generators/")  # raises (and Serve restarts the replica) if the store is gone
+
+
+def decode_jobs(jobs: list[tuple]) -> list[np.ndarray]:
+    """One forward pass per generator over every (gen, target, num, seed, temperature) job; each job
+    draws its own noise from its seed, so batching does not change what a request gets."""
+    import torch
+
+    out: list[np.ndarray | None] = [None] * len(jobs)
+    by_model: dict[int, list[int]] = {}
+    for i, job in enumerate(jobs):
+        by_model.setdefault(id(job[0]), []).append(i)
+    for rows in by_model.values():
+        gen = jobs[rows[0]][0]
+        noise = torch.cat([gen.noise(jobs[i][2], jobs[i][3], jobs[i][4]) for i in rows])
+        returns = np.concatenate([np.full(jobs[i][2], jobs[i][1], np.float64) for i in rows])
+        params = gen.decode(returns, noise)
+        ends = np.cumsum([jobs[i][2] for i in rows])
+        for i, chunk in zip(rows, np.split(params, ends[:-1])):
+            out[i] = chunk
+    return out
+
+
+api = FastAPI(title="pgen", version="1", description="Policies for a requested return, generated by pgen's "
+              "return-conditioned VAE. Returns are group returns: the per-episode sum over the group's agents.")
+
+
+@api.middleware("http")
+async def limit_requests(request: Request, call_next):
+    """413 for bodies over serve.max_body_bytes (declared or streamed), 415 for non-JSON POSTs."""
+    limit = BODY_LIMIT["bytes"]
+    if request.method == "POST":
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            return error(415, f"Content-Type must be application/json, got {ctype or 'none'!r}")
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return error(413, f"request body over {limit} bytes (serve.max_body_bytes)")
+        if len(await request.body()) > limit:  # chunked uploads declare no length; the body is cached for the endpoint
+            return error(413, f"request body over {limit} bytes (serve.max_body_bytes)")
+    return await call_next(request)
+
+
+@api.exception_handler(RequestValidationError)
+async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    # never echo the input back: it may not even be JSON-serialisable (NaN), and it is the caller's anyway
+    detail = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+              for e in exc.errors()]
+    summary = "; ".join(f"{'.'.join(d['loc'][1:]) or 'body'}: {d['msg']}" for d in detail)
+    return error(422, f"invalid request: {summary}", detail=detail)
+
+
+@api.exception_handler(StarletteHTTPException)  # FastAPI's HTTPException and the router's 404 / 405
+async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+
+@api.exception_handler(Exception)
+async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unexpected error in a request")
+    return error(500, f"internal error: {type(exc).__name__}")
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, generator: DeploymentHandle, cfg: dict[str, Any]):
+        self.cfg: ServeConfig = config_from_dict("serve", cfg)
+        self.settings = self.cfg.serve
+        set_body_limit(self.settings.max_body_bytes)
+        self.store = open_store(self.cfg)
+        self.generator = generator
+        self.token = os.environ.get(self.settings.token_env) or None
+        self._latest: dict[str, tuple[str, float]] = {}  # name → (version, monotonic time resolved)
+        self._models: tuple[list[dict[str, Any]], float] | None = None
+        logger.info(f"pgen ingress: store {self.store.uri}, bearer token for /v1/seed "
+                    f"{'required' if self.token else 'not configured'} (${self.settings.token_env})")
+
+    async def _resolve(self, model: str) -> str:
+        """`name@version` for a request's model id; `name` → LATEST, cached for latest_ttl_s."""
+        name, _, version = model.partition("@")
+        cached = self._latest.get(name)
+        if not version and cached and time.monotonic() - cached[1] < self.settings.latest_ttl_s:
+            return f"{name}@{cached[0]}"
+        try:
+            name, version = await asyncio.to_thread(resolve_model, self.store, model)
+        except GeneratorNotFound as err:
+            raise HTTPException(404, str(err)) from None
+        except StoreError as err:
+            raise HTTPException(503, f"store unavailable: {err}", headers={"Retry-After": "5"}) from None
+        if "@" not in model:
+            self._latest[name] = (version, time.monotonic())
+        return f"{name}@{version}"
+
+    async def _generate(self, model: str, target: float, num: int, seed: int, temperature: float) -> dict[str, Any]:
+        model_id = await self._resolve(model)
+        request = {"target_return": target, "num": num, "seed": seed, "temperature": temperature}
+        try:
+            return await self.generator.options(multiplexed_model_id=model_id).generate.remote(request)
+        except BackPressureError as err:
+            retry = str(max(1, int(np.ceil(self.settings.retry_after_s))))
+            raise HTTPException(503, f"overloaded: {err.message}", headers={"Retry-After": retry}) from None
+        except GeneratorNotFound as err:
+            raise HTTPException(404, str(err).splitlines()[-1]) from None
+        except ValueError as err:
+            raise HTTPException(422, str(err).splitlines()[-1]) from None
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        """Ok when the ingress runs and the store answers."""
+        try:
+            await asyncio.to_thread(self.store.list, "generators/")
+        except StoreError as err:
+            raise HTTPException(503, f"store unavailable: {err}", headers={"Retry-After": "5"}) from None
+        return {"status": "ok", "store": self.store.uri}
+
+    @api.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        """Every complete generator version in the store: env, group, arch, version, return range."""
+        if self._models is None or time.monotonic() - self._models[1] >= self.settings.latest_ttl_s:
+            try:
+                self._models = (await asyncio.to_thread(list_generators, self.store), time.monotonic())
+            except StoreError as err:
+                raise HTTPException(503, f"store unavailable: {err}", headers={"Retry-After": "5"}) from None
+        return {"models": self._models[0]}
+
+    @api.post("/v1/generate", responses={200: {"content": {"application/octet-stream": {}}}})
+    async def generate(self, req: GenerateRequest) -> Response:
+        """`num` policies for `target_return`: JSON (params + ParamLayout + model version) or a
+        safetensors policy file (`format="safetensors"`)."""
+        if req.num > self.settings.max_num:
+            raise HTTPException(422, f"num must be at most {self.settings.max_num} (serve.max_num), got {req.num}")
+        seed = secrets.randbelow(2**31) if req.seed is None else req.seed
+        out = await self._generate(req.model, req.target_return, req.num, seed, req.temperature)
+        low, high = out["return_range"]
+        meta = {"model": out["model"], "version": out["version"], "model_id": f"{out['model']}@{out['version']}",
+                "env_id": out["env_id"], "group": out["group"], "arch": out["arch"],
+                "target_return": req.target_return, "in_range": bool(low <= req.target_return <= high),
+                "dataset_return_range": [low, high], "num": req.num, "seed": seed, "temperature": req.temperature}
+        if req.format == "safetensors":
+            extra = {"seed": str(seed), "temperature": repr(req.temperature),
+                     "dataset_return_range": f"[{low}, {high}]"}
+            data = policy_file_bytes(out["params"], PolicySpec.from_json(out["policy_spec"]), out["env_id"],
+                                     out["group"], out["model"], out["version"], req.target_return, extra)
+            name = f"generated-{out['model']}-{out['version']}-{req.target_return:g}.safetensors"
+            return Response(data, media_type="application/octet-stream",
+                            headers={"Content-Disposition": f'attachment; filename="{name}"',
+                                     "X-Pgen-Model": meta["model_id"], "X-Pgen-Seed": str(seed)})
+        body = {**meta, "layout": json.loads(out["layout"]), "num_params": int(out["params"].shape[1]),
+                "params": out["params"]}
+        # orjson writes each float32 as its shortest decimal form, which reads back to the same float32
+        return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+
+    @api.post("/v1/seed")
+    async def seed(self, req: SeedRequest, authorization: Annotated[Optional[str], Header()] = None
+                   ) -> dict[str, Any]:
+        """Write `population_size` generated policies (returns measured) as seed checkpoints of a new
+        run, origin `seeded:<model>@<version>`; start a population from it with
+        `pgen populate population.seed_from=<run_id>`."""
+        self._authorize(authorization)
+        if req.population_size > self.settings.max_population:
+            raise HTTPException(422, f"population_size must be at most {self.settings.max_population}"
+                                     f" (serve.max_population), got {req.population_size}")
+        seed = secrets.randbelow(2**31) if req.seed is None else req.seed
+        out = await self._generate(req.model, req.target_return, req.population_size, seed, req.temperature)
+        info = await asyncio.to_thread(self._info, out["model"], out["version"])
+        try:
+            summary = await asyncio.to_thread(write_seed_run, self.store, info, out["params"], req.target_return,
+                                              req.run_id, self.settings.seed_eval_episodes, seed, req.temperature)
+        except RunExists as err:
+            raise HTTPException(409, str(err)) from None
+        except StoreError as err:
+            raise HTTPException(503, f"store unavailable: {err}", headers={"Retry-After": "5"}) from None
+        summary["command"] = f"pgen populate population.seed_from={summary['run_id']} store.uri={self.store.uri}"
+        return summary
+
+    def _info(self, name: str, version: str) -> dict[str, Any]:
+        return json.loads(self.store.get(f"generators/{name}/{version}/config.json"))
+
+    def _authorize(self, authorization: str | None) -> None:
+        if self.token is None:
+            return
+        if not authorization or not authorization.startswith("Bearer "):
+            raise HTTPException(401, "this endpoint needs 'Authorization: Bearer <token>'",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(authorization[len("Bearer "):].encode(), self.token.encode()):
+            raise HTTPException(403, "invalid bearer token")
+
+
+def build(cfg: ServeConfig) -> serve.Application:
+    """The application for a composed config: deployment options come from `cfg.serve`."""
+    s = cfg.serve
+    plain = to_dict(cfg)
+    plain["store"]["uri"] = open_store(cfg).uri  # absolute: replicas may run elsewhere
+    plain["store"]["endpoint_url"] = (cfg.store.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
+                                      or os.environ.get("AWS_ENDPOINT_URL"))
+    backpressure = BackpressureConfig(retry_after_s=s.retry_after_s)
+    generator = PolicyGenerator.options(
+        ray_actor_options={"num_cpus": s.num_cpus, "num_gpus": s.num_gpus},
+        max_ongoing_requests=s.max_ongoing_requests, max_queued_requests=s.max_queued_requests,
+        backpressure_config=backpressure,
+        autoscaling_config={"min_replicas": s.min_replicas, "max_replicas": s.max_replicas,
+                            "target_ongoing_requests": s.target_ongoing_requests},
+    ).bind(plain)
+    return Ingress.options(
+        num_replicas=s.ingress_replicas, ray_actor_options={"num_cpus": s.ingress_num_cpus},
+        max_ongoing_requests=s.ingress_max_ongoing_requests, max_queued_requests=s.ingress_max_queued_requests,
+        backpressure_config=backpressure,
+    ).bind(generator, plain)
+
+
+def app(args: dict[str, str]) -> serve.Application:
+    """Application builder for `serve run serve.app:app key=value ...` and serve/config.yaml `args`."""
+    return build(compose_config("serve", [f"{k}={override_value(v)}" for k, v in args.items()]))
+
+
+def override_value(value: Any) -> str:
+    """A YAML `args` value (or a `key=value` string) as a Hydra override value."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def run(cfg: ServeConfig, blocking: bool = True) -> None:
+    """`pgen serve`: deploy on the Ray cluster at RAY_ADDRESS (else a local one), HTTP on
+    serve.host:serve.port; blocks until Ctrl-C when `blocking`."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, namespace="serve")
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.run(build(cfg), name=cfg.serve.app_name, route_prefix="/", blocking=blocking)
