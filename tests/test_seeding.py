@@ -1,0 +1,67 @@
+"""Population actors seeded by the served generator through a DeploymentHandle (no HTTP): the Serve
+application runs in this test's local Ray (`serve.app.run`, what `pgen serve` does) and
+`pgen populate population.seed.model=…` members ask its PolicyGenerator deployment for their
+initial policies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pgen.config import compose_config
+from pgen.generator.sample import load_generator
+from pgen.generator.train import train_generator
+from pgen.store import CheckpointStore
+from tests.test_generator import fill_store, train_cfg
+from tests.test_serve import free_port
+
+POPULATE = ["policy.hidden=[8]", "population.size=2", "population.max_env_steps=400", "population.eval_episodes=4",
+            "algo.num_envs=4", "algo.rollout_steps=50", "population.checkpoint_every=1",
+            "population.cpus_per_worker=0.5", "seed=3"]
+
+
+@pytest.fixture
+def served_generator(tmp_path):
+    import ray
+    from ray import serve
+
+    from serve.app import run
+
+    store_uri = str(tmp_path / "store")
+    fill_store(CheckpointStore(store_uri))
+    train_generator(train_cfg(store_uri, name="spread", epochs=2))
+    run(compose_config("serve", [f"store.uri={store_uri}", f"serve.port={free_port()}", "serve.max_replicas=1",
+                                 "serve.app_name=gen"]), blocking=False)
+    yield store_uri
+    serve.shutdown()
+    ray.shutdown()
+
+
+def test_population_members_seeded_through_a_deployment_handle(served_generator):
+    from pgen.population import populate
+
+    store_uri = served_generator
+    cfg = compose_config("populate", POPULATE + [f"store.uri={store_uri}", "run_id=handle",
+                                                 "population.seed.model=spread", "population.seed.target_return=-45"])
+    statuses = populate(cfg)
+    assert all(s["done"] and s["origin"] == "seeded:spread@v0001" for s in statuses.values()), statuses
+    store = CheckpointStore(store_uri)
+    gen = load_generator(store, "spread@v0001")
+    for member in (0, 1):
+        first = min(store.read_records(run_id=f"handle-m{member:03d}").table.to_pylist(), key=lambda r: r["step"])
+        assert first["step"] == 0 and first["origin"] == "seeded:spread@v0001"
+        # member m asked for one policy with its own seed (seed · 1000 + m): exactly what the generator gives
+        expected = gen.generate(-45.0, num=1, seed=3 * 1000 + member)[0]
+        np.testing.assert_allclose(np.asarray(first["params"], np.float32), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_seeding_through_a_handle_needs_a_target_and_excludes_seed_from(tmp_path):
+    from pgen.population import populate
+
+    base = POPULATE + [f"store.uri={tmp_path / 'store'}", "population.seed.model=spread"]
+    with pytest.raises(ValueError, match="population.seed.target_return"):
+        populate(compose_config("populate", base))
+    with pytest.raises(ValueError, match="alternatives"):
+        populate(compose_config("populate", base + ["population.seed.target_return=1", "population.seed_from=x"]))
+    with pytest.raises(ValueError, match="finite"):
+        populate(compose_config("populate", base + ["population.seed.target_return=nan"]))
