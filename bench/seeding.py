@@ -61,6 +61,7 @@ def main() -> None:
     from pgen.config import compose_config
     from pgen.generator.sample import load_generator
     from pgen.population import populate
+    from pgen.progress import setup_logging
     from pgen.seeding import write_seed_run
     from pgen.store import CheckpointStore
 
@@ -76,6 +77,7 @@ def main() -> None:
               f"population.cpus_per_worker={min(1.0, 2.0 / (2 * args.members))}",
               f"policy.hidden=[{','.join(map(str, spec.hidden))}]", f"policy.kind={spec.kind}",
               f"policy.activation={spec.activation}", "log_every_s=60", *args.overrides]
+    setup_logging()  # each population's table of members, with rate and ETA, every log_every_s
     ray.init(include_dashboard=False, log_to_driver=False)
     t0 = time.time()
     runs = []

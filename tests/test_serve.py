@@ -264,3 +264,17 @@ def test_seeded_population_starts_at_the_seed_policies_return(server, tmp_path):
         assert first["step"] == 0 and first["origin"] == "seeded:spread@v0001"
         assert first["return_mean"] == seeded["returns"][member]
         np.testing.assert_array_equal(np.asarray(first["params"], np.float32), np.asarray(rows[member]["params"], np.float32))
+
+
+def test_a_corrupt_version_is_a_404_and_the_replica_keeps_serving(server):
+    base, store_uri, _ = server
+    root = Path(store_uri) / "generators"
+    broken = root / "broken" / "v0001"
+    broken.mkdir(parents=True)
+    for name in ("normalizer.safetensors", "metrics.json", "config.json"):
+        (broken / name).write_bytes((root / "spread" / "v0001" / name).read_bytes())
+    (broken / "model.safetensors").write_bytes((root / "spread" / "v0001" / "model.safetensors").read_bytes()[:200])
+    (root / "broken" / "LATEST").write_text("v0001")
+    r = post(base, "/v1/generate", {"model": "broken", "target_return": -50})
+    assert r.status_code == 404 and "unreadable" in r.json()["error"], r.text
+    assert post(base, "/v1/generate", {"model": "spread@v0001", "target_return": -50}).status_code == 200
