@@ -43,7 +43,7 @@ from ray.serve.config import BackpressureConfig
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from pgen.config import ServeConfig, compose_config, config_from_dict, to_dict
+from pgen.config import ConfigError, ServeConfig, ServeSettings, compose_config, config_from_dict, to_dict
 from pgen.generator.sample import (Generator, GeneratorNotFound, check_target, list_generators, load_generator,
                                    pick_device, resolve_model)
 from pgen.policy import PolicySpec, policy_file_bytes
@@ -347,6 +347,7 @@ class Ingress:
 def build(cfg: ServeConfig) -> serve.Application:
     """The application for a composed config: deployment options come from `cfg.serve`."""
     s = cfg.serve
+    check_settings(s)
     plain = to_dict(cfg)
     plain["store"]["uri"] = open_store(cfg).uri  # absolute: replicas may run elsewhere
     plain["store"]["endpoint_url"] = (cfg.store.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
@@ -364,6 +365,23 @@ def build(cfg: ServeConfig) -> serve.Application:
         max_ongoing_requests=s.ingress_max_ongoing_requests, max_queued_requests=s.ingress_max_queued_requests,
         backpressure_config=backpressure,
     ).bind(generator, plain)
+
+
+def check_settings(s: ServeSettings) -> None:
+    """ConfigError naming the first serve.* value that cannot work."""
+    for key in ("max_num", "max_population", "max_batch_size", "max_ongoing_requests", "max_replicas",
+                "ingress_replicas", "ingress_max_ongoing_requests", "torch_threads", "seed_eval_episodes"):
+        if getattr(s, key) < 1:
+            raise ConfigError(f"serve.{key} must be >= 1, got {getattr(s, key)}")
+    if s.max_body_bytes < 1024:
+        raise ConfigError(f"serve.max_body_bytes must be >= 1024, got {s.max_body_bytes}")
+    if not 0 <= s.min_replicas <= s.max_replicas:
+        raise ConfigError(f"serve.min_replicas must be between 0 and serve.max_replicas, got {s.min_replicas}")
+    if s.max_batch_size > s.max_ongoing_requests:
+        raise ConfigError(f"serve.max_batch_size ({s.max_batch_size}) cannot exceed serve.max_ongoing_requests"
+                          f" ({s.max_ongoing_requests}), which caps how many requests a replica sees at once")
+    if s.num_cpus < 0 or s.num_gpus < 0 or s.ingress_num_cpus < 0:
+        raise ConfigError("serve.num_cpus, serve.num_gpus and serve.ingress_num_cpus must be >= 0")
 
 
 def app(args: dict[str, str]) -> serve.Application:
@@ -387,6 +405,7 @@ def run(cfg: ServeConfig, blocking: bool = True) -> None:
     serve.host:serve.port; blocks until Ctrl-C when `blocking`."""
     import ray
 
+    check_settings(cfg.serve)  # before starting anything
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, namespace="serve")
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})

@@ -278,3 +278,12 @@ def test_a_corrupt_version_is_a_404_and_the_replica_keeps_serving(server):
     r = post(base, "/v1/generate", {"model": "broken", "target_return": -50})
     assert r.status_code == 404 and "unreadable" in r.json()["error"], r.text
     assert post(base, "/v1/generate", {"model": "spread@v0001", "target_return": -50}).status_code == 200
+
+
+def test_pgen_serve_rejects_a_bad_config_with_a_clear_error(tmp_path):
+    out = pgen("serve", "serve.max_num=many", cwd=tmp_path)
+    assert out.returncode == 2 and "serve.max_num" in out.stderr and "Traceback" not in out.stderr
+    out = pgen("serve", "serve.nope=1", cwd=tmp_path)
+    assert out.returncode == 2 and "nope" in out.stderr
+    out = pgen("serve", "serve.max_batch_size=100", cwd=tmp_path)
+    assert out.returncode == 2 and "cannot exceed serve.max_ongoing_requests" in out.stderr
