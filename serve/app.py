@@ -182,20 +182,48 @@ api = FastAPI(title="pgen", version="1", description="Policies for a requested r
               "return-conditioned VAE. Returns are group returns: the per-episode sum over the group's agents.")
 
 
-@api.middleware("http")
-async def limit_requests(request: Request, call_next):
-    """413 for bodies over serve.max_body_bytes (declared or streamed), 415 for non-JSON POSTs."""
-    limit = BODY_LIMIT["bytes"]
-    if request.method == "POST":
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+class RequestLimits:
+    """ASGI middleware: 415 for a POST whose body is not application/json, 413 for a body over
+    serve.max_body_bytes, declared (Content-Length) or streamed (chunked); the body read here is
+    replayed to the app."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower().decode("latin-1")
         if ctype != "application/json":
-            return error(415, f"Content-Type must be application/json, got {ctype or 'none'!r}")
-        declared = request.headers.get("content-length")
+            return await error(415, f"Content-Type must be application/json, got {ctype or 'none'!r}")(scope, receive, send)
+        limit = BODY_LIMIT["bytes"]
+        too_big = error(413, f"request body over {limit} bytes (serve.max_body_bytes)")
+        declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            return error(413, f"request body over {limit} bytes (serve.max_body_bytes)")
-        if len(await request.body()) > limit:  # chunked uploads declare no length; the body is cached for the endpoint
-            return error(413, f"request body over {limit} bytes (serve.max_body_bytes)")
-    return await call_next(request)
+            return await too_big(scope, receive, send)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > limit:
+                return await too_big(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+api.add_middleware(RequestLimits)
 
 
 @api.exception_handler(RequestValidationError)
