@@ -68,15 +68,26 @@ def server(tmp_path_factory):
         except requests.RequestException:  # not listening yet, or the proxy waits for the app
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
+            stop(proc)
             pytest.fail(f"serve run did not come up:\n{log.read_text()[-4000:]}")
         time.sleep(1)
     yield base, store_uri, log
-    os.killpg(proc.pid, signal.SIGINT)  # serve run shuts the application and its Ray down
+    stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGINT to `serve run`'s session (it shuts the application and its Ray down), SIGKILL if it hangs."""
     try:
+        os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        pass
+    except ProcessLookupError:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever of its Ray is left in the session
+    except ProcessLookupError:
+        pass
 
 
 def post(base: str, path: str, body, headers: dict | None = None, **kw) -> requests.Response:
