@@ -31,6 +31,7 @@ def trial_rows(grid: Any, epochs: int, metric: str) -> list[dict[str, Any]]:
         epoch = int(m.get("epoch", 0))
         rows.append({
             "trial_id": trial.trial_id, "status": trial.status, "config": dict(trial.config), "epoch": epoch,
+            "failures": trial.num_failures,
             "stopped_early": trial.status == "TERMINATED" and epoch < epochs,
             metric: m.get(metric), f"best_{metric}": min((v for _, v in curve), default=None), "curve": curve,
             **{k: m.get(k) for k in SCORES}, "error": None if result.error is None else str(result.error)[:500],

@@ -50,7 +50,9 @@ def _entries(space: dict[str, SearchParam | None]) -> dict[str, tuple[str, list]
             raise ConfigError(f"{where}: not a generator setting; sweepable: {', '.join(sweepable)}")
         given = [(kind, getattr(param, kind)) for kind in KINDS if getattr(param, kind) is not None]
         if len(given) != 1:
-            raise ConfigError(f"{where}: give exactly one of {', '.join(KINDS)}, got {[k for k, _ in given] or 'none'}")
+            raise ConfigError(f"{where}: give exactly one of {', '.join(KINDS)}, got {[k for k, _ in given] or 'none'}"
+                              f" (a profile's range merges with yours: change its values, e.g. {where}.choice=[...],"
+                              " or start from ~profile)")
         kind, values = given[0]
         values = list(values)
         if kind == "choice":

@@ -80,6 +80,10 @@ class SweepProgress(tune.Callback):
     def __init__(self, name: str, num_samples: int, epochs: int, metric: str, every_s: float):
         self.name, self.num_samples, self.epochs, self.metric, self.every_s = name, num_samples, epochs, metric, every_s
         self.progress: Progress | None = None
+        self.best = math.inf  # the lowest per-epoch metric any trial reported
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.best = min(self.best, result.get(self.metric, math.inf))
 
     def _done(self, trials: list) -> int:
         return sum(self.epochs if t.status in ("TERMINATED", "ERROR") else int(t.last_result.get("epoch", 0))
@@ -96,13 +100,12 @@ class SweepProgress(tune.Callback):
         status = [t.status for t in trials]
         finished = [t for t in trials if t.status == "TERMINATED"]
         stopped = sum(1 for t in finished if int(t.last_result.get("epoch", 0)) < self.epochs)
-        values = [t.last_result[self.metric] for t in trials if self.metric in t.last_result]
         scored = [t for t in finished if "objective" in t.last_result]
         best = max(scored, key=lambda t: t.last_result["objective"], default=None)
         parts = [f"trials {len(finished)}/{self.num_samples} done ({stopped} stopped early,"
                  f" {status.count('ERROR')} failed), {status.count('RUNNING')} running"]
-        if values:
-            parts.append(f"best {self.metric} {min(values):.4f}")
+        if math.isfinite(self.best):
+            parts.append(f"best {self.metric} {self.best:.4f}")
         if best is not None:
             parts.append(f"best objective {best.last_result['objective']:.3f} ({best.trial_id})")
         return " | ".join(parts)
@@ -122,13 +125,15 @@ class SweepProgress(tune.Callback):
 
 
 def _searcher(cfg: SweepConfig, points: list[dict[str, Any]]) -> Any:
+    """Random search or Optuna's TPE, at most `tune.max_concurrent` trials at once, seeded by `seed`."""
     if enum_value(cfg.tune.search) == "optuna":
-        try:
-            from ray.tune.search.optuna import OptunaSearch
-        except ImportError as err:  # pragma: no cover - optuna is a dependency
-            raise ConfigError(f"tune.search=optuna needs the optuna package: {err}") from None
-        return OptunaSearch(points_to_evaluate=points or None, seed=cfg.seed)
-    return BasicVariantGenerator(points_to_evaluate=points or None, random_state=cfg.seed)
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        return ConcurrencyLimiter(OptunaSearch(points_to_evaluate=points or None, seed=cfg.seed),
+                                  max_concurrent=cfg.tune.max_concurrent)
+    return BasicVariantGenerator(points_to_evaluate=points or None, random_state=cfg.seed,
+                                 max_concurrent=cfg.tune.max_concurrent)
 
 
 def _check(cfg: SweepConfig) -> None:
@@ -161,6 +166,7 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
                           f" {', '.join(_sweeps(path, fs)) or 'none'}")
     name = cfg.tune.name or f"tune-{sl.name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
     experiment = f"{path}/{name}"
+    shown = experiment if fs is None else f"{cfg.tune.storage.rstrip('/')}/{name}"  # where users find it
     exists = tune.Tuner.can_restore(experiment, storage_filesystem=fs)
     if cfg.resume and not exists:
         raise ConfigError(f"no sweep {name!r} to resume in {cfg.tune.storage}; there are:"
@@ -183,8 +189,7 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
     trainable = tune.with_resources(tune.with_parameters(train_trial, setup=setup), {"cpu": cfg.tune.cpus_per_trial})
     log.info(f"tune {name}: {'resuming' if cfg.resume else 'starting'} {cfg.tune.num_samples} trials"
              f" ({enum_value(cfg.tune.search)} search over {', '.join(space)}), {cfg.tune.max_concurrent} at a time,"
-             f" ≤ {cfg.generator.epochs} epochs each, ASHA on {cfg.tune.metric}; storage {cfg.tune.storage}/{name};"
-             f" TensorBoard: tensorboard --logdir {experiment if fs is None else cfg.tune.storage + '/' + name}")
+             f" ≤ {cfg.generator.epochs} epochs each, ASHA on {cfg.tune.metric}; TensorBoard: tensorboard --logdir {shown}")
     if cfg.resume:
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True, storage_filesystem=fs)
     else:
@@ -192,7 +197,7 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
             trainable, param_space=space,
             tune_config=tune.TuneConfig(
                 metric=cfg.tune.metric, mode="min", num_samples=cfg.tune.num_samples,
-                max_concurrent_trials=cfg.tune.max_concurrent, search_alg=_searcher(cfg, points),
+                search_alg=_searcher(cfg, points),
                 scheduler=ASHAScheduler(time_attr="epoch", max_t=cfg.generator.epochs,
                                         grace_period=min(cfg.tune.grace_period, cfg.generator.epochs),
                                         reduction_factor=cfg.tune.reduction_factor),
@@ -207,7 +212,7 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
     rows = trial_rows(grid, cfg.generator.epochs, cfg.tune.metric)
     finished = [r for r in rows if r["status"] in ("TERMINATED", "ERROR")]
     summary: dict[str, Any] = {
-        "name": name, "storage": f"{cfg.tune.storage}/{name}", "store": store.uri, "profile": cfg.profile,
+        "name": name, "storage": shown, "store": store.uri, "profile": cfg.profile,
         "slice": {"env_key": sl.key, "group": sl.group, "arch": sl.spec.arch_key, "rows": int(len(sl.data)),
                   "train_runs": info["dataset"]["train_runs"], "val_runs": info["dataset"]["val_runs"]},
         "search": enum_value(cfg.tune.search), "metric": cfg.tune.metric, "epochs": cfg.generator.epochs,
@@ -222,7 +227,7 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
         log.info(f"tune {name}: interrupted with {len(finished)}/{cfg.tune.num_samples} trials finished; continue"
                  f" with the same command and resume=true tune.name={name}")
     else:
-        summary["best"] = _register_best(cfg, store, grid, rows, name, out)
+        summary["best"] = _register_best(cfg, store, grid, rows, name, shown, out)
     summary["elapsed_s"] = time.monotonic() - t0
     summary["plot"] = str(plot_trials(rows, summary["space"], cfg.tune.metric, out / "trials.png", name))
     summary["json"] = str(out / "sweep.json")
@@ -242,7 +247,7 @@ def _sweeps(path: str, fs: pyarrow.fs.FileSystem | None) -> list[str]:
 
 
 def _register_best(cfg: SweepConfig, store: CheckpointStore, grid: Any, rows: list[dict[str, Any]], name: str,
-                   out: Path) -> dict[str, Any]:
+                   shown: str, out: Path) -> dict[str, Any]:
     """Register the trial with the best objective (ties: lower metric) as a generator version."""
     scored = [r for r in rows if r["objective"] is not None and math.isfinite(r["objective"])]
     if not scored:
@@ -258,7 +263,7 @@ def _register_best(cfg: SweepConfig, store: CheckpointStore, grid: Any, rows: li
     with result.checkpoint.as_directory() as folder:
         gen = read_generator(lambda file: (Path(folder) / file).read_bytes(), f"trial {best['trial_id']}'s generator")
         metrics = json.loads((Path(folder) / "metrics.json").read_text())
-    metrics["tune"] = {"sweep": name, "storage": f"{cfg.tune.storage}/{name}", "trial_id": best["trial_id"],
+    metrics["tune"] = {"sweep": name, "storage": shown, "trial_id": best["trial_id"],
                        "config": best["config"], "objective": best["objective"]}
     registered = {"trial_id": best["trial_id"], "config": best["config"], "objective": best["objective"],
                   cfg.tune.metric: best[cfg.tune.metric], "alignment_r2": best["alignment_r2"],
