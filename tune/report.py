@@ -19,22 +19,22 @@ from pgen.policy import atomic_write  # noqa: E402
 SCORES = ("objective", "alignment_r2", "spearman", "normalised_score_top")
 
 
-def trial_rows(grid: Any, epochs: int, metric: str) -> list[dict[str, Any]]:
-    """One dict per trial of a Tune ResultGrid: id, status, config, epochs reached, metric, scores."""
+def trial_rows(analysis: Any, epochs: int, metric: str) -> list[dict[str, Any]]:
+    """One dict per trial of a Tune ExperimentAnalysis: id, status, config, epochs reached, failures,
+    the metric's curve and last value, the scores of the final evaluation."""
     rows = []
-    # the grid's Result objects carry no status; its ExperimentAnalysis has the trials, in the same order
-    for trial, result in zip(grid._experiment_analysis.trials, grid):
-        m = result.metrics or {}
-        df = result.metrics_dataframe
+    for trial in analysis.trials:
+        m = trial.last_result or {}
+        df = analysis.trial_dataframes.get(trial.trial_id)
         curve = ([] if df is None or metric not in df else
                  [(int(e), float(v)) for e, v in zip(df["epoch"], df[metric]) if not math.isnan(v)])
         epoch = int(m.get("epoch", 0))
         rows.append({
             "trial_id": trial.trial_id, "status": trial.status, "config": dict(trial.config), "epoch": epoch,
-            "failures": trial.num_failures,
-            "stopped_early": trial.status == "TERMINATED" and epoch < epochs,
+            "failures": trial.num_failures, "stopped_early": trial.status == "TERMINATED" and epoch < epochs,
             metric: m.get(metric), f"best_{metric}": min((v for _, v in curve), default=None), "curve": curve,
-            **{k: m.get(k) for k in SCORES}, "error": None if result.error is None else str(result.error)[:500],
+            **{k: m.get(k) for k in SCORES},
+            "error": str(trial.get_error())[:500] if trial.status == "ERROR" else None,
         })
     return rows
 

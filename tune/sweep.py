@@ -174,6 +174,11 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
     if exists and not cfg.resume:
         raise ConfigError(f"sweep {name!r} already exists in {cfg.tune.storage}: resume=true continues it,"
                           " another tune.name starts a new one")
+    out = Path(cfg.out_dir).expanduser().resolve() / name
+    done = json.loads((out / "sweep.json").read_text()).get("best") if (out / "sweep.json").exists() else None
+    if cfg.resume and done:
+        raise ConfigError(f"sweep {name!r} has finished; its best trial {done['trial_id']} is"
+                          f" {done.get('model') or 'not registered (tune.register=false)'}: {out / 'sweep.json'}")
     train_idx, val_idx = split_by_run(sl.data.run_ids, cfg.generator.val_fraction, cfg.seed)
     if len(val_idx) == 0:
         raise ValueError(f"tune: the slice has {len(set(sl.data.run_ids.tolist()))} run(s); a sweep needs at least 2"
@@ -208,8 +213,11 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 callbacks=[SweepProgress(name, cfg.tune.num_samples, cfg.generator.epochs, cfg.tune.metric,
                                          cfg.log_every_s), TBXLoggerCallback()]))
-    grid = tuner.fit()
-    rows = trial_rows(grid, cfg.generator.epochs, cfg.tune.metric)
+    tuner.fit()
+    # the experiment state as saved, which is what a resume continues from: after an interruption Tune
+    # marks its stopped trials TERMINATED in memory, while the saved state keeps them unfinished
+    analysis = tune.ExperimentAnalysis(experiment, storage_filesystem=fs)
+    rows = trial_rows(analysis, cfg.generator.epochs, cfg.tune.metric)
     finished = [r for r in rows if r["status"] in ("TERMINATED", "ERROR")]
     summary: dict[str, Any] = {
         "name": name, "storage": shown, "store": store.uri, "profile": cfg.profile,
@@ -222,12 +230,11 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
         "failed": sum(r["status"] == "ERROR" for r in rows), "evaluated": sum(r["objective"] is not None for r in rows),
         "baselines": {"r_random": baselines.r_random, "r_top10": baselines.r_top}, "evaluate": to_dict(cfg.evaluate),
     }
-    out = Path(cfg.out_dir).expanduser().resolve() / name
     if summary["interrupted"]:
         log.info(f"tune {name}: interrupted with {len(finished)}/{cfg.tune.num_samples} trials finished; continue"
                  f" with the same command and resume=true tune.name={name}")
     else:
-        summary["best"] = _register_best(cfg, store, grid, rows, name, shown, out)
+        summary["best"] = _register_best(cfg, store, analysis, rows, name, shown)
     summary["elapsed_s"] = time.monotonic() - t0
     summary["plot"] = str(plot_trials(rows, summary["space"], cfg.tune.metric, out / "trials.png", name))
     summary["json"] = str(out / "sweep.json")
@@ -246,21 +253,15 @@ def _sweeps(path: str, fs: pyarrow.fs.FileSystem | None) -> list[str]:
                   if f.type == pyarrow.fs.FileType.Directory and tune.Tuner.can_restore(f.path, storage_filesystem=fs))
 
 
-def _register_best(cfg: SweepConfig, store: CheckpointStore, grid: Any, rows: list[dict[str, Any]], name: str,
-                   shown: str, out: Path) -> dict[str, Any]:
+def _register_best(cfg: SweepConfig, store: CheckpointStore, analysis: Any, rows: list[dict[str, Any]], name: str,
+                   shown: str) -> dict[str, Any]:
     """Register the trial with the best objective (ties: lower metric) as a generator version."""
     scored = [r for r in rows if r["objective"] is not None and math.isfinite(r["objective"])]
     if not scored:
-        raise ValueError(f"tune {name}: no trial finished its evaluation (all stopped or failed); see {out}")
+        raise ValueError(f"tune {name}: no trial finished its evaluation (all stopped early or failed)")
     best = max(scored, key=lambda r: (r["objective"], -r[cfg.tune.metric]))
-    previous = out / "sweep.json"
-    if previous.exists():  # a resumed sweep that had already finished: registered once
-        done = json.loads(previous.read_text()).get("best") or {}
-        if done.get("trial_id") == best["trial_id"] and done.get("model"):
-            log.info(f"tune {name}: best trial {best['trial_id']} is already registered as {done['model']}")
-            return done
-    result = next(r for r in grid if r.path.endswith(f"trial-{best['trial_id']}"))
-    with result.checkpoint.as_directory() as folder:
+    trial = next(t for t in analysis.trials if t.trial_id == best["trial_id"])
+    with trial.checkpoint.as_directory() as folder:  # its last checkpoint: the one with the generator
         gen = read_generator(lambda file: (Path(folder) / file).read_bytes(), f"trial {best['trial_id']}'s generator")
         metrics = json.loads((Path(folder) / "metrics.json").read_text())
     metrics["tune"] = {"sweep": name, "storage": shown, "trial_id": best["trial_id"],
