@@ -91,6 +91,7 @@ def test_default_point_outside_the_space_is_a_clear_error():
     (["tune.num_samples=0"], "tune.num_samples must be >= 1"),
     (["tune.metric=train_loss"], "tune.metric must be a per-epoch validation metric"),
     (["resume=true"], "resume=true needs tune.name"),
+    (["resume=true", "tune.name=nope"], "no sweep 'nope' to resume"),
 ])
 def test_pgen_tune_rejects_bad_input_with_exit_2(tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.setattr(log, "handlers", [])  # main() logs to this test's stderr, not a closed earlier one

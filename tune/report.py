@@ -117,8 +117,8 @@ def plot_trials(rows: list[dict[str, Any]], space: dict[str, Any], metric: str, 
         if r["curve"]:
             e, v = zip(*r["curve"])
             style = "-" if r in scored else ":"
-            curves.plot(e, v, style, linewidth=1, color="red" if r is best else None)
-    curves.set(title=f"{metric} per epoch (dotted: no objective)", xlabel="epoch")
+            curves.plot(e, v, style, linewidth=2.2 if r is best else 1, color="black" if r is best else None)
+    curves.set(title=f"{metric} per epoch (black: best; dotted: stopped)", xlabel="epoch")
     curves.title.set_fontsize(9)
     curves.grid(alpha=0.3)
     curves.tick_params(labelsize=7)

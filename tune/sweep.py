@@ -152,6 +152,25 @@ def _check(cfg: SweepConfig) -> None:
                           f" val_kl), got {t.metric!r}")
 
 
+def _tuner(cfg: SweepConfig, trainable: Any, space: dict[str, Any], points: list[dict[str, Any]], name: str,
+           path: str, fs: pyarrow.fs.FileSystem | None) -> tune.Tuner:
+    """A new sweep: the searcher, ASHA on the per-epoch metric, storage, retries, progress, TensorBoard."""
+    return tune.Tuner(
+        trainable, param_space=space,
+        tune_config=tune.TuneConfig(
+            metric=cfg.tune.metric, mode="min", num_samples=cfg.tune.num_samples, search_alg=_searcher(cfg, points),
+            scheduler=ASHAScheduler(time_attr="epoch", max_t=cfg.generator.epochs,
+                                    grace_period=min(cfg.tune.grace_period, cfg.generator.epochs),
+                                    reduction_factor=cfg.tune.reduction_factor),
+            trial_dirname_creator=lambda trial: f"trial-{trial.trial_id}"),
+        run_config=tune.RunConfig(
+            name=name, storage_path=path, storage_filesystem=fs, verbose=0,
+            failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[SweepProgress(name, cfg.tune.num_samples, cfg.generator.epochs, cfg.tune.metric,
+                                     cfg.log_every_s), TBXLoggerCallback()]))
+
+
 def sweep(cfg: SweepConfig) -> dict[str, Any]:
     """Run (or resume) the sweep; returns its summary (also written to `<out_dir>/<name>/sweep.json`)."""
     t0 = time.monotonic()
@@ -195,24 +214,8 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
     log.info(f"tune {name}: {'resuming' if cfg.resume else 'starting'} {cfg.tune.num_samples} trials"
              f" ({enum_value(cfg.tune.search)} search over {', '.join(space)}), {cfg.tune.max_concurrent} at a time,"
              f" ≤ {cfg.generator.epochs} epochs each, ASHA on {cfg.tune.metric}; TensorBoard: tensorboard --logdir {shown}")
-    if cfg.resume:
-        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True, storage_filesystem=fs)
-    else:
-        tuner = tune.Tuner(
-            trainable, param_space=space,
-            tune_config=tune.TuneConfig(
-                metric=cfg.tune.metric, mode="min", num_samples=cfg.tune.num_samples,
-                search_alg=_searcher(cfg, points),
-                scheduler=ASHAScheduler(time_attr="epoch", max_t=cfg.generator.epochs,
-                                        grace_period=min(cfg.tune.grace_period, cfg.generator.epochs),
-                                        reduction_factor=cfg.tune.reduction_factor),
-                trial_dirname_creator=lambda trial: f"trial-{trial.trial_id}"),
-            run_config=tune.RunConfig(
-                name=name, storage_path=path, storage_filesystem=fs, verbose=0,
-                failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                callbacks=[SweepProgress(name, cfg.tune.num_samples, cfg.generator.epochs, cfg.tune.metric,
-                                         cfg.log_every_s), TBXLoggerCallback()]))
+    tuner = (tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True, storage_filesystem=fs)
+             if cfg.resume else _tuner(cfg, trainable, space, points, name, path, fs))
     tuner.fit()
     # the experiment state as saved, which is what a resume continues from: after an interruption Tune
     # marks its stopped trials TERMINATED in memory, while the saved state keeps them unfinished

@@ -12,10 +12,11 @@ same dataset, with the same budget and the same evaluation.
    sweep's objective), novelty, copies; beside the final validation loss of each.
 
 Writes `bench/results/tune.json`, copies the sweep's trial summary to
-`bench/results/tune-trials.png` and prints the table.
+`bench/results/tune-trials.png` and prints the table. (Not `bench/tune.py`: run as a script, that
+name would shadow the `tune` package.)
 
-    python bench/tune.py                      # profile=quick on simple_spread
-    python bench/tune.py tune.search=optuna tune.num_samples=16
+    python bench/sweep.py                     # profile=quick on simple_spread
+    python bench/sweep.py tune.search=optuna tune.num_samples=16
 """
 
 from __future__ import annotations
