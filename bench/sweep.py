@@ -2,8 +2,9 @@
 same dataset, with the same budget and the same evaluation.
 
 1. Copies one slice's checkpoint parts from the benchmark store (read-only; by default the
-   simple_spread slice of `bench/results/runs/gen-store`, made as bench/README.md says) into a
-   scratch store, so the versions this script registers never touch the benchmark store.
+   simple_spread slice of `bench/results/runs/gen-store`, made as bench/README.md says; `--runs`
+   and `--max-step` select part of it) into a scratch store, so the versions this script
+   registers never touch the benchmark store.
 2. Runs the sweep (`pgen tune`'s code path, the profile and overrides given; the best trial is
    registered as `tune-best`) and trains the default configuration (`generator.*` defaults, the
    sweep's epochs and seed, hence the same validation runs) as `tune-default`.
@@ -11,11 +12,11 @@ same dataset, with the same budget and the same evaluation.
    set of baselines: alignment R², Spearman, normalised score at the top target, their sum (the
    sweep's objective), novelty, copies; beside the final validation loss of each.
 
-Writes `bench/results/tune.json`, copies the sweep's trial summary to
-`bench/results/tune-trials.png` and prints the table. (Not `bench/tune.py`: run as a script, that
+Writes `bench/results/<label>.json` (`--label`, default `tune`), copies the sweep's trial summary
+to `bench/results/<label>-trials.png` and prints the table. (Not `bench/tune.py`: run as a script, that
 name would shadow the `tune` package.)
 
-    python bench/sweep.py                     # profile=quick on simple_spread
+    python bench/sweep.py --runs gen-spread-m000 gen-spread-m001 gen-spread-m002 --max-step 300000
     python bench/sweep.py tune.search=optuna tune.num_samples=16
 """
 
@@ -27,6 +28,8 @@ import platform
 import shutil
 import time
 from pathlib import Path
+
+import pyarrow.parquet as pq
 
 from pgen.config import EvaluateConfig, compose_config, config_from_dict, to_dict
 from pgen.envs import env_key
@@ -41,13 +44,18 @@ from tune.trainable import EVALUATION_KEYS, objective
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def copy_slice(source: Path, scratch: Path, key: str) -> int:
-    """Copy the checkpoint parts of env `key` into `scratch` (once); returns how many there are."""
+def copy_slice(source: Path, scratch: Path, key: str, runs: list[str] | None, max_step: int | None) -> int:
+    """Copy the checkpoint parts of env `key` (only `runs`, only steps ≤ `max_step`) into `scratch`
+    (once); returns how many there are."""
     src = source / "checkpoints" / f"env={key}"
     if not src.is_dir():
         raise SystemExit(f"no checkpoints of env {key} in {source}; make them as bench/README.md says")
     n = 0
     for part in sorted(src.rglob("part-*.parquet")):
+        if runs and part.parent.name.removeprefix("run=") not in runs:
+            continue
+        if max_step is not None and max(pq.read_table(part, columns=["step"])["step"].to_pylist()) > max_step:
+            continue
         out = scratch / part.relative_to(source)
         if not out.exists():
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -59,23 +67,27 @@ def copy_slice(source: Path, scratch: Path, key: str) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--source", default=str(RESULTS / "runs" / "gen-store"))
-    ap.add_argument("--scratch", default=str(RESULTS / "runs" / "tune-store"))
+    ap.add_argument("--scratch", default=None, help="default runs/tune-store-<selection>")
+    ap.add_argument("--runs", nargs="*", default=None, help="only these runs of the slice (default: all)")
+    ap.add_argument("--max-step", type=int, default=None, help="only checkpoints up to this env step")
     ap.add_argument("--env", default="simple_spread")
     ap.add_argument("--group", default="agent")
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--targets", type=int, default=8)
     ap.add_argument("--samples", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--label", default="tune", help="results/<label>.json and results/<label>-trials.png")
     ap.add_argument("overrides", nargs="*", help="`pgen tune` overrides, e.g. profile=quick tune.search=optuna")
     args = ap.parse_args()
     setup_logging()
-    scratch = Path(args.scratch).resolve()
+    selection = f"{len(args.runs) if args.runs else 'all'}runs-{args.max_step or 'all'}steps"
+    scratch = Path(args.scratch or RESULTS / "runs" / f"tune-store-{selection}").resolve()
     name = f"bench-{args.env}-{time.strftime('%Y%m%dT%H%M%S')}"
     cfg = compose_config("tune", [f"env={args.env}", f"generator.group={args.group}", f"store.uri={scratch}",
                                   "generator.name=tune-best", f"tune.name={name}",
                                   f"tune.storage={RESULTS / 'runs' / 'tune'}", f"out_dir={RESULTS / 'runs' / 'tune'}",
                                   *args.overrides])
-    parts = copy_slice(Path(args.source).resolve(), scratch, env_key(cfg.env))
+    parts = copy_slice(Path(args.source).resolve(), scratch, env_key(cfg.env), args.runs, args.max_step)
     store = CheckpointStore(str(scratch))
 
     t0 = time.perf_counter()
@@ -119,8 +131,8 @@ def main() -> None:
         "rows": rows, "baselines": {"r_random": baselines.r_random, "r_top10": baselines.r_top},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "tune.json").write_text(json.dumps(report, indent=1, default=float))
-    shutil.copyfile(summary["plot"], RESULTS / "tune-trials.png")
+    (RESULTS / f"{args.label}.json").write_text(json.dumps(report, indent=1, default=float))
+    shutil.copyfile(summary["plot"], RESULTS / f"{args.label}-trials.png")
     print(f"\nsweep {name} ({cfg.profile}, {summary['search']} search): {len(summary['trials'])} trials of ≤"
           f" {cfg.generator.epochs} epochs in {sweep_s / 60:.1f} min, {stopped} stopped early by ASHA,"
           f" {summary['evaluated']} evaluated, {summary['failed']} failed; {summary['slice']['rows']} checkpoints,"
