@@ -23,6 +23,7 @@ commands:
   evaluate   generated policies over a grid of targets vs random, top-10 % and retrieval baselines
   pipeline   the main job: populate -> train-generator -> evaluate (profile=quick | full)
   serve      the generator as an HTTP endpoint on Ray Serve (serve/app.py): /v1/generate, /v1/seed
+  tune       Ray Tune sweep of the generator's hyper-parameters; registers the best (profile=quick | full)
 
 Overrides are Hydra's: env=simple_tag algo=ippo policy=gru population.max_env_steps=200000
 env.id=<module with parallel_env> env.kwargs.<k>=<v> seed=1 run_dir=/abs/path ...
@@ -80,9 +81,15 @@ def _serve(cfg) -> None:
     run(cfg)
 
 
+def _tune(cfg) -> int:
+    from tune.sweep import run  # the top-level tune/ package (DESIGN.md: pgen never imports it at module level)
+
+    return run(cfg)
+
+
 COMMANDS: dict[str, Callable] = {"train": _train, "populate": _populate, "dataset": _dataset,
                                  "train-generator": _train_generator, "generate": _generate,
-                                 "evaluate": _evaluate, "pipeline": _pipeline, "serve": _serve}
+                                 "evaluate": _evaluate, "pipeline": _pipeline, "serve": _serve, "tune": _tune}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,11 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         if show:
             print(OmegaConf.to_yaml(to_dict(cfg)))
             return 0
-        COMMANDS[command](cfg)
+        status = COMMANDS[command](cfg)
     except (ConfigError, EnvError, StoreError, ValueError) as err:
         print(f"pgen {command}: error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

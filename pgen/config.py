@@ -42,6 +42,11 @@ class Tokenisation(str, Enum):
     chunk = "chunk"  # fixed-size chunks of each layer's flat parameters
 
 
+class SearchAlgo(str, Enum):
+    random = "random"  # Tune's random search (BasicVariantGenerator)
+    optuna = "optuna"  # Optuna's TPE through ray.tune.search.optuna.OptunaSearch
+
+
 class CriticInput(str, Enum):
     auto = "auto"  # ippo: the agent's own observation; mappo: env state if it has one, else joint obs
     obs = "obs"
@@ -313,9 +318,60 @@ class ServeConfig:
     serve: ServeSettings = field(default_factory=ServeSettings)
 
 
+@dataclass
+class SearchParam:
+    """One hyper-parameter's range in a sweep: exactly one of the four (bounds inclusive)."""
+
+    choice: Optional[List[Any]] = None  # one of these values
+    uniform: Optional[List[float]] = None  # [low, high]
+    loguniform: Optional[List[float]] = None  # [low, high], both > 0
+    randint: Optional[List[int]] = None  # [low, high], integers
+
+
+@dataclass
+class SweepSettings:
+    """How `pgen tune` searches: the space over `generator.*`, the searcher, ASHA, storage, failures."""
+
+    name: Optional[str] = None  # the sweep's folder under `storage`; default tune-<generator name>-<utc time>
+    storage: str = "pgen-runs/tune"  # Tune's storage_path: a local path or s3://bucket/prefix
+    search: SearchAlgo = SearchAlgo.random
+    num_samples: int = 16  # trials
+    max_concurrent: int = 2  # trials at once
+    cpus_per_trial: float = 1.0
+    metric: str = "val_loss"  # per-epoch metric (minimised) of ASHA and of the searcher
+    grace_period: int = 10  # epochs every trial runs before ASHA may stop it
+    reduction_factor: int = 3  # ASHA keeps the best 1/reduction_factor at each rung
+    checkpoint_every: int = 5  # epochs between a trial's checkpoints (what a retry or resume continues from)
+    max_failures: int = 2  # retries of a failed trial, each from its last checkpoint
+    include_default: bool = True  # the first trial is the base `generator.*` configuration
+    register: bool = True  # register the best trial as a generator version in the store
+    # generator.<key>: its range; a key not here (or null) keeps its generator.* value in every trial
+    space: Dict[str, Optional[SearchParam]] = field(default_factory=dict)
+
+
+@dataclass
+class SweepConfig:
+    """`pgen tune`: a Ray Tune sweep of the generator's hyper-parameters on one store slice."""
+
+    profile: str = "default"
+    env: EnvConfig = field(default_factory=EnvConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)  # the base (default) configuration
+    evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)  # the final objective's rollouts
+    tune: SweepSettings = field(default_factory=SweepSettings)
+    seed: int = 0
+    resume: bool = False  # continue the interrupted sweep `tune.name` (Tuner.restore)
+    out_dir: str = "pgen-runs/tune"  # summary: <out_dir>/<name>/{sweep.json,trials.png}
+    log_every_s: float = 15.0
+
+
 SCHEMAS: Dict[str, type] = {"train": TrainConfig, "populate": PopulateConfig, "dataset": DatasetConfig,
                             "train-generator": TrainGeneratorConfig, "generate": GenerateConfig,
-                            "evaluate": EvaluateConfig, "pipeline": PipelineConfig, "serve": ServeConfig}
+                            "evaluate": EvaluateConfig, "pipeline": PipelineConfig, "serve": ServeConfig,
+                            "tune": SweepConfig}
+# commands whose config tree is a package of its own (its groups shadow the shared ones, e.g. `profile`)
+CONFIG_MODULES: Dict[str, str] = {"tune": "pgen.conf.tune"}
 
 _cs = ConfigStore.instance()
 for _name, _node in SCHEMAS.items():
@@ -323,7 +379,8 @@ for _name, _node in SCHEMAS.items():
 
 
 def compose_config(command: str, overrides: List[str] | None = None) -> Any:
-    """Compose `pgen/conf/<command>.yaml` with Hydra overrides into the command's dataclass.
+    """Compose `pgen/conf/<command>.yaml` (for a command of CONFIG_MODULES, that package's
+    `<command>.yaml`, e.g. `pgen/conf/tune/tune.yaml`) with Hydra overrides into the command's dataclass.
 
     Never changes the working directory. Raises ConfigError with Hydra's message on a bad key,
     type or value.
@@ -331,7 +388,7 @@ def compose_config(command: str, overrides: List[str] | None = None) -> Any:
     if command not in SCHEMAS:
         raise ConfigError(f"unknown command {command!r}; known: {', '.join(sorted(SCHEMAS))}")
     try:
-        with initialize_config_module(config_module="pgen.conf", version_base="1.3"):
+        with initialize_config_module(config_module=CONFIG_MODULES.get(command, "pgen.conf"), version_base="1.3"):
             cfg = compose(config_name=command, overrides=list(overrides or []))
         return OmegaConf.to_object(cfg)
     except (HydraException, OmegaConfBaseException) as err:

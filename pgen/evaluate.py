@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,11 @@ import torch  # noqa: E402
 
 from pgen.config import EnvConfig, EvaluateConfig, EvaluateSettings, config_from_dict  # noqa: E402
 from pgen.evaluation import HELDOUT_EVAL_SEED, actor_from_flat, evaluate_returns, reference_actors  # noqa: E402
-from pgen.generator.data import load_slice  # noqa: E402
+from pgen.generator.data import ParamDataset, load_slice  # noqa: E402
 from pgen.generator.sample import Generator, load_generator  # noqa: E402
 from pgen.metrics import (action_agreement, alignment_r2, cross_run_nn_median, min_relative_l2, nearest,  # noqa: E402
                           normalised_score, spearman)
-from pgen.policy import Actor, atomic_write  # noqa: E402
+from pgen.policy import Actor, ParamLayout, PolicySpec, atomic_write  # noqa: E402
 from pgen.progress import Progress, log  # noqa: E402
 from pgen.store import CheckpointStore  # noqa: E402
 
@@ -59,67 +60,118 @@ def target_grid(returns: np.ndarray, settings: EvaluateSettings) -> tuple[list[f
     return targets, [low <= t <= high for t in targets]
 
 
-def evaluate_generator(cfg: EvaluateConfig, store: CheckpointStore | None = None,
-                       gen: Generator | None = None) -> dict[str, Any]:
-    s = cfg.evaluate
-    torch.set_num_threads(cfg.torch_threads)
-    store = store or CheckpointStore(cfg.store.uri, endpoint_url=cfg.store.endpoint_url, retry_s=cfg.store.retry_s)
-    gen = gen or load_generator(store, cfg.model)
-    info, spec = gen.info, gen.spec
+@dataclass
+class Baselines:
+    """What every generator of one slice is measured against, rolled out once (DESIGN.md "Metrics").
+
+    Built from a generator's `info` (its slice, training runs and reference) by `measure_baselines`;
+    any generator trained on the same slice and runs can be compared with it (`evaluate_generator`),
+    which is how a Tune sweep evaluates its trials without rolling the baselines out again.
+    """
+
+    settings: EvaluateSettings
+    env_cfg: EnvConfig
+    group: str
+    spec: PolicySpec
+    slice_id: tuple  # (env_key, group, arch, training runs): what a compared generator must match
+    everything: ParamDataset  # every row the generator saw or held out (its runs, up to their recorded step)
+    data: ParamDataset  # the training rows
+    others: dict[str, Actor]  # the other groups' fixed reference policies
+    targets: list[float]
+    in_range: list[bool]
+    top_rows: np.ndarray  # the best `top_fraction` training rows by recorded return
+    achieved: dict[int, float]  # achieved return of the top and retrieval rows, by row of `data`
+    retrieval_rows: list[int]  # per target, the training row whose recorded return is closest
+    r_random: float
+    r_top: float
+    states: tuple[torch.Tensor, torch.Tensor]  # (obs, starts) of behavioural agreement
+
+    def achieved_return(self, actor: Actor | None) -> float:
+        """Mean group return of `actor` (None: uniform random) on the fixed held-out episodes."""
+        return _achieved(self.env_cfg, self.others, self.group, self.settings, actor)
+
+
+def _achieved(env_cfg: EnvConfig, others: dict[str, Actor], group: str, s: EvaluateSettings,
+              actor: Actor | None) -> float:
+    returns = evaluate_returns(env_cfg, {**others, group: actor}, s.episodes, seed=HELDOUT_EVAL_SEED,
+                               stochastic=s.stochastic)[group]
+    return float(returns.mean())
+
+
+def _slice_id(info: dict[str, Any]) -> tuple:
+    return (info["env_key"], info["group"], info["arch"], tuple(info["dataset"]["train_runs"]))
+
+
+def measure_baselines(store: CheckpointStore, info: dict[str, Any], settings: EvaluateSettings,
+                      label: str = "evaluate") -> Baselines:
+    """Load the slice a generator (`info`) was trained on and roll out uniform random play, the
+    top-10 % training checkpoints and retrieval for every target of the grid."""
     env_cfg = config_from_dict("train", {"env": info["env"]}).env
+    spec = PolicySpec.from_json(info["policy_spec"])
     ds = info["dataset"]
-    everything = load_slice(store, info["env_key"], info["group"], info["arch"], gen.layout.num_params,
-                            run_ids=ds["runs"])
+    everything = load_slice(store, info["env_key"], info["group"], info["arch"],
+                            ParamLayout.from_json(info["layout"]).num_params, run_ids=ds["runs"])
     # the rows the generator saw (train runs) and held out (validation runs), not ones written since
     keep = np.array([step <= ds["max_step"][run] for run, step in zip(everything.run_ids, everything.steps)])
     everything = everything.subset(np.flatnonzero(keep))
     data = everything.subset(np.flatnonzero(np.isin(everything.run_ids, ds["train_runs"])))
-    others = reference_actors(store, gen.info, env_cfg)
+    others = reference_actors(store, info, env_cfg)
     group = info["group"]
-    targets, in_range = target_grid(data.returns, s)
-    top_n = min(s.max_top, max(1, math.ceil(s.top_fraction * len(data))))
+    targets, in_range = target_grid(data.returns, settings)
+    top_n = min(settings.max_top, max(1, math.ceil(settings.top_fraction * len(data))))
     top_rows = np.argsort(-data.returns, kind="stable")[:top_n]
     retrieval_rows = [int(np.argmin(np.abs(data.returns - t))) for t in targets]
-    n_rollouts = 1 + top_n + len(set(retrieval_rows)) + len(targets) * s.samples
-    progress = Progress(f"evaluate {gen.model_id}", n_rollouts, unit="policies", every_s=10.0)
-    done = [0]
+    rows = [int(i) for i in top_rows] + sorted(set(retrieval_rows) - {int(i) for i in top_rows})
+    progress = Progress(f"{label} baselines", 1 + len(rows), unit="policies", every_s=10.0)
+    r_random = _achieved(env_cfg, others, group, settings, None)
+    achieved = {}
+    for n, i in enumerate(rows):
+        progress.update(n + 1)
+        achieved[i] = _achieved(env_cfg, others, group, settings, actor_from_flat(spec, data.params[i]))
+    progress.update(1 + len(rows), force=True)
+    observations: dict[str, list] = {}
+    evaluate_returns(env_cfg, {**others, group: actor_from_flat(spec, data.params[int(top_rows[0])])}, settings.states,
+                     seed=HELDOUT_EVAL_SEED + 7919, observations=observations)
+    states = (torch.from_numpy(np.stack([o for o, _ in observations[group]])),
+              torch.from_numpy(np.stack([st for _, st in observations[group]])))
+    return Baselines(settings, env_cfg, group, spec, _slice_id(info), everything, data, others, targets, in_range,
+                     top_rows, achieved, retrieval_rows, r_random, float(np.mean([achieved[int(i)] for i in top_rows])),
+                     states)
 
-    def achieved(actor: Actor | None) -> float:
-        returns = evaluate_returns(env_cfg, {**others, group: actor}, s.episodes, seed=HELDOUT_EVAL_SEED,
-                                   stochastic=s.stochastic)[group]
-        done[0] += 1
-        progress.update(done[0])
-        return float(returns.mean())
 
-    r_random = achieved(None)
-    top_achieved = {int(i): achieved(actor_from_flat(spec, data.params[i])) for i in top_rows}
-    r_top = float(np.mean(list(top_achieved.values())))
-    retrieval_cache = {i: (top_achieved[i] if i in top_achieved else achieved(actor_from_flat(spec, data.params[i])))
-                       for i in sorted(set(retrieval_rows))}
-
+def evaluate_generator(cfg: EvaluateConfig, store: CheckpointStore | None = None, gen: Generator | None = None,
+                       baselines: Baselines | None = None) -> dict[str, Any]:
+    """`pgen evaluate`: every metric of DESIGN.md for `gen` (default: `cfg.model` from the store)
+    against `baselines` (default: measured now); writes evaluation.json and alignment.png to
+    `<evaluate.out_dir>/<model>@<version>/`."""
+    torch.set_num_threads(cfg.torch_threads)
+    if gen is None or baselines is None:
+        store = store or CheckpointStore(cfg.store.uri, endpoint_url=cfg.store.endpoint_url, retry_s=cfg.store.retry_s)
+    gen = gen or load_generator(store, cfg.model)
+    base = baselines or measure_baselines(store, gen.info, cfg.evaluate, label=f"evaluate {gen.model_id}")
+    if _slice_id(gen.info) != base.slice_id:
+        raise ValueError(f"{gen.model_id} was trained on {_slice_id(gen.info)}, the baselines are of {base.slice_id}")
+    if replace(base.settings, out_dir="") != replace(cfg.evaluate, out_dir=""):
+        raise ValueError("the baselines were measured with other evaluate settings than these")
+    s, spec, data, targets, in_range = cfg.evaluate, base.spec, base.data, base.targets, base.in_range
+    progress = Progress(f"evaluate {gen.model_id}", len(targets) * s.samples, unit="policies", every_s=10.0)
     generated, points = [], []
     for k, target in enumerate(targets):
         params = gen.generate(target, s.samples, seed=s.seed * 100_003 + k, temperature=s.temperature)
         for j, flat in enumerate(params):
-            a = achieved(actor_from_flat(spec, flat)) if np.isfinite(flat).all() else float("nan")
+            a = base.achieved_return(actor_from_flat(spec, flat)) if np.isfinite(flat).all() else float("nan")
             points.append({"k": k, "target": target, "in_range": in_range[k], "sample": j, "achieved": a})
             generated.append(flat)
+            progress.update(len(points))
     generated = np.stack(generated)
-    progress.update(done[0], force=True)
+    progress.update(len(points), force=True)
 
     # novelty and copies, in the generator's standardised space
     std = lambda x: gen.normalizer.standardise(torch.from_numpy(x), gen.tokenizer).numpy()  # noqa: E731
-    train_std = std(data.params)
-    nn_dist, nn_idx = nearest(std(generated), train_std)
-    median_cross = cross_run_nn_median(std(everything.params), everything.run_ids)  # over all runs of the slice
+    nn_dist, nn_idx = nearest(std(generated), std(data.params))
+    median_cross = cross_run_nn_median(std(base.everything.params), base.everything.run_ids)  # all runs of the slice
     rel_l2 = min_relative_l2(generated, data.params)
-    observations: dict[str, list] = {}
-    best = int(top_rows[0])
-    evaluate_returns(env_cfg, {**others, group: actor_from_flat(spec, data.params[best])}, s.states,
-                     seed=HELDOUT_EVAL_SEED + 7919,
-                     observations=observations)
-    obs = torch.from_numpy(np.stack([o for o, _ in observations[group]]))
-    starts = torch.from_numpy(np.stack([st for _, st in observations[group]]))
+    obs, starts = base.states
     agreement = [action_agreement(actor_from_flat(spec, g), actor_from_flat(spec, data.params[i]), obs, starts)
                  for g, i in zip(generated, nn_idx)]
     for p, d, rl, ag in zip(points, nn_dist, rel_l2, agreement):
@@ -127,13 +179,16 @@ def evaluate_generator(cfg: EvaluateConfig, store: CheckpointStore | None = None
                  min_relative_l2=float(rl), agreement=float(ag))
 
     # per-target table and the metrics
+    r_random, r_top = base.r_random, base.r_top
+    top_achieved = [base.achieved[int(i)] for i in base.top_rows]
     rows = []
     for k, target in enumerate(targets):
         pts = [p for p in points if p["k"] == k]
         ach = np.array([p["achieved"] for p in pts])
+        i = base.retrieval_rows[k]
         rows.append({"target": target, "in_range": in_range[k], "achieved_mean": float(np.nanmean(ach)),
-                     "achieved_std": float(np.nanstd(ach)), "retrieval": retrieval_cache[retrieval_rows[k]],
-                     "retrieval_return_recorded": float(data.returns[retrieval_rows[k]]),
+                     "achieved_std": float(np.nanstd(ach)), "retrieval": base.achieved[i],
+                     "retrieval_return_recorded": float(data.returns[i]),
                      "normalised_score": float(normalised_score(np.nanmean(ach), r_random, r_top)),
                      "novelty": float(np.mean([p["novelty"] for p in pts])),
                      "agreement": float(np.mean([p["agreement"] for p in pts]))})
@@ -144,13 +199,13 @@ def evaluate_generator(cfg: EvaluateConfig, store: CheckpointStore | None = None
     ret_a = np.array([r["retrieval"] for r in rows if r["in_range"]])
     top_k = len(targets) - 1 - len(s.extra_targets)  # index of the dataset-maximum target
     result = {
-        "model": gen.model_id, "env_id": env_cfg.id, "group": group, "arch": info["arch"],
+        "model": gen.model_id, "env_id": base.env_cfg.id, "group": base.group, "arch": gen.info["arch"],
         "episodes": s.episodes, "mode": "stochastic" if s.stochastic else "greedy", "samples": s.samples,
-        "temperature": s.temperature, "reference": info.get("reference"),
+        "temperature": s.temperature, "reference": gen.info.get("reference"),
         "dataset": {"checkpoints": int(len(data)), "runs": sorted(set(data.run_ids.tolist())),
                     "return_min": float(data.returns.min()), "return_max": float(data.returns.max())},
-        "r_random": r_random, "r_top10": r_top, "top10_checkpoints": top_n,
-        "best_trained": float(max(top_achieved.values())),
+        "r_random": r_random, "r_top10": r_top, "top10_checkpoints": len(base.top_rows),
+        "best_trained": float(max(top_achieved)),
         "alignment_r2": alignment_r2(t_in[finite], a_in[finite]),
         "spearman": spearman(t_in[finite], a_in[finite]),
         "retrieval_alignment_r2": alignment_r2(ret_t, ret_a), "retrieval_spearman": spearman(ret_t, ret_a),

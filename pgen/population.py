@@ -259,7 +259,8 @@ class PopulationWorker:
 # --- the driver: `pgen populate` ----------------------------------------------------------------
 
 
-def _init_ray() -> None:
+def init_ray() -> None:
+    """Connect to RAY_ADDRESS (a cluster, `ray job submit`) or start local Ray, once per process."""
     # members' lines differ only in numbers, which Ray's log deduplication (read at import) would fold
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     import ray
@@ -301,7 +302,7 @@ def populate(cfg: PopulateConfig) -> dict[int, dict[str, Any]]:
 
         check_target(seed.target_return, "population.seed.target_return")
     open_store(cfg)  # fail fast on a bad store URI
-    _init_ray()
+    init_ray()
     import ray
     prefix = cfg.run_id or f"pop-{cfg.env.name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
     plain = to_dict(cfg)

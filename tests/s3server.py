@@ -109,6 +109,24 @@ def _replay(app, recording: Path) -> int:
     return count
 
 
+def _s3_compatible(app):
+    """moto 5.2 names CompleteMultipartUpload's XML root `CompleteMultipartUploadResponse`; S3's is
+    `CompleteMultipartUploadResult`, and pyarrow's S3 client (Ray Tune's storage) takes any other
+    root for an error embedded in the 200 response. This WSGI wrapper renames it."""
+
+    def wrapped(environ, start_response):
+        if environ["REQUEST_METHOD"] != "POST" or "uploadId=" not in environ.get("QUERY_STRING", ""):
+            return app(environ, start_response)
+        captured = {}
+        body = b"".join(app(environ, lambda status, headers, exc_info=None: captured.update(s=status, h=headers)))
+        body = body.replace(b"CompleteMultipartUploadResponse", b"CompleteMultipartUploadResult")
+        start_response(captured["s"], [(k, str(len(body)) if k.lower() == "content-length" else v)
+                                       for k, v in captured["h"]])
+        return [body]
+
+    return wrapped
+
+
 def _serve(port: int, recording: str | None) -> None:
     if recording:
         os.environ["MOTO_RECORDER_FILEPATH"] = recording
@@ -124,7 +142,7 @@ def _serve(port: int, recording: str | None) -> None:
         print(f"replayed {_replay(app, Path(recording))} recorded requests", flush=True)
     if recording:
         recorder.start_recording()
-    run_simple("127.0.0.1", port, app, threaded=True)
+    run_simple("127.0.0.1", port, _s3_compatible(app), threaded=True)
 
 
 if __name__ == "__main__":

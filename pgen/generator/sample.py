@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -186,21 +186,36 @@ def resolve_model(store: CheckpointStore, model: str | None) -> tuple[str, str]:
     return name, version
 
 
-def load_generator(store: CheckpointStore, model: str | None, device: str = "auto") -> Generator:
-    """Load a registered version (safetensors + JSON only) onto `device`."""
-    name, version = resolve_model(store, model)
-    prefix = f"generators/{name}/{version}"
+def read_generator(read: Callable[[str], bytes], what: str, device: str = "auto") -> Generator:
+    """A generator from the files of a version (`read(file name)` → bytes), safetensors + JSON only."""
     try:
-        info = json.loads(store.get(f"{prefix}/config.json"))
-        weights = load_tensors(store.get(f"{prefix}/model.safetensors"))
-        normalizer = Normalizer.from_tensors(load_tensors(store.get(f"{prefix}/normalizer.safetensors")))
+        info = json.loads(read("config.json"))
+        weights = load_tensors(read("model.safetensors"))
+        normalizer = Normalizer.from_tensors(load_tensors(read("normalizer.safetensors")))
         model_obj = ParamVAE(ModelConfig(**info["model"]))
         model_obj.load_state_dict(weights, strict=True)
     except StoreError:
         raise
     except Exception as err:  # noqa: BLE001 - untrusted bytes: any decoding failure is "unreadable"
-        raise GeneratorNotFound(f"generator {name}@{version} in {store.uri} is unreadable: {err}") from err
+        raise GeneratorNotFound(f"{what} is unreadable: {err}") from err
     return build_generator(model_obj.to(pick_device(device)).eval(), normalizer, info)
+
+
+def load_generator(store: CheckpointStore, model: str | None, device: str = "auto") -> Generator:
+    """Load a registered version (safetensors + JSON only) onto `device`."""
+    name, version = resolve_model(store, model)
+    prefix = f"generators/{name}/{version}"
+    return read_generator(lambda file: store.get(f"{prefix}/{file}"), f"generator {name}@{version} in {store.uri}",
+                          device)
+
+
+def generator_files(generator: Generator, metrics: dict[str, Any]) -> dict[str, bytes]:
+    """The files of a version, `config.json` (the generator's info) last: what marks it complete."""
+    weights = {k: v.detach().to("cpu").contiguous() for k, v in generator.model.state_dict().items()}
+    return {"model.safetensors": save_tensors(weights),
+            "normalizer.safetensors": save_tensors(generator.normalizer.tensors()),
+            "metrics.json": json.dumps(metrics, indent=1, default=float).encode(),
+            "config.json": json.dumps(generator.info, indent=1).encode()}
 
 
 def save_generator(store: CheckpointStore, generator: Generator, metrics: dict[str, Any]) -> str:
@@ -208,10 +223,7 @@ def save_generator(store: CheckpointStore, generator: Generator, metrics: dict[s
     name = generator.info["name"]
     if not NAME_RE.match(name):
         raise ValueError(f"bad generator name {name!r}: letters, digits, '.', '_', '=', '-' only")
-    weights = {k: v.detach().to("cpu").contiguous() for k, v in generator.model.state_dict().items()}
-    blobs = {"model.safetensors": save_tensors(weights),
-             "normalizer.safetensors": save_tensors(generator.normalizer.tensors()),
-             "metrics.json": json.dumps(metrics, indent=1, default=float).encode()}
+    blobs = generator_files(generator, metrics)
     existing = _versions(store, name)
     number = int(existing[-1][1:]) + 1 if existing else 1
     while True:

@@ -197,6 +197,50 @@ def reference_policies(store: CheckpointStore, key: str, group: str, arch: str, 
     return {"run_id": run, "step": step, "groups": {g: {"arch": r["arch"]} for g, r in sorted(others.items())}}
 
 
+@dataclass
+class TrainingSlice:
+    """One env/group/arch slice of the store, loaded for `fit`, and what a version records about it."""
+
+    store: CheckpointStore
+    env: EnvConfig
+    key: str
+    group: str
+    spec: PolicySpec
+    name: str  # the generator's name in the store
+    data: ParamDataset
+
+    def info(self, seed: int, train_runs: list[str], val_runs: list[str]) -> dict[str, Any]:
+        """The slice's part of a version's config.json: env, group, policy, dataset summary, reference."""
+        data = self.data
+        train_rows = np.isin(data.run_ids, train_runs)
+        returns = data.returns[train_rows]
+        top = np.sort(returns)[::-1][: max(1, int(math.ceil(0.1 * len(returns))))]
+        runs = sorted(set(data.run_ids.tolist()))
+        return {
+            "name": self.name, "env": to_dict(self.env), "env_key": self.key, "group": self.group, "seed": seed,
+            "policy_spec": self.spec.to_json(), "layout": self.spec.layout.to_json(), "arch": self.spec.arch_key,
+            "dataset": {"store": self.store.uri, "rows": int(len(data)), "train_rows": int(train_rows.sum()),
+                        "runs": runs, "train_runs": list(train_runs), "val_runs": list(val_runs),
+                        "max_step": {r: int(data.steps[data.run_ids == r].max()) for r in runs},
+                        "return_min": float(returns.min()), "return_max": float(returns.max()),
+                        "return_p5": float(np.percentile(returns, 5)), "return_p95": float(np.percentile(returns, 95)),
+                        "return_top10_recorded": float(top.mean())},
+            "reference": reference_policies(self.store, self.key, self.group, self.spec.arch_key, data),
+        }
+
+
+def open_slice(store: CheckpointStore, env_cfg: EnvConfig, policy_cfg: Any, gen_cfg: GeneratorConfig,
+               label: str = "train-generator") -> TrainingSlice:
+    """Read the store's checkpoints of (env, generator.group, policy) and log what they are."""
+    group, spec = slice_spec(env_cfg, policy_cfg, gen_cfg.group)
+    key = env_key(env_cfg)
+    name = gen_cfg.name or f"{env_cfg.name}-{group}-{spec.arch_key}"
+    data = load_slice(store, key, group, spec.arch_key, spec.layout.num_params)
+    log.info(f"{label} {name}: {len(data)} checkpoints from {len(set(data.run_ids))} runs"
+             f" ({data.bad_rows} bad rows skipped), returns {data.returns.min():.1f} .. {data.returns.max():.1f}")
+    return TrainingSlice(store, env_cfg, key, group, spec, name, data)
+
+
 def train_generator(cfg: TrainGeneratorConfig, store: CheckpointStore | None = None) -> Generator:
     """Fit on the store's slice for (env, generator.group, policy), write TensorBoard events and the
     loss curve to `<out_dir>/<name>/<version>/`, register the version; returns the generator."""
@@ -204,12 +248,8 @@ def train_generator(cfg: TrainGeneratorConfig, store: CheckpointStore | None = N
 
     store = store or CheckpointStore(cfg.store.uri, endpoint_url=cfg.store.endpoint_url, retry_s=cfg.store.retry_s)
     torch.set_num_threads(cfg.torch_threads)
-    group, spec = slice_spec(cfg.env, cfg.policy, cfg.generator.group)
-    key = env_key(cfg.env)
-    name = cfg.generator.name or f"{cfg.env.name}-{group}-{spec.arch_key}"
-    data = load_slice(store, key, group, spec.arch_key, spec.layout.num_params)
-    log.info(f"train-generator {name}: {len(data)} checkpoints from {len(set(data.run_ids))} runs"
-             f" ({data.bad_rows} bad rows skipped), returns {data.returns.min():.1f} .. {data.returns.max():.1f}")
+    sl = open_slice(store, cfg.env, cfg.policy, cfg.generator)
+    name = sl.name
     out = Path(cfg.out_dir).expanduser().resolve() / name
     scratch = out / f"unregistered-{time.strftime('%Y%m%dT%H%M%S')}"
     writer = SummaryWriter(str(scratch / "tensorboard"))
@@ -219,24 +259,10 @@ def train_generator(cfg: TrainGeneratorConfig, store: CheckpointStore | None = N
             if k != "epoch":
                 writer.add_scalar(f"generator/{k}", v, metrics["epoch"])
 
-    result = fit(cfg.generator, data, spec, cfg.seed, callback, label=f"train-generator {name}")
+    result = fit(cfg.generator, sl.data, sl.spec, cfg.seed, callback, label=f"train-generator {name}")
     writer.close()
     gen = result.generator
-    train_rows = np.isin(data.run_ids, result.train_runs)
-    returns = data.returns[train_rows]
-    top = np.sort(returns)[::-1][: max(1, int(math.ceil(0.1 * len(returns))))]
-    gen.info.update({
-        "name": name, "env": to_dict(cfg.env),
-        "env_key": key, "group": group, "seed": cfg.seed,
-        "dataset": {"store": store.uri, "rows": int(len(data)), "train_rows": int(train_rows.sum()),
-                    "runs": sorted(set(data.run_ids.tolist())), "train_runs": result.train_runs,
-                    "val_runs": result.val_runs, "max_step": {r: int(data.steps[data.run_ids == r].max())
-                                                              for r in sorted(set(data.run_ids.tolist()))},
-                    "return_min": float(returns.min()), "return_max": float(returns.max()),
-                    "return_p5": float(np.percentile(returns, 5)), "return_p95": float(np.percentile(returns, 95)),
-                    "return_top10_recorded": float(top.mean())},
-        "reference": reference_policies(store, key, group, spec.arch_key, data),
-    })
+    gen.info.update(sl.info(cfg.seed, result.train_runs, result.val_runs))
     final = result.history[-1]
     metrics = {"final": final, "history": result.history}
     version = save_generator(store, gen, metrics)
