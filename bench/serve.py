@@ -10,6 +10,11 @@ machine noise hits both alike). Per level and mode: requests, throughput (reques
 latency (ms), and errors (any non-200 or failed connection). The client only reads the response
 bytes, so its own cost stays small; it still shares the machine's cores with Serve.
 
+A third application, "floor" (route /floor), is Ray Serve's own cost on this machine: the same
+two hops (a FastAPI ingress calling a second deployment through a handle, same resources) with no
+model and no validation: the inner deployment returns a stored policy-sized float32 vector, which
+the ingress writes as JSON. No configuration of our app can be faster than it.
+
 Writes `bench/results/serve.json` and prints the table with the batched/unbatched throughput ratio.
 
     python bench/serve.py --store bench/results/runs/gen-store --model bench-simple_spread-s0
@@ -28,10 +33,42 @@ import time
 from pathlib import Path
 
 import numpy as np
+from fastapi import Request  # module level: FastAPI resolves the (string) annotations of the floor app here
+from fastapi.responses import Response
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # serve/ lives at the repository root
 RESULTS = ROOT / "bench" / "results"
+
+
+def floor_app(num_params: int):
+    """The Serve floor: ingress → inner deployment → a fixed vector, as JSON."""
+    import orjson
+    from fastapi import FastAPI
+    from ray import serve
+
+    api = FastAPI()
+
+    @serve.deployment(name="FloorInner", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+    class Inner:
+        def __init__(self):
+            self.params = np.random.default_rng(0).standard_normal((1, num_params)).astype(np.float32)
+
+        async def generate(self, request: dict) -> dict:
+            return {"params": self.params, "seed": request["seed"]}
+
+    @serve.deployment(name="FloorIngress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=128)
+    @serve.ingress(api)
+    class Ingress:
+        def __init__(self, inner):
+            self.inner = inner
+
+        @api.post("/v1/generate")
+        async def generate(self, request: Request) -> Response:
+            out = await self.inner.generate.remote(await request.json())
+            return Response(orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+
+    return Ingress.bind(Inner.bind())
 
 
 async def closed_loop(url: str, body_of, concurrency: int, seconds: float) -> dict:
@@ -91,6 +128,11 @@ def main() -> None:
     for mode in ("batched", "unbatched"):
         cfg = compose_config("serve", fixed + [f"serve.batching={mode == 'batched'}"])
         serve.run(build(cfg), name=mode, route_prefix=f"/{mode}", blocking=False)
+    from pgen.generator.sample import load_generator
+    from pgen.store import CheckpointStore
+
+    num_params = load_generator(CheckpointStore(store), args.model, device="cpu").layout.num_params
+    serve.run(floor_app(num_params), name="floor", route_prefix="/floor", blocking=False)
 
     def body() -> dict:
         return {"model": args.model, "target_return": args.target, "num": 1, "seed": random.randrange(2**31),
@@ -99,7 +141,7 @@ def main() -> None:
     rows = []
     base = f"http://127.0.0.1:{args.port}"
     for i, c in enumerate(args.concurrency):
-        for mode in (("batched", "unbatched") if i % 2 == 0 else ("unbatched", "batched")):
+        for mode in (("batched", "unbatched", "floor") if i % 2 == 0 else ("floor", "unbatched", "batched")):
             url = f"{base}/{mode}/v1/generate"
             asyncio.run(closed_loop(url, body, min(c, 4), 1.0))  # warm-up: connections, model loaded
             row = {"mode": mode, **asyncio.run(closed_loop(url, body, c, args.seconds))}
@@ -113,19 +155,19 @@ def main() -> None:
     table = []
     for c in args.concurrency:
         b, u = by[("batched", c)], by[("unbatched", c)]
-        table.append({"concurrency": c, "batched": b, "unbatched": u,
+        table.append({"concurrency": c, "batched": b, "unbatched": u, "floor": by[("floor", c)],
                       "throughput_ratio": b["throughput"] / max(u["throughput"], 1e-9)})
     result = {"bench": "serve", "model": args.model, "format": args.format, "seconds": args.seconds,
               "num": 1, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "command": "python bench/serve.py " + " ".join(sys.argv[1:]), "levels": table}
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"\n| clients | batched req/s | p50 ms | p99 ms | errors | unbatched req/s | p50 ms | p99 ms | errors"
-          f" | batched / unbatched |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          f" | batched / unbatched | floor req/s | floor p99 ms |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for t in table:
         b, u = t["batched"], t["unbatched"]
         print(f"| {t['concurrency']} | {b['throughput']:.0f} | {b['p50_ms']:.1f} | {b['p99_ms']:.1f} | {b['errors']}"
               f" | {u['throughput']:.0f} | {u['p50_ms']:.1f} | {u['p99_ms']:.1f} | {u['errors']}"
-              f" | {t['throughput_ratio']:.2f}× |")
+              f" | {t['throughput_ratio']:.2f}× | {t['floor']['throughput']:.0f} | {t['floor']['p99_ms']:.1f} |")
     print(f"wrote {args.out}")
 
 
