@@ -190,7 +190,8 @@ def test_job_runtime_env_passes_the_endpoint_and_region_but_never_credentials(tm
                "AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret", "AWS_SESSION_TOKEN": "token",
                "AWS_ENDPOINT_URL_S3": ""}
     runtime_env = job_env.job_runtime_env(environ=environ)
-    assert runtime_env["env_vars"] == {"PYTHONUNBUFFERED": "1", "AWS_ENDPOINT_URL": "http://minio:9000",
+    assert runtime_env["env_vars"] == {"PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_WAIT_TIME_S": "600",
+                                       "AWS_ENDPOINT_URL": "http://minio:9000",
                                        "AWS_DEFAULT_REGION": "eu-west-1"}
     assert "secret" not in json.dumps(runtime_env) and "key" not in runtime_env["env_vars"].values()
     bad = tmp_path / "bad.yaml"
