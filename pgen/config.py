@@ -123,6 +123,9 @@ class PopulationConfig:
     # checkpoints share one basin of weight space and a generator can interpolate between members
     shared_init: bool = True
     cpus_per_worker: float = 1.0
+    # custom Ray resources each member also requests, e.g. {population: 1} so members run only on the
+    # node types that offer `population` (cluster/*.yaml); empty: any node with free CPUs (local runs)
+    resources: Dict[str, float] = field(default_factory=dict)
     max_restarts: int = 20  # Ray restarts of a crashed worker (each resumes from its saved state)
     # per-member hyper-parameters: algo.<key> drawn from [low, high] (log-uniform when low > 0)
     hparams: Dict[str, List[float]] = field(

@@ -58,6 +58,16 @@ def member_hparams(ranges: dict[str, list[float]], seed: int, member: int) -> di
     return out
 
 
+def check_member_resources(resources: dict[str, float]) -> None:
+    """`population.resources` must name custom resources (CPUs come from `cpus_per_worker`) with amounts >= 0."""
+    for name, amount in resources.items():
+        if name in ("CPU", "GPU", "memory", "object_store_memory"):
+            raise ValueError(f"population.resources.{name}: Ray's built-in resources are not custom resources;"
+                             " use population.cpus_per_worker for CPUs")
+        if not amount >= 0:
+            raise ValueError(f"population.resources.{name} must be >= 0, got {amount}")
+
+
 def member_run_id(prefix: str, member: int) -> str:
     return f"{prefix}-m{member:03d}"
 
@@ -301,9 +311,14 @@ def populate(cfg: PopulateConfig) -> dict[int, dict[str, Any]]:
         from pgen.generator.sample import check_target
 
         check_target(seed.target_return, "population.seed.target_return")
+    check_member_resources(cfg.population.resources)
     open_store(cfg)  # fail fast on a bad store URI
     init_ray()
     import ray
+    missing = sorted(set(cfg.population.resources) - set(ray.cluster_resources()))
+    if missing:
+        log.info(f"population.resources {missing}: no node offers them now; members wait until one that does"
+                 " joins (an autoscaler adds one of a node type that declares them)")
     prefix = cfg.run_id or f"pop-{cfg.env.name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
     plain = to_dict(cfg)
     plain["store"]["uri"] = open_store(cfg).uri  # absolute: workers may run elsewhere
@@ -312,7 +327,8 @@ def populate(cfg: PopulateConfig) -> dict[int, dict[str, Any]]:
                                       or os.environ.get("AWS_ENDPOINT_URL"))
     actor_cls = ray.remote(PopulationWorker)
     workers = {
-        m: actor_cls.options(num_cpus=cfg.population.cpus_per_worker, max_restarts=cfg.population.max_restarts,
+        m: actor_cls.options(num_cpus=cfg.population.cpus_per_worker, resources=dict(cfg.population.resources),
+                             max_restarts=cfg.population.max_restarts,
                              max_task_retries=cfg.population.max_restarts).remote(plain, m, member_run_id(prefix, m))
         for m in range(cfg.population.size)
     }
