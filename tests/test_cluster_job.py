@@ -267,7 +267,7 @@ def test_serve_deploy_then_generate(ray_cluster, pipeline_run, tmp_path):
             time.sleep(2)
         status, body = http_json(base + "/v1/generate", {"model": MODEL, "target_return": -50.0, "num": 2, "seed": 1})
         assert status == 200, body
-        assert len(body["policies"]) == 2 and "v0001" in json.dumps(body)
+        assert len(body["params"]) == 2 and body["version"] == "v0001" and body["num_params"] == len(body["params"][0])
         status, body = http_json(base + "/v1/generate", {"model": MODEL, "target_return": "high"})
         assert 400 <= status < 500, body
     finally:
