@@ -19,13 +19,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from pgen.config import DatasetConfig  # noqa: E402
 from pgen.policy import atomic_write  # noqa: E402
-from pgen.store import CheckpointStore  # noqa: E402
+from pgen.store import open_store  # noqa: E402
 
 COLUMNS = ["run_id", "env_key", "group", "arch", "step", "return_mean", "origin", "params", "checksum"]
 
 
 def summarise(cfg: DatasetConfig) -> dict[str, Any]:
-    store = CheckpointStore(cfg.store.uri, endpoint_url=cfg.store.endpoint_url, retry_s=cfg.store.retry_s)
+    store = open_store(cfg.store)
     result = store.read_records(env_key=cfg.env_key, group=cfg.group, arch=cfg.arch, run_id=cfg.run_id,
                                 columns=COLUMNS)
     rows = result.table.drop_columns(["params"]).to_pylist() if result.rows else []

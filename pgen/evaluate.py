@@ -43,7 +43,7 @@ from pgen.metrics import (action_agreement, alignment_r2, cross_run_nn_median, m
                           normalised_score, spearman)
 from pgen.policy import Actor, ParamLayout, PolicySpec, atomic_write  # noqa: E402
 from pgen.progress import Progress, log  # noqa: E402
-from pgen.store import CheckpointStore  # noqa: E402
+from pgen.store import CheckpointStore, open_store  # noqa: E402
 
 COPY_THRESHOLD = 0.01  # relative L2 below which a generated vector counts as a copy of a training vector
 
@@ -146,7 +146,7 @@ def evaluate_generator(cfg: EvaluateConfig, store: CheckpointStore | None = None
     `<evaluate.out_dir>/<model>@<version>/`."""
     torch.set_num_threads(cfg.torch_threads)
     if gen is None or baselines is None:
-        store = store or CheckpointStore(cfg.store.uri, endpoint_url=cfg.store.endpoint_url, retry_s=cfg.store.retry_s)
+        store = store or open_store(cfg.store)
     gen = gen or load_generator(store, cfg.model)
     base = baselines or measure_baselines(store, gen.info, cfg.evaluate, label=f"evaluate {gen.model_id}")
     if _slice_id(gen.info) != base.slice_id:

@@ -20,13 +20,14 @@ from pgen.envs import describe_env
 from pgen.evaluate import evaluate_generator, format_result
 from pgen.generator.train import train_generator
 from pgen.policy import atomic_write
-from pgen.population import open_store, populate
+from pgen.population import populate
 from pgen.progress import format_duration, log
+from pgen.store import open_store
 
 
 def pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     t0 = time.monotonic()
-    store = open_store(cfg)  # fails fast on a bad URI
+    store = open_store(cfg.store)  # fails fast on a bad URI
     run_id = cfg.run_id or f"pipe-{cfg.env.name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
     groups = [cfg.generator.group] if cfg.generator.group else [g.name for g in describe_env(cfg.env).groups]
     out = Path(cfg.out_dir).expanduser().resolve()

@@ -32,7 +32,7 @@ from pgen.envs import env_key
 from pgen.evaluation import evaluate_returns
 from pgen.progress import format_duration, log, setup_logging
 from pgen.state import load_state, save_state
-from pgen.store import CheckpointStore, params_checksum
+from pgen.store import CheckpointStore, open_store, params_checksum, portable_store_config
 
 WORKER_FILE = "worker.json"
 
@@ -70,10 +70,6 @@ def check_member_resources(resources: dict[str, float]) -> None:
 
 def member_run_id(prefix: str, member: int) -> str:
     return f"{prefix}-m{member:03d}"
-
-
-def open_store(cfg: PopulateConfig) -> CheckpointStore:
-    return CheckpointStore(cfg.store.uri, endpoint_url=cfg.store.endpoint_url, retry_s=cfg.store.retry_s)
 
 
 def seed_params(store: CheckpointStore, run_id: str, member: int) -> tuple[dict[str, np.ndarray], str, dict[str, str]]:
@@ -126,7 +122,7 @@ class PopulationWorker:
         setup_logging()  # in a Ray worker: lines reach the driver's console through log_to_driver
         torch.set_num_threads(self.cfg.torch_threads)
         self.member, self.run_id = member, run_id
-        self.store = open_store(self.cfg) if stream else None
+        self.store = open_store(self.cfg.store) if stream else None
         self.hparams = member_hparams(self.cfg.population.hparams, self.cfg.seed, member)
         algo = replace(self.cfg.algo, **self.hparams)
         self.seed = self.cfg.seed * 1000 + member
@@ -312,7 +308,7 @@ def populate(cfg: PopulateConfig) -> dict[int, dict[str, Any]]:
 
         check_target(seed.target_return, "population.seed.target_return")
     check_member_resources(cfg.population.resources)
-    open_store(cfg)  # fail fast on a bad store URI
+    store = portable_store_config(cfg.store)  # fails fast on a bad store URI, before Ray starts
     init_ray()
     import ray
     missing = sorted(set(cfg.population.resources) - set(ray.cluster_resources()))
@@ -320,11 +316,7 @@ def populate(cfg: PopulateConfig) -> dict[int, dict[str, Any]]:
         log.info(f"population.resources {missing}: no node offers them now; members wait until one that does"
                  " joins (an autoscaler adds one of a node type that declares them)")
     prefix = cfg.run_id or f"pop-{cfg.env.name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
-    plain = to_dict(cfg)
-    plain["store"]["uri"] = open_store(cfg).uri  # absolute: workers may run elsewhere
-    # workers on other nodes do not see this process's environment: pass the endpoint explicitly
-    plain["store"]["endpoint_url"] = (cfg.store.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
-                                      or os.environ.get("AWS_ENDPOINT_URL"))
+    plain = {**to_dict(cfg), "store": store}
     actor_cls = ray.remote(PopulationWorker)
     workers = {
         m: actor_cls.options(num_cpus=cfg.population.cpus_per_worker, resources=dict(cfg.population.resources),

@@ -27,13 +27,16 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from pgen.config import StoreConfig
 
 log = logging.getLogger("pgen")
 
@@ -419,3 +422,21 @@ def _good_rows(table: pa.Table) -> np.ndarray:
         good[i] &= bool(valid[i]) and row.size == lengths[i] and bool(np.isfinite(row).all()) \
             and params_checksum(row) == checksums[i]
     return good
+
+
+def s3_endpoint(endpoint_url: str | None = None) -> str | None:
+    """The S3 endpoint a store uses: `endpoint_url`, else `AWS_ENDPOINT_URL_S3`, else
+    `AWS_ENDPOINT_URL`, else None (AWS itself), the order botocore applies."""
+    return endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def open_store(cfg: StoreConfig) -> CheckpointStore:
+    """The store of a command's `store` config (StoreError on a bad URI, missing bucket, ...)."""
+    return CheckpointStore(cfg.uri, endpoint_url=cfg.endpoint_url, retry_s=cfg.retry_s)
+
+
+def portable_store_config(cfg: StoreConfig) -> dict[str, Any]:
+    """`cfg` as a plain dict for Ray actors and replicas, which may run on other nodes: the URI made
+    absolute (the store is opened, so a bad one fails here) and the S3 endpoint spelled out, since
+    other processes do not see this one's environment."""
+    return {"uri": open_store(cfg).uri, "endpoint_url": s3_endpoint(cfg.endpoint_url), "retry_s": cfg.retry_s}

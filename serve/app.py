@@ -49,7 +49,7 @@ from pgen.generator.sample import (Generator, GeneratorNotFound, check_target, l
 from pgen.policy import PolicySpec, policy_file_bytes
 from pgen.population import GENERATOR_DEPLOYMENT
 from pgen.seeding import RunExists, write_seed_run
-from pgen.store import CheckpointStore, StoreError
+from pgen.store import StoreError, open_store, portable_store_config
 
 logger = logging.getLogger("ray.serve")
 
@@ -91,10 +91,6 @@ class SeedRequest(BaseModel):
     temperature: float = Field(1.0, ge=0.0, le=10.0, strict=True, allow_inf_nan=False)
 
 
-def open_store(cfg: ServeConfig) -> CheckpointStore:
-    return CheckpointStore(cfg.store.uri, endpoint_url=cfg.store.endpoint_url, retry_s=cfg.store.retry_s)
-
-
 def error(status: int, message: str, headers: dict[str, str] | None = None, **detail: Any) -> JSONResponse:
     return JSONResponse({"error": message, **detail}, status_code=status, headers=headers)
 
@@ -114,7 +110,7 @@ class PolicyGenerator:
         self.cfg: ServeConfig = config_from_dict("serve", cfg)
         settings = self.cfg.serve
         torch.set_num_threads(settings.torch_threads)
-        self.store = open_store(self.cfg)
+        self.store = open_store(self.cfg.store)
         self.device = pick_device(settings.device)
         self._batched.set_max_batch_size(settings.max_batch_size)
         self._batched.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
@@ -253,7 +249,7 @@ class Ingress:
         self.cfg: ServeConfig = config_from_dict("serve", cfg)
         self.settings = self.cfg.serve
         set_body_limit(self.settings.max_body_bytes)
-        self.store = open_store(self.cfg)
+        self.store = open_store(self.cfg.store)
         self.generator = generator
         self.token = os.environ.get(self.settings.token_env) or None
         self._latest: dict[str, tuple[str, float]] = {}  # name → (version, monotonic time resolved)
@@ -376,10 +372,7 @@ def build(cfg: ServeConfig) -> serve.Application:
     """The application for a composed config: deployment options come from `cfg.serve`."""
     s = cfg.serve
     check_settings(s)
-    plain = to_dict(cfg)
-    plain["store"]["uri"] = open_store(cfg).uri  # absolute: replicas may run elsewhere
-    plain["store"]["endpoint_url"] = (cfg.store.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
-                                      or os.environ.get("AWS_ENDPOINT_URL"))
+    plain = {**to_dict(cfg), "store": portable_store_config(cfg.store)}  # replicas may run on other nodes
     backpressure = BackpressureConfig(retry_after_s=s.retry_after_s)
     generator = PolicyGenerator.options(
         ray_actor_options={"num_cpus": s.num_cpus, "num_gpus": s.num_gpus},

@@ -41,7 +41,7 @@ from pgen.generator.train import open_slice
 from pgen.policy import atomic_write
 from pgen.population import init_ray
 from pgen.progress import Progress, format_duration, log
-from pgen.store import CheckpointStore
+from pgen.store import CheckpointStore, open_store, s3_endpoint
 from tune.report import format_trials, plot_trials, trial_rows
 from tune.space import default_point, search_space
 from tune.trainable import TrialSetup, train_trial
@@ -59,7 +59,7 @@ def storage_location(uri: str, endpoint_url: str | None = None) -> tuple[str, py
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise ConfigError(f"tune.storage {uri!r}: no bucket; use s3://bucket/prefix")
-        endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint = s3_endpoint(endpoint_url)
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         fs = pyarrow.fs.S3FileSystem(endpoint_override=endpoint or None, region=region or None)
         return f"{parsed.netloc}/{parsed.path.strip('/')}".rstrip("/"), fs
@@ -178,7 +178,7 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
     space = search_space(cfg.tune.space, cfg.generator)  # ConfigError before anything starts
     points = [default_point(cfg.tune.space, cfg.generator)] if cfg.tune.include_default else []
     path, fs = storage_location(cfg.tune.storage, cfg.store.endpoint_url)
-    store = CheckpointStore(cfg.store.uri, endpoint_url=cfg.store.endpoint_url, retry_s=cfg.store.retry_s)
+    store = open_store(cfg.store)
     sl = open_slice(store, cfg.env, cfg.policy, cfg.generator, label="tune")
     if cfg.resume and not cfg.tune.name:
         raise ConfigError(f"resume=true needs tune.name=<the sweep's name>; sweeps in {cfg.tune.storage}:"

@@ -26,7 +26,7 @@ from safetensors.torch import save as save_tensors
 from pgen.generator.data import Normalizer, Tokenizer
 from pgen.generator.model import ModelConfig, ParamVAE
 from pgen.policy import ParamLayout, PolicySpec, save_policy_file
-from pgen.store import CheckpointStore, StoreError
+from pgen.store import CheckpointStore, StoreError, open_store
 
 VERSION_RE = re.compile(r"^v(\d{4,})$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]*$")
@@ -248,7 +248,7 @@ def generate_file(cfg: Any, store: CheckpointStore | None = None) -> Path:
     target = check_target(cfg.target_return)
     if not 1 <= cfg.num <= cfg.max_num:
         raise ValueError(f"num must be between 1 and {cfg.max_num}, got {cfg.num}")
-    store = store or CheckpointStore(cfg.store.uri, endpoint_url=cfg.store.endpoint_url, retry_s=cfg.store.retry_s)
+    store = store or open_store(cfg.store)
     gen = load_generator(store, cfg.model)
     params = gen.generate(target, cfg.num, seed=cfg.seed, temperature=cfg.temperature)
     out = Path(cfg.out or f"generated-{gen.name}-{gen.version}-{target:g}.safetensors").expanduser().resolve()

@@ -29,7 +29,7 @@ from pgen.plots import plot_curves
 from pgen.policy import PolicySpec, atomic_write
 from pgen.progress import Progress, log
 from pgen.state import optimizer_tensors, restore_optimizer
-from pgen.store import CheckpointStore
+from pgen.store import CheckpointStore, open_store
 
 Callback = Callable[[dict[str, float], Callable[[Path], None]], None]
 
@@ -246,7 +246,7 @@ def train_generator(cfg: TrainGeneratorConfig, store: CheckpointStore | None = N
     loss curve to `<out_dir>/<name>/<version>/`, register the version; returns the generator."""
     from tensorboardX import SummaryWriter
 
-    store = store or CheckpointStore(cfg.store.uri, endpoint_url=cfg.store.endpoint_url, retry_s=cfg.store.retry_s)
+    store = store or open_store(cfg.store)
     torch.set_num_threads(cfg.torch_threads)
     sl = open_slice(store, cfg.env, cfg.policy, cfg.generator)
     name = sl.name
