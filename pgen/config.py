@@ -341,6 +341,7 @@ class SweepSettings:
     num_samples: int = 16  # trials
     max_concurrent: int = 2  # trials at once
     cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0  # > 0: trials wait for GPU nodes and train there (generator.device=auto picks CUDA)
     metric: str = "val_loss"  # per-epoch metric (minimised) of ASHA and of the searcher
     grace_period: int = 10  # epochs every trial runs before ASHA may stop it
     reduction_factor: int = 3  # ASHA keeps the best 1/reduction_factor at each rung

@@ -22,7 +22,7 @@ from pgen.store import CheckpointStore
 from tests.test_generator import SMALL, fill_store
 from tests.test_population import pgen, pgen_background
 from tune.space import default_point, search_space
-from tune.sweep import INTERRUPTED, storage_location
+from tune.sweep import INTERRUPTED, storage_location, trial_resources
 
 # a tiny generator and evaluation on the synthetic slice of tests/test_generator.py (policy [8])
 TINY_SWEEP = [
@@ -76,6 +76,13 @@ def test_bad_search_spaces_are_clear_errors(entries, message):
         search_space(space(**entries), GeneratorConfig())
 
 
+def test_trials_ask_for_gpus_only_when_told():
+    from pgen.config import SweepSettings
+
+    assert trial_resources(SweepSettings(cpus_per_trial=2)) == {"cpu": 2}
+    assert trial_resources(SweepSettings(cpus_per_trial=1, gpus_per_trial=0.5)) == {"cpu": 1, "gpu": 0.5}
+
+
 def test_default_point_outside_the_space_is_a_clear_error():
     from pgen.config import ConfigError
 
@@ -89,6 +96,7 @@ def test_default_point_outside_the_space_is_a_clear_error():
     (["tune.space.lr={uniform:[0.01,0.1]}"], "tune.space.lr: give exactly one of"),  # merged with the profile's
     (["~profile", "++tune.space={lr:{loguniform:[0.1,0.01]}}"], "tune.space.lr.loguniform: expected [low, high]"),
     (["tune.num_samples=0"], "tune.num_samples must be >= 1"),
+    (["tune.gpus_per_trial=-1"], "tune.gpus_per_trial >= 0"),
     (["tune.metric=train_loss"], "tune.metric must be a per-epoch validation metric"),
     (["resume=true"], "resume=true needs tune.name"),
     (["resume=true", "tune.name=nope"], "no sweep 'nope' to resume"),

@@ -33,7 +33,7 @@ from ray.tune.logger import TBXLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from pgen.config import ConfigError, SweepConfig, enum_value, to_dict
+from pgen.config import ConfigError, SweepConfig, SweepSettings, enum_value, to_dict
 from pgen.evaluate import measure_baselines
 from pgen.generator.data import split_by_run
 from pgen.generator.sample import read_generator, save_generator
@@ -124,6 +124,17 @@ class SweepProgress(tune.Callback):
         log.info(f"tune {self.name}: trial {trial.trial_id} failed for good: {trial.error_file or ''}")
 
 
+def trial_resources(t: SweepSettings) -> dict[str, float]:
+    """What each trial asks Ray for: `tune.cpus_per_trial` CPUs, and `tune.gpus_per_trial` GPUs when set.
+
+    On a cluster a GPU request makes the autoscaler start a GPU worker; on a machine without GPUs the
+    trials stay pending (Tune says so in its status lines)."""
+    res = {"cpu": t.cpus_per_trial}
+    if t.gpus_per_trial > 0:
+        res["gpu"] = t.gpus_per_trial
+    return res
+
+
 def _searcher(cfg: SweepConfig, points: list[dict[str, Any]]) -> Any:
     """Random search or Optuna's TPE, at most `tune.max_concurrent` trials at once, seeded by `seed`."""
     if enum_value(cfg.tune.search) == "optuna":
@@ -143,8 +154,8 @@ def _check(cfg: SweepConfig) -> None:
             raise ConfigError(f"tune.{key} must be >= 1, got {getattr(t, key)}")
     if t.reduction_factor < 2:
         raise ConfigError(f"tune.reduction_factor must be >= 2, got {t.reduction_factor}")
-    if t.max_failures < 0 or t.cpus_per_trial <= 0:
-        raise ConfigError("tune.max_failures must be >= 0 and tune.cpus_per_trial > 0")
+    if t.max_failures < 0 or t.cpus_per_trial <= 0 or t.gpus_per_trial < 0:
+        raise ConfigError("tune.max_failures must be >= 0, tune.cpus_per_trial > 0 and tune.gpus_per_trial >= 0")
     if cfg.generator.epochs < 1:
         raise ConfigError(f"generator.epochs must be >= 1, got {cfg.generator.epochs}")
     if not t.metric.startswith("val_"):
@@ -210,7 +221,7 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
     init_ray()
     # Tune warns when a trial's checkpoints (num_to_keep=2) force frequent experiment snapshots; they are small
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    trainable = tune.with_resources(tune.with_parameters(train_trial, setup=setup), {"cpu": cfg.tune.cpus_per_trial})
+    trainable = tune.with_resources(tune.with_parameters(train_trial, setup=setup), trial_resources(cfg.tune))
     log.info(f"tune {name}: {'resuming' if cfg.resume else 'starting'} {cfg.tune.num_samples} trials"
              f" ({enum_value(cfg.tune.search)} search over {', '.join(space)}), {cfg.tune.max_concurrent} at a time,"
              f" ≤ {cfg.generator.epochs} epochs each, ASHA on {cfg.tune.metric}; TensorBoard: tensorboard --logdir {shown}")
