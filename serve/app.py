@@ -29,7 +29,7 @@ import logging
 import os
 import secrets
 import time
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, NamedTuple, Optional
 
 import numpy as np
 import orjson
@@ -48,7 +48,7 @@ from pgen.generator.sample import (Generator, GeneratorNotFound, check_target, l
                                    pick_device, resolve_model)
 from pgen.policy import PolicySpec, policy_file_bytes
 from pgen.population import GENERATOR_DEPLOYMENT
-from pgen.seeding import RunExists, write_seed_run
+from pgen.seeding import RUN_ID_RE, RunExists, write_seed_run
 from pgen.store import StoreError, open_store, portable_store_config
 
 logger = logging.getLogger("ray.serve")
@@ -86,13 +86,23 @@ class SeedRequest(BaseModel):
     model: str = Field(max_length=200, pattern=MODEL_ID)
     target_return: FiniteFloat
     population_size: int = Field(ge=1, strict=True, description="seed policies (at most serve.max_population)")
-    run_id: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    run_id: Optional[str] = Field(None, pattern=RUN_ID_RE.pattern)
     seed: Optional[int] = Field(None, ge=0, le=SEED_MAX, strict=True)
     temperature: float = Field(1.0, ge=0.0, le=10.0, strict=True, allow_inf_nan=False)
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None, **detail: Any) -> JSONResponse:
     return JSONResponse({"error": message, **detail}, status_code=status, headers=headers)
+
+
+class DecodeJob(NamedTuple):
+    """One request's share of a batch."""
+
+    gen: Generator
+    target: float
+    num: int
+    seed: int
+    temperature: float
 
 
 @serve.deployment(name=GENERATOR_DEPLOYMENT)
@@ -126,12 +136,13 @@ class PolicyGenerator:
         target = check_target(request.get("target_return"))
         num, seed = int(request.get("num", 1)), int(request.get("seed", 0))
         temperature = check_target(request.get("temperature", 1.0), "temperature")
-        if not 1 <= num <= max(self.cfg.serve.max_num, self.cfg.serve.max_population):
-            raise ValueError(f"num must be between 1 and {self.cfg.serve.max_num}, got {num}")
+        limit = max(self.cfg.serve.max_num, self.cfg.serve.max_population)  # /v1/seed asks for a population
+        if not 1 <= num <= limit:
+            raise ValueError(f"num must be between 1 and {limit} (serve.max_num, serve.max_population), got {num}")
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         gen = await self.get_model(model_id)
-        job = (gen, target, num, seed, temperature)
+        job = DecodeJob(gen, target, num, seed, temperature)
         if self.cfg.serve.batching:
             params = await self._batched(job)
         else:
@@ -143,10 +154,10 @@ class PolicyGenerator:
                                                                      info["dataset"]["return_max"]]}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def _batched(self, jobs: list[tuple]) -> list[np.ndarray]:
+    async def _batched(self, jobs: list[DecodeJob]) -> list[np.ndarray]:
         return await self._decode(jobs)
 
-    async def _decode(self, jobs: list[tuple]) -> list[np.ndarray]:
+    async def _decode(self, jobs: list[DecodeJob]) -> list[np.ndarray]:
         # off the event loop, so the next batch gathers while this one runs
         return await asyncio.to_thread(decode_jobs, jobs)
 
@@ -154,21 +165,22 @@ class PolicyGenerator:
         self.store.list("generators/")  # raises (and Serve restarts the replica) if the store is gone
 
 
-def decode_jobs(jobs: list[tuple]) -> list[np.ndarray]:
-    """One forward pass per generator over every (gen, target, num, seed, temperature) job; each job
-    draws its own noise from its seed, so batching does not change what a request gets."""
+def decode_jobs(jobs: list[DecodeJob]) -> list[np.ndarray]:
+    """One forward pass per generator over every job; each job draws its own noise from its seed, so
+    batching does not change what a request gets."""
     import torch
 
     out: list[np.ndarray | None] = [None] * len(jobs)
     by_model: dict[int, list[int]] = {}
     for i, job in enumerate(jobs):
-        by_model.setdefault(id(job[0]), []).append(i)
+        by_model.setdefault(id(job.gen), []).append(i)
     for rows in by_model.values():
-        gen = jobs[rows[0]][0]
-        noise = torch.cat([gen.noise(jobs[i][2], jobs[i][3], jobs[i][4]) for i in rows])
-        returns = np.concatenate([np.full(jobs[i][2], jobs[i][1], np.float64) for i in rows])
+        group = [jobs[i] for i in rows]
+        gen = group[0].gen
+        noise = torch.cat([gen.noise(j.num, j.seed, j.temperature) for j in group])
+        returns = np.concatenate([np.full(j.num, j.target, np.float64) for j in group])
         params = gen.decode(returns, noise)
-        ends = np.cumsum([jobs[i][2] for i in rows])
+        ends = np.cumsum([j.num for j in group])
         for i, chunk in zip(rows, np.split(params, ends[:-1])):
             out[i] = chunk
     return out

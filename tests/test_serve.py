@@ -298,3 +298,18 @@ def test_pgen_serve_rejects_a_bad_config_with_a_clear_error(tmp_path):
     assert out.returncode == 2 and "nope" in out.stderr
     out = pgen("serve", "serve.max_batch_size=100", cwd=tmp_path)
     assert out.returncode == 2 and "cannot exceed serve.max_ongoing_requests" in out.stderr
+
+
+def test_a_batch_decodes_every_job_as_if_it_were_alone(tmp_path):
+    from serve.app import DecodeJob, decode_jobs
+
+    store = CheckpointStore(str(tmp_path / "store"))
+    fill_store(store)
+    train_generator(train_cfg(store.uri, name="spread", epochs=2))
+    a, b = load_generator(store, "spread@v0001"), load_generator(store, "spread@v0001")  # two models in one batch
+    jobs = [DecodeJob(a, -50.0, 2, 1, 1.0), DecodeJob(b, -30.0, 1, 2, 0.5), DecodeJob(a, -40.0, 3, 3, 0.0)]
+    out = decode_jobs(jobs)
+    assert [o.shape[0] for o in out] == [2, 1, 3]
+    for job, params in zip(jobs, out):
+        alone = job.gen.generate(job.target, num=job.num, seed=job.seed, temperature=job.temperature)
+        np.testing.assert_allclose(params, alone, rtol=1e-5, atol=1e-6)
