@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import shutil
 import time
 from pathlib import Path
@@ -47,15 +48,20 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=5)
     ap.add_argument("--targets", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--temperatures", nargs="+", type=float, default=[1.0],
+                    help="evaluate each trained generator at these sampling temperatures (evaluate.temperature)")
+    ap.add_argument("--out", default=str(RESULTS / "generator.json"), help="results JSON (rows of other settings are kept)")
     ap.add_argument("overrides", nargs="*", help="generator.* Hydra overrides, e.g. generator.epochs=200")
     args = ap.parse_args()
     setup_logging()
     store = CheckpointStore(args.store)
     out_dir = RESULTS / "runs" / "generator"
     rows = []
+    # settings beyond the epochs name the generator and the plots: bench-simple_spread-s0-return_balance1
+    tag = "".join("-" + re.sub(r"[^A-Za-z0-9_]", "", o.split(".", 1)[-1]) for o in args.overrides if "epochs" not in o)
     for env in args.envs:
         for seed in args.seeds:
-            name = f"bench-{env}-s{seed}"
+            name = f"bench-{env}-s{seed}{tag}"
             cfg = compose_config("train-generator", [f"env={env}", f"store.uri={args.store}", f"seed={seed}",
                                                      f"generator.group={SLICES[env]}", f"generator.name={name}",
                                                      f"torch_threads={args.threads}", f"out_dir={out_dir}",
@@ -63,37 +69,42 @@ def main() -> None:
             t0 = time.perf_counter()
             gen = train_generator(cfg, store)
             train_s = time.perf_counter() - t0
-            ecfg = compose_config("evaluate", [f"store.uri={args.store}", f"model={gen.model_id}",
-                                              f"evaluate.episodes={args.episodes}", f"evaluate.samples={args.samples}",
-                                              f"evaluate.targets={args.targets}", f"evaluate.out_dir={out_dir}",
-                                              f"torch_threads={args.threads}"])
-            t0 = time.perf_counter()
-            result = evaluate_generator(ecfg, store, gen)
-            eval_s = time.perf_counter() - t0
-            print(format_result(result), flush=True)
-            png = RESULTS / f"generator-{env}-{SLICES[env]}-s{seed}.png"
-            shutil.copyfile(result["plot"], png)
-            rows.append({"env": env, "group": SLICES[env], "seed": seed, "model": gen.model_id,
-                         "checkpoints": gen.info["dataset"]["rows"], "runs": len(gen.info["dataset"]["runs"]),
-                         "train_s": train_s, "evaluate_s": eval_s, "plot": str(png.relative_to(RESULTS.parent)),
-                         "overrides": args.overrides,
-                         "generator": gen.info["generator"], "targets": result["targets"],
-                         **{k: result[k] for k in KEYS}})
-    path = RESULTS / "generator.json"
+            for temperature in args.temperatures:
+                ecfg = compose_config("evaluate", [f"store.uri={args.store}", f"model={gen.model_id}",
+                                                  f"evaluate.episodes={args.episodes}", f"evaluate.samples={args.samples}",
+                                                  f"evaluate.targets={args.targets}", f"evaluate.out_dir={out_dir}",
+                                                  f"evaluate.temperature={temperature}", f"torch_threads={args.threads}"])
+                t0 = time.perf_counter()
+                result = evaluate_generator(ecfg, store, gen)
+                eval_s = time.perf_counter() - t0
+                print(format_result(result), flush=True)
+                png = RESULTS / f"generator-{env}-{SLICES[env]}-s{seed}{tag}-t{temperature:g}.png"
+                shutil.copyfile(result["plot"], png)
+                rows.append({"env": env, "group": SLICES[env], "seed": seed, "temperature": temperature,
+                             "model": gen.model_id, "checkpoints": gen.info["dataset"]["rows"],
+                             "runs": len(gen.info["dataset"]["runs"]), "train_s": train_s, "evaluate_s": eval_s,
+                             "plot": str(png.relative_to(RESULTS.parent)), "overrides": args.overrides,
+                             "generator": gen.info["generator"], "targets": result["targets"],
+                             **{k: result[k] for k in KEYS}})
+    path = Path(args.out)
     previous = json.loads(path.read_text())["rows"] if path.exists() else []
-    done = {(r["env"], r["seed"]) for r in rows}  # rows of other envs/seeds from earlier runs are kept
-    rows = [r for r in previous if (r["env"], r["seed"]) not in done] + rows
+
+    def key(r: dict) -> tuple:
+        return r["env"], r["seed"], r.get("temperature", 1.0), tuple(r.get("overrides", []))
+
+    done = {key(r) for r in rows}  # rows of other settings from earlier runs are kept
+    rows = [r for r in previous if key(r) not in done] + rows
     summary = {"host": platform.node(), "store": store.uri, "episodes": args.episodes, "samples": args.samples,
                "targets": args.targets, "rows": rows}
-    (RESULTS / "generator.json").write_text(json.dumps(summary, indent=1))
-    print(f"\n{'env / group':<26} {'seed':>4} {'ckpts':>5} {'R²':>6} {'(retr.)':>7} {'ρ':>6} {'score@top':>9}"
+    path.write_text(json.dumps(summary, indent=1))
+    print(f"\n{'env / group':<26} {'seed':>4} {'τ':>4} {'ckpts':>5} {'R²':>6} {'(retr.)':>7} {'ρ':>6} {'score@top':>9}"
           f" {'(retr.)':>7} {'novelty':>7} {'copies':>6} {'agree':>5} {'train s':>7}")
     for r in rows:
-        print(f"{r['env'] + ' / ' + r['group']:<26} {r['seed']:>4} {r['checkpoints']:>5} {r['alignment_r2']:>6.2f}"
+        print(f"{r['env'] + ' / ' + r['group']:<26} {r['seed']:>4} {r.get('temperature', 1.0):>4g} {r['checkpoints']:>5} {r['alignment_r2']:>6.2f}"
               f" {r['retrieval_alignment_r2']:>7.2f} {r['spearman']:>6.2f} {r['normalised_score_top']:>9.2f}"
               f" {r['retrieval_normalised_score_top']:>7.2f} {r['novelty_median']:>7.2f} {r['copies']:>6}"
-              f" {r['agreement_mean']:>5.2f} {r['train_s']:>7.0f}")
-    print(f"\nwrote {RESULTS / 'generator.json'}")
+              f" {r['agreement_mean']:>5.2f} {r['train_s']:>7.0f}  {' '.join(r.get('overrides', []))}")
+    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":

@@ -209,6 +209,7 @@ class GeneratorConfig:
     epochs: int = 300
     permute_prob: float = 0.0  # chance a training vector's hidden units are randomly permuted
     noise_std: float = 0.005  # Gaussian noise added to standardised training vectors
+    return_balance: float = 0.0  # rows drawn ∝ density(return)^-return_balance (0: uniform; 1: each return bin equally)
     val_fraction: float = 0.2  # fraction of runs held out for validation (split by run, never by row)
     device: str = "auto"  # auto: cuda when present, else cpu
     log_every_s: float = 10.0

@@ -17,7 +17,8 @@ import torch
 
 from pgen.config import GeneratorConfig, compose_config
 from pgen.envs import env_key
-from pgen.generator.data import Normalizer, Tokenizer, load_slice, permutation_index, split_by_run
+from pgen.generator.data import (Normalizer, Tokenizer, load_slice, permutation_index, return_balance_weights,
+                                 split_by_run)
 from pgen.generator.sample import GeneratorNotFound, list_generators, load_generator, resolve_model, save_generator
 from pgen.generator.train import fit, train_generator
 from pgen.metrics import (action_agreement, alignment_r2, cross_run_nn_median, min_relative_l2, nearest,
@@ -78,6 +79,21 @@ def test_split_by_run_never_splits_a_run():
     assert set(runs[train]).isdisjoint(runs[val]) and len(set(runs[val])) == 2
     assert sorted(np.concatenate([train, val]).tolist()) == list(range(len(runs)))
     assert len(split_by_run(np.array(["a", "a"]), 0.5, 0)[1]) == 0  # one run: nothing to hold out
+
+
+def test_return_balance_weights_give_each_return_bin_equal_mass():
+    returns = np.array([-100.0] * 2 + [-50.0] * 8 + [0.0] * 30)  # rare low, common high
+    uniform = return_balance_weights(returns, 0.0)
+    np.testing.assert_allclose(uniform, 1 / 40)
+    balanced = return_balance_weights(returns, 1.0, bins=4)
+    assert balanced.sum() == pytest.approx(1.0)
+    for level in (-100.0, -50.0, 0.0):  # three occupied bins, a third of the mass each
+        assert balanced[returns == level].sum() == pytest.approx(1 / 3)
+    half = return_balance_weights(returns, 0.5, bins=4)
+    assert uniform[0] < half[0] < balanced[0]  # alpha interpolates
+    np.testing.assert_allclose(return_balance_weights(np.full(5, 3.0), 1.0), 0.2)  # one return: uniform
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        return_balance_weights(returns, -1.0)
 
 
 def test_normalizer_centres_per_parameter_scales_per_layer_and_round_trips():
@@ -151,11 +167,15 @@ def train_cfg(store_uri: str, **generator):
     return cfg
 
 
-def test_fit_resumes_exactly_from_a_saved_state(tmp_path):
+@pytest.mark.parametrize("return_balance", [0.0, 1.0])
+def test_fit_resumes_exactly_from_a_saved_state(tmp_path, return_balance):
     store = CheckpointStore(str(tmp_path / "store"))
     fill_store(store)
     data = load_slice(store, env_key(SPREAD), "agent", SMALL.arch_key, Actor(SMALL).layout.num_params)
-    cfg = replace(TINY_GEN, permute_prob=0.5)
+    cfg = replace(TINY_GEN, permute_prob=0.5, return_balance=return_balance)
+    if return_balance:
+        with pytest.raises(ValueError, match="generator.return_balance must be >= 0"):
+            fit(replace(cfg, return_balance=-0.5), data, SMALL, seed=0)
     full = fit(cfg, data, SMALL, seed=0)
 
     def stop_after_two(metrics, save):

@@ -80,6 +80,23 @@ def split_by_run(run_ids: np.ndarray, val_fraction: float, seed: int) -> tuple[n
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
+def return_balance_weights(returns: np.ndarray, alpha: float, bins: int = 20) -> np.ndarray:
+    """Sampling weights (summing to 1) ∝ density(return)^-alpha, the density a histogram of `bins`
+    equal-width bins over the returns' range: alpha 0 is uniform over rows; alpha 1 gives every
+    occupied return bin the same total weight, so rare returns (early checkpoints, the best ones)
+    are seen as often as the common middle."""
+    returns = np.asarray(returns, dtype=np.float64)
+    if alpha < 0 or not np.isfinite(alpha):
+        raise ValueError(f"the return balance must be a finite number >= 0, got {alpha}")
+    if len(returns) == 0 or alpha == 0 or np.ptp(returns) == 0:
+        return np.full(len(returns), 1.0 / max(1, len(returns)))
+    edges = np.linspace(returns.min(), returns.max(), bins + 1)
+    which = np.clip(np.searchsorted(edges, returns, side="right") - 1, 0, bins - 1)
+    counts = np.bincount(which, minlength=bins).astype(np.float64)
+    w = counts[which] ** -alpha
+    return w / w.sum()
+
+
 def module_of(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else name
 

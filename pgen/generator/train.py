@@ -22,7 +22,8 @@ from safetensors.torch import load_file, save_file
 
 from pgen.config import EnvConfig, GeneratorConfig, TrainGeneratorConfig, enum_value, to_dict
 from pgen.envs import describe_env, env_key
-from pgen.generator.data import Normalizer, ParamDataset, Tokenizer, load_slice, permutation_index, split_by_run
+from pgen.generator.data import (Normalizer, ParamDataset, Tokenizer, load_slice, permutation_index, return_balance_weights,
+                                 split_by_run)
 from pgen.generator.model import ModelConfig, ParamVAE, kl_divergence, reconstruction_loss
 from pgen.generator.sample import Generator, pick_device, save_generator
 from pgen.plots import plot_curves
@@ -96,6 +97,12 @@ def fit(cfg: GeneratorConfig, data: ParamDataset, spec: PolicySpec, seed: int, c
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = torch.Generator().manual_seed(seed)
     perms = (torch.stack([permutation_index(spec, rng) for _ in range(256)]) if cfg.permute_prob > 0 else None)
+    # an epoch is len(train) rows: a permutation, or with generator.return_balance > 0 a draw with
+    # replacement that favours rows whose return is rare in the training set
+    if not cfg.return_balance >= 0:
+        raise ValueError(f"{label}: generator.return_balance must be >= 0, got {cfg.return_balance}")
+    balance = (torch.from_numpy(return_balance_weights(train.returns, cfg.return_balance))
+               if cfg.return_balance > 0 else None)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     history: list[dict[str, float]] = []
@@ -115,7 +122,8 @@ def fit(cfg: GeneratorConfig, data: ParamDataset, spec: PolicySpec, seed: int, c
         t0 = time.perf_counter()
         model.train()
         beta = cfg.beta * min(1.0, (epoch + 1) / max(1, cfg.kl_warmup_epochs))
-        order = torch.randperm(len(train), generator=rng)
+        order = (torch.randperm(len(train), generator=rng) if balance is None
+                 else torch.multinomial(balance, len(train), replacement=True, generator=rng))
         sums = np.zeros(3)
         for b in range(steps_per_epoch):
             for group in optimizer.param_groups:
