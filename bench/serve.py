@@ -20,8 +20,6 @@ Writes `bench/results/serve.json` and prints the table with the batched/unbatche
     python bench/serve.py --store bench/results/runs/gen-store --model bench-simple_spread-s0
 """
 
-from __future__ import annotations
-
 import argparse
 import asyncio
 import json
@@ -33,7 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from fastapi import Request  # module level: FastAPI resolves the (string) annotations of the floor app here
+from fastapi import Request
 from fastapi.responses import Response
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,6 +101,11 @@ async def closed_loop(url: str, body_of, concurrency: int, seconds: float) -> di
             "p99_ms": float(np.percentile(lat, 99)) if lat.size else None}
 
 
+def ms(value: float | None) -> str:
+    """A latency for the table; '–' when a level had no successful request."""
+    return "–" if value is None else f"{value:.1f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", default=str(RESULTS / "runs" / "gen-store"))
@@ -146,8 +149,8 @@ def main() -> None:
             asyncio.run(closed_loop(url, body, min(c, 4), 1.0))  # warm-up: connections, model loaded
             row = {"mode": mode, **asyncio.run(closed_loop(url, body, c, args.seconds))}
             rows.append(row)
-            print(f"{mode:>9} c={c:<3} {row['throughput']:7.1f} req/s  p50 {row['p50_ms']:7.1f} ms"
-                  f"  p99 {row['p99_ms']:7.1f} ms  errors {row['errors']}", flush=True)
+            print(f"{mode:>9} c={c:<3} {row['throughput']:7.1f} req/s  p50 {ms(row['p50_ms'])} ms"
+                  f"  p99 {ms(row['p99_ms'])} ms  errors {row['errors']}", flush=True)
     serve.shutdown()
     ray.shutdown()
 
@@ -165,9 +168,9 @@ def main() -> None:
           f" | batched / unbatched | floor req/s | floor p99 ms |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for t in table:
         b, u = t["batched"], t["unbatched"]
-        print(f"| {t['concurrency']} | {b['throughput']:.0f} | {b['p50_ms']:.1f} | {b['p99_ms']:.1f} | {b['errors']}"
-              f" | {u['throughput']:.0f} | {u['p50_ms']:.1f} | {u['p99_ms']:.1f} | {u['errors']}"
-              f" | {t['throughput_ratio']:.2f}× | {t['floor']['throughput']:.0f} | {t['floor']['p99_ms']:.1f} |")
+        print(f"| {t['concurrency']} | {b['throughput']:.0f} | {ms(b['p50_ms'])} | {ms(b['p99_ms'])} | {b['errors']}"
+              f" | {u['throughput']:.0f} | {ms(u['p50_ms'])} | {ms(u['p99_ms'])} | {u['errors']}"
+              f" | {t['throughput_ratio']:.2f}× | {t['floor']['throughput']:.0f} | {ms(t['floor']['p99_ms'])} |")
     print(f"wrote {args.out}")
 
 
