@@ -30,7 +30,7 @@ import yaml
 
 from pgen.generator.sample import load_generator
 from pgen.store import CheckpointStore
-from tests.s3server import free_port
+from tests.s3server import free_port, free_ports
 from tests.test_pipeline import TINY_PIPELINE
 from tests.test_population import TINY, assert_complete_runs
 
@@ -83,10 +83,9 @@ def start_local_cluster(s3_env: dict[str, str]) -> LocalCluster:
     token_file = temp_dir / "auth_token"
     token_file.write_text(secrets.token_hex(32))
     token_file.chmod(0o600)
-    ports = {name: free_port() for name in ("port", "dashboard-port", "ray-client-server-port", "node-manager-port",
-                                            "object-manager-port", "dashboard-agent-listen-port",
-                                            "dashboard-agent-grpc-port", "runtime-env-agent-port",
-                                            "metrics-export-port")}
+    names = ("port", "dashboard-port", "ray-client-server-port", "node-manager-port", "object-manager-port",
+             "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")
+    ports = dict(zip(names, free_ports(len(names))))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_")) and k != "PYTHONPATH"}
     env.update(s3_env, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file), PYTHONPATH=str(REPO))
     cmd = [shutil.which("ray") or "ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1",

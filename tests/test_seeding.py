@@ -13,7 +13,7 @@ from pgen.generator.sample import load_generator
 from pgen.generator.train import train_generator
 from pgen.store import CheckpointStore
 from tests.test_generator import fill_store, train_cfg
-from tests.test_serve import free_port
+from tests.s3server import free_port
 
 POPULATE = ["policy.hidden=[8]", "population.size=2", "population.max_env_steps=400", "population.eval_episodes=4",
             "algo.num_envs=4", "algo.rollout_steps=50", "population.checkpoint_every=1",

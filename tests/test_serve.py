@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,18 +28,13 @@ from pgen.generator.sample import load_generator
 from pgen.generator.train import train_generator
 from pgen.policy import load_policies, read_policy_file
 from pgen.store import CheckpointStore
+from tests.s3server import free_port
 from tests.test_generator import SMALL, fill_store, pgen, train_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "test-token-7f3a"
 SERVE_ARGS = {"serve.max_num": 8, "serve.max_population": 4, "serve.max_body_bytes": 4096,
               "serve.seed_eval_episodes": 4, "serve.latest_ttl_s": 0.5, "serve.max_replicas": 1}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
