@@ -148,7 +148,8 @@ def test_sweep_survives_a_killed_trial_and_an_interruption_then_registers_the_be
     interrupted (SIGINT, exit 130), `resume=true` finishes the sweep with Tuner.restore: every trial
     completes, none starts again from epoch 1, the best is registered and the outputs are there."""
     store_uri = tmp_path / "store"
-    fill_store(CheckpointStore(str(store_uri)), runs=3, per_run=12)
+    # enough rows for ~0.5 s epochs: the SIGINT below must land while trials still have epochs to run
+    fill_store(CheckpointStore(str(store_uri)), runs=3, per_run=120)
     experiment = tmp_path / "ray" / "sweep"
     args = ["tune", *TINY_SWEEP, f"store.uri={store_uri}", f"tune.storage={tmp_path / 'ray'}", "tune.name=sweep",
             f"out_dir={tmp_path / 'out'}", "generator.epochs=12", "tune.num_samples=3", "tune.checkpoint_every=1",
@@ -198,7 +199,7 @@ def test_sweep_survives_a_killed_trial_and_an_interruption_then_registers_the_be
     store = CheckpointStore(str(store_uri))
     gen = load_generator(store, "simple_spread-agent-mlp-18x8x5-tanh")
     assert best["model"] == gen.model_id == "simple_spread-agent-mlp-18x8x5-tanh@v0001"
-    assert gen.info["dataset"]["val_runs"] == summary["slice"]["val_runs"] and gen.info["dataset"]["rows"] == 36
+    assert gen.info["dataset"]["val_runs"] == summary["slice"]["val_runs"] and gen.info["dataset"]["rows"] == 360
     for key, value in best["config"].items():
         assert gen.info["generator"][key] == value, key
     metrics = json.loads(store.get(f"generators/{gen.name}/{gen.version}/metrics.json"))
