@@ -90,7 +90,7 @@ def main() -> None:
     previous = json.loads(path.read_text())["rows"] if path.exists() else []
 
     def key(r: dict) -> tuple:
-        return r["env"], r["seed"], r.get("temperature", 1.0), tuple(r.get("overrides", []))
+        return r["env"], r["seed"], r["temperature"], tuple(r["overrides"])
 
     done = {key(r) for r in rows}  # rows of other settings from earlier runs are kept
     rows = [r for r in previous if key(r) not in done] + rows
@@ -100,10 +100,10 @@ def main() -> None:
     print(f"\n{'env / group':<26} {'seed':>4} {'τ':>4} {'ckpts':>5} {'R²':>6} {'(retr.)':>7} {'ρ':>6} {'score@top':>9}"
           f" {'(retr.)':>7} {'novelty':>7} {'copies':>6} {'agree':>5} {'train s':>7}")
     for r in rows:
-        print(f"{r['env'] + ' / ' + r['group']:<26} {r['seed']:>4} {r.get('temperature', 1.0):>4g} {r['checkpoints']:>5} {r['alignment_r2']:>6.2f}"
+        print(f"{r['env'] + ' / ' + r['group']:<26} {r['seed']:>4} {r['temperature']:>4g} {r['checkpoints']:>5} {r['alignment_r2']:>6.2f}"
               f" {r['retrieval_alignment_r2']:>7.2f} {r['spearman']:>6.2f} {r['normalised_score_top']:>9.2f}"
               f" {r['retrieval_normalised_score_top']:>7.2f} {r['novelty_median']:>7.2f} {r['copies']:>6}"
-              f" {r['agreement_mean']:>5.2f} {r['train_s']:>7.0f}  {' '.join(r.get('overrides', []))}")
+              f" {r['agreement_mean']:>5.2f} {r['train_s']:>7.0f}  {' '.join(r['overrides'])}")
     print(f"\nwrote {path}")
 
 

@@ -308,7 +308,7 @@ def populate(cfg: PopulateConfig) -> dict[int, dict[str, Any]]:
 
         check_target(seed.target_return, "population.seed.target_return")
     check_member_resources(cfg.population.resources)
-    store = portable_store_config(cfg.store)  # fails fast on a bad store URI, before Ray starts
+    store_cfg = portable_store_config(cfg.store)  # fails fast on a bad store URI, before Ray starts
     init_ray()
     import ray
     missing = sorted(set(cfg.population.resources) - set(ray.cluster_resources()))
@@ -316,7 +316,7 @@ def populate(cfg: PopulateConfig) -> dict[int, dict[str, Any]]:
         log.info(f"population.resources {missing}: no node offers them now; members wait until one that does"
                  " joins (an autoscaler adds one of a node type that declares them)")
     prefix = cfg.run_id or f"pop-{cfg.env.name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
-    plain = {**to_dict(cfg), "store": store}
+    plain = {**to_dict(cfg), "store": store_cfg}
     actor_cls = ray.remote(PopulationWorker)
     workers = {
         m: actor_cls.options(num_cpus=cfg.population.cpus_per_worker, resources=dict(cfg.population.resources),

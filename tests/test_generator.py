@@ -92,7 +92,7 @@ def test_return_balance_weights_give_each_return_bin_equal_mass():
     half = return_balance_weights(returns, 0.5, bins=4)
     assert uniform[0] < half[0] < balanced[0]  # alpha interpolates
     np.testing.assert_allclose(return_balance_weights(np.full(5, 3.0), 1.0), 0.2)  # one return: uniform
-    with pytest.raises(ValueError, match="finite number >= 0"):
+    with pytest.raises(ValueError, match="generator.return_balance must be a finite number >= 0"):
         return_balance_weights(returns, -1.0)
 
 
@@ -174,7 +174,7 @@ def test_fit_resumes_exactly_from_a_saved_state(tmp_path, return_balance):
     data = load_slice(store, env_key(SPREAD), "agent", SMALL.arch_key, Actor(SMALL).layout.num_params)
     cfg = replace(TINY_GEN, permute_prob=0.5, return_balance=return_balance)
     if return_balance:
-        with pytest.raises(ValueError, match="generator.return_balance must be >= 0"):
+        with pytest.raises(ValueError, match="generator.return_balance must be a finite number >= 0"):
             fit(replace(cfg, return_balance=-0.5), data, SMALL, seed=0)
     full = fit(cfg, data, SMALL, seed=0)
 

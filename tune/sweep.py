@@ -61,7 +61,7 @@ def storage_location(uri: str, endpoint_url: str | None = None) -> tuple[str, py
             raise ConfigError(f"tune.storage {uri!r}: no bucket; use s3://bucket/prefix")
         endpoint = s3_endpoint(endpoint_url)
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        fs = pyarrow.fs.S3FileSystem(endpoint_override=endpoint or None, region=region or None)
+        fs = pyarrow.fs.S3FileSystem(endpoint_override=endpoint, region=region or None)
         return f"{parsed.netloc}/{parsed.path.strip('/')}".rstrip("/"), fs
     if parsed.scheme == "file":
         return str(Path(parsed.path).resolve()), None

@@ -87,7 +87,7 @@ def return_balance_weights(returns: np.ndarray, alpha: float, bins: int = 20) ->
     are seen as often as the common middle."""
     returns = np.asarray(returns, dtype=np.float64)
     if alpha < 0 or not np.isfinite(alpha):
-        raise ValueError(f"the return balance must be a finite number >= 0, got {alpha}")
+        raise ValueError(f"generator.return_balance must be a finite number >= 0, got {alpha}")
     if len(returns) == 0 or alpha == 0 or np.ptp(returns) == 0:
         return np.full(len(returns), 1.0 / max(1, len(returns)))
     edges = np.linspace(returns.min(), returns.max(), bins + 1)

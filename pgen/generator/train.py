@@ -99,10 +99,8 @@ def fit(cfg: GeneratorConfig, data: ParamDataset, spec: PolicySpec, seed: int, c
     perms = (torch.stack([permutation_index(spec, rng) for _ in range(256)]) if cfg.permute_prob > 0 else None)
     # an epoch is len(train) rows: a permutation, or with generator.return_balance > 0 a draw with
     # replacement that favours rows whose return is rare in the training set
-    if not cfg.return_balance >= 0:
-        raise ValueError(f"{label}: generator.return_balance must be >= 0, got {cfg.return_balance}")
     balance = (torch.from_numpy(return_balance_weights(train.returns, cfg.return_balance))
-               if cfg.return_balance > 0 else None)
+               if cfg.return_balance != 0 else None)  # the weights check the value (negative, NaN, inf)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     history: list[dict[str, float]] = []
