@@ -209,6 +209,10 @@ class GeneratorConfig:
     epochs: int = 300
     permute_prob: float = 0.0  # chance a training vector's hidden units are randomly permuted
     noise_std: float = 0.005  # Gaussian noise added to standardised training vectors
+    # multi-group envs: each checkpoint's return is re-measured against the reference policies over
+    # this many fixed-seed greedy episodes, and the generator conditions on that (the recorded return
+    # was measured against co-trained policies, which change as they train); 0: the recorded return
+    rescore_episodes: int = 20
     return_balance: float = 0.0  # rows drawn ∝ density(return)^-return_balance (0: uniform; 1: each return bin equally)
     val_fraction: float = 0.2  # fraction of runs held out for validation (split by run, never by row)
     device: str = "auto"  # auto: cuda when present, else cpu

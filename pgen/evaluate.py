@@ -9,12 +9,14 @@ episodes (greedy unless `evaluate.stochastic`), as are, in the same run, the bas
 Episodes use held-out seeds (`HELDOUT_EVAL_SEED`), not those the populations evaluated checkpoints on.
 
 - random: uniform-random actions (R_random);
-- top-10 %: the best `top_fraction` of training checkpoints by recorded return (at most
-  `max_top`), re-evaluated; their mean is R_top10 and their best is "best trained";
-- retrieval: the training checkpoint whose recorded return is closest to the target.
+- top-10 %: the best `top_fraction` of training checkpoints by return (at most `max_top`),
+  re-evaluated; their mean is R_top10 and their best is "best trained";
+- retrieval: the training checkpoint whose return is closest to the target.
 
 In envs with several groups the other groups play the generator's reference (the co-trained
-policies of the best checkpoint's run at that step), the same for every policy compared.
+policies of the best checkpoint's run at that step), the same for every policy compared. The
+checkpoints' "return" is the one the generator conditioned on: there, by default, re-measured
+against that reference (`generator.rescore_episodes`); in one-group envs the recorded one.
 
 Writes `<out_dir>/<model>@<version>/evaluation.json` (every metric of DESIGN.md), `alignment.png`
 (requested vs achieved with the identity line) and prints a table.
@@ -37,7 +39,7 @@ import torch  # noqa: E402
 
 from pgen.config import EnvConfig, EvaluateConfig, EvaluateSettings, config_from_dict  # noqa: E402
 from pgen.evaluation import HELDOUT_EVAL_SEED, actor_from_flat, evaluate_returns, reference_actors  # noqa: E402
-from pgen.generator.data import ParamDataset, load_slice  # noqa: E402
+from pgen.generator.data import ParamDataset, condition_returns, load_slice  # noqa: E402
 from pgen.generator.sample import Generator, load_generator  # noqa: E402
 from pgen.metrics import (action_agreement, alignment_r2, cross_run_nn_median, min_relative_l2, nearest,  # noqa: E402
                           normalised_score, spearman)
@@ -113,7 +115,7 @@ def measure_baselines(store: CheckpointStore, info: dict[str, Any], settings: Ev
                             ParamLayout.from_json(info["layout"]).num_params, run_ids=ds["runs"])
     # the rows the generator saw (train runs) and held out (validation runs), not ones written since
     keep = np.array([step <= ds["max_step"][run] for run, step in zip(everything.run_ids, everything.steps)])
-    everything = everything.subset(np.flatnonzero(keep))
+    everything = condition_returns(everything.subset(np.flatnonzero(keep)), ds)
     data = everything.subset(np.flatnonzero(np.isin(everything.run_ids, ds["train_runs"])))
     others = reference_actors(store, info, env_cfg)
     group = info["group"]

@@ -15,6 +15,7 @@ import torch
 from pgen.config import EnvConfig
 from pgen.envs import VecEnv, describe_env
 from pgen.policy import Actor, PolicySpec
+from pgen.progress import Progress
 from pgen.store import CheckpointStore
 
 EVAL_SEED = 10_000  # evaluation episodes never share seeds with training copies of seeds < 10000
@@ -90,6 +91,21 @@ def actor_from_flat(spec: PolicySpec, flat: np.ndarray) -> Actor:
     actor = Actor(spec)
     actor.load_flat_params(flat)
     return actor.eval()
+
+
+def reference_returns(env_cfg: EnvConfig, others: Mapping[str, Actor], group: str, spec: PolicySpec,
+                      params: np.ndarray, episodes: int, label: str = "rescore") -> np.ndarray:
+    """Each parameter row's mean group return `[N]` against the fixed `others`, over the same
+    `episodes` fixed-seed greedy episodes (EVAL_SEED, the populations' evaluation episodes; never
+    `pgen evaluate`'s held-out ones)."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    progress = Progress(label, len(params), unit="checkpoints", every_s=10.0)
+    out = np.empty(len(params), np.float64)
+    for i, flat in enumerate(params):
+        out[i] = evaluate_returns(env_cfg, {**others, group: actor_from_flat(spec, flat)}, episodes)[group].mean()
+        progress.update(i + 1, force=i + 1 == len(params))
+    return out
 
 
 def reference_actors(store: CheckpointStore, info: dict[str, Any], env_cfg: EnvConfig) -> dict[str, Actor]:

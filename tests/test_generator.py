@@ -295,3 +295,60 @@ def test_gru_generator_end_to_end(tmp_path, tokenisation):
     actor.load_flat_params(params[0])
     returns = evaluate_returns(SPREAD, {"agent": actor}, episodes=2)["agent"]
     assert returns.shape == (2,) and np.isfinite(returns).all()
+
+
+def test_multi_group_slices_condition_on_returns_against_the_reference(tmp_path):
+    """simple_tag adversaries: each checkpoint's return is re-measured against the reference prey (the
+    co-trained prey of the best adversary checkpoint), the generator and `pgen evaluate` use those
+    returns, and `generator.rescore_episodes=0` keeps the recorded ones."""
+    from pgen.envs import describe_env
+    from pgen.evaluate import measure_baselines
+    from pgen.evaluation import actor_from_flat, evaluate_returns
+    from pgen.generator.train import open_slice
+
+    cfg = compose_config("train-generator", ["env=simple_tag", f"store.uri={tmp_path / 'store'}", "policy.hidden=[8]",
+                                             "generator.group=adversary", f"out_dir={tmp_path / 'gens'}"])
+    env = describe_env(cfg.env)
+    specs = {g: PolicySpec.for_group(env.group(g), "mlp", (8,), "tanh") for g in ("adversary", "agent")}
+    store = CheckpointStore(str(tmp_path / "store"))
+    rng = np.random.default_rng(0)
+    recorded = {}
+    for r in range(2):
+        for k in range(4):
+            for group, spec in specs.items():
+                params = (Actor(spec).flat_params() + rng.normal(0, 0.3, spec.layout.num_params)).astype(np.float32)
+                ret = 10.0 * k + r if group == "adversary" else -5.0 * k
+                store.write_part([{"run_id": f"tag-m{r:03d}", "member": r, "env_id": cfg.env.id, "env_key": env_key(cfg.env),
+                                   "group": group, "arch": spec.arch_key, "step": 1000 * k, "update": k,
+                                   "return_mean": ret, "return_std": 1.0, "episodes": 4, "num_params": int(params.size),
+                                   "params": params, "checksum": params_checksum(params),
+                                   "created_at": datetime.now(timezone.utc), "seed": r, "origin": "trained"}],
+                                 env_key(cfg.env), group, spec.arch_key, f"tag-m{r:03d}", k)
+                if group == "adversary":
+                    recorded[(f"tag-m{r:03d}", 1000 * k)] = ret
+    cfg.generator = replace(TINY_GEN, group="adversary", rescore_episodes=3, epochs=1)
+    sl = open_slice(store, cfg.env, cfg.policy, cfg.generator)
+    assert sl.reference["run_id"] == "tag-m001" and sl.reference["step"] == 3000  # best recorded adversary
+    prey = load_slice(store, env_key(cfg.env), "agent", specs["agent"].arch_key, specs["agent"].layout.num_params,
+                      run_ids=["tag-m001"])
+    prey_actor = actor_from_flat(specs["agent"], prey.params[prey.steps == 3000][0])
+    for i in (0, 5):
+        expected = evaluate_returns(cfg.env, {"agent": prey_actor,
+                                              "adversary": actor_from_flat(specs["adversary"], sl.data.params[i])}, 3)
+        assert sl.data.returns[i] == pytest.approx(expected["adversary"].mean())
+    gen = train_generator(cfg, store)
+    rescored = gen.info["dataset"]["rescored"]
+    assert rescored["episodes"] == 3 and sorted(rescored["returns"]) == ["tag-m000", "tag-m001"]
+    train = np.isin(sl.data.run_ids, gen.info["dataset"]["train_runs"])
+    assert gen.normalizer.return_low == pytest.approx(sl.data.returns[train].min())
+    assert gen.info["dataset"]["return_max"] == pytest.approx(sl.data.returns[train].max())
+    settings = compose_config("evaluate", ["evaluate.episodes=2", "evaluate.targets=2", "evaluate.max_top=1"]).evaluate
+    base = measure_baselines(store, load_generator(store, gen.name).info, settings)
+    np.testing.assert_allclose(base.data.returns, sl.data.returns[train])
+
+    cfg.generator = replace(cfg.generator, rescore_episodes=0)
+    kept = open_slice(store, cfg.env, cfg.policy, cfg.generator)
+    assert [recorded[(r, int(s))] for r, s in zip(kept.data.run_ids, kept.data.steps)] == kept.data.returns.tolist()
+    assert "rescored" not in kept.info(0, ["tag-m000"], ["tag-m001"])["dataset"]
+    with pytest.raises(ValueError, match="generator.rescore_episodes must be >= 0, got -1"):
+        open_slice(store, cfg.env, cfg.policy, replace(cfg.generator, rescore_episodes=-1))

@@ -2,6 +2,7 @@
 
 - `load_slice` reads the checkpoint records of one slice with pyarrow (checksums verified by the
   store) into a `ParamDataset`: `[N, P]` float32 parameters, returns, run ids.
+- `condition_returns`: the returns a trained generator conditioned on, for rows of its slice.
 - `split_by_run` holds out whole runs for validation, never single rows.
 - `Normalizer`: per-parameter mean, per-layer std of the residuals, and the return percentiles that
   scale the condition (saved with the model).
@@ -66,6 +67,21 @@ def load_slice(store: CheckpointStore, env_key: str, group: str, arch: str, num_
     out = data.subset(order)
     out.bad_rows = result.bad_rows
     return out
+
+
+def condition_returns(data: ParamDataset, dataset_info: dict) -> ParamDataset:
+    """`data` with the returns a generator conditioned on (`dataset_info` = its config.json "dataset"):
+    the ones re-measured against the reference when it rescored its checkpoints, else the records'."""
+    rescored = dataset_info.get("rescored")
+    if not rescored:
+        return data
+    lookup = {(run, int(step)): float(value) for run, rows in rescored["returns"].items() for step, value in rows}
+    keys = list(zip(data.run_ids.tolist(), data.steps.tolist()))
+    missing = [k for k in keys if k not in lookup]
+    if missing:
+        raise ValueError(f"{len(missing)} checkpoints (e.g. run {missing[0][0]} step {missing[0][1]}) have no"
+                         " rescored return in the generator's config.json")
+    return ParamDataset(data.params, np.array([lookup[k] for k in keys]), data.run_ids, data.steps, data.bad_rows)
 
 
 def split_by_run(run_ids: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

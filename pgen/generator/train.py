@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from pgen.config import EnvConfig, GeneratorConfig, TrainGeneratorConfig, enum_value, to_dict
 from pgen.envs import describe_env, env_key
+from pgen.evaluation import reference_actors, reference_returns
 from pgen.generator.data import (Normalizer, ParamDataset, Tokenizer, load_slice, permutation_index, return_balance_weights,
                                  split_by_run)
 from pgen.generator.model import ModelConfig, ParamVAE, kl_divergence, reconstruction_loss
@@ -205,7 +206,12 @@ def reference_policies(store: CheckpointStore, key: str, group: str, arch: str, 
 
 @dataclass
 class TrainingSlice:
-    """One env/group/arch slice of the store, loaded for `fit`, and what a version records about it."""
+    """One env/group/arch slice of the store, loaded for `fit`, and what a version records about it.
+
+    `data.returns` are what the generator conditions on: in a multi-group env each checkpoint's
+    return re-measured against `reference` over `rescore_episodes` episodes (DESIGN.md "achieved
+    return": the other groups play one fixed reference), else the records' own `return_mean`.
+    """
 
     store: CheckpointStore
     env: EnvConfig
@@ -214,6 +220,8 @@ class TrainingSlice:
     spec: PolicySpec
     name: str  # the generator's name in the store
     data: ParamDataset
+    reference: dict[str, Any]  # the other groups' fixed policies (`reference_policies`)
+    rescore_episodes: int = 0  # 0: data.returns are the records' own
 
     def info(self, seed: int, train_runs: list[str], val_runs: list[str]) -> dict[str, Any]:
         """The slice's part of a version's config.json: env, group, policy, dataset summary, reference."""
@@ -222,29 +230,48 @@ class TrainingSlice:
         returns = data.returns[train_rows]
         top = np.sort(returns)[::-1][: max(1, int(math.ceil(0.1 * len(returns))))]
         runs = sorted(set(data.run_ids.tolist()))
+        dataset = {"store": self.store.uri, "rows": int(len(data)), "train_rows": int(train_rows.sum()),
+                   "runs": runs, "train_runs": list(train_runs), "val_runs": list(val_runs),
+                   "max_step": {r: int(data.steps[data.run_ids == r].max()) for r in runs},
+                   "return_min": float(returns.min()), "return_max": float(returns.max()),
+                   "return_p5": float(np.percentile(returns, 5)), "return_p95": float(np.percentile(returns, 95)),
+                   "return_top10_recorded": float(top.mean())}
+        if self.rescore_episodes:
+            dataset["rescored"] = {"episodes": self.rescore_episodes, "returns": {
+                r: [[int(st), float(v)] for st, v in zip(data.steps[data.run_ids == r], data.returns[data.run_ids == r])]
+                for r in runs}}
         return {
             "name": self.name, "env": to_dict(self.env), "env_key": self.key, "group": self.group, "seed": seed,
             "policy_spec": self.spec.to_json(), "layout": self.spec.layout.to_json(), "arch": self.spec.arch_key,
-            "dataset": {"store": self.store.uri, "rows": int(len(data)), "train_rows": int(train_rows.sum()),
-                        "runs": runs, "train_runs": list(train_runs), "val_runs": list(val_runs),
-                        "max_step": {r: int(data.steps[data.run_ids == r].max()) for r in runs},
-                        "return_min": float(returns.min()), "return_max": float(returns.max()),
-                        "return_p5": float(np.percentile(returns, 5)), "return_p95": float(np.percentile(returns, 95)),
-                        "return_top10_recorded": float(top.mean())},
-            "reference": reference_policies(self.store, self.key, self.group, self.spec.arch_key, data),
+            "dataset": dataset, "reference": self.reference,
         }
 
 
 def open_slice(store: CheckpointStore, env_cfg: EnvConfig, policy_cfg: Any, gen_cfg: GeneratorConfig,
                label: str = "train-generator") -> TrainingSlice:
-    """Read the store's checkpoints of (env, generator.group, policy) and log what they are."""
+    """Read the store's checkpoints of (env, generator.group, policy), log what they are and, in a
+    multi-group env, re-measure their returns against the reference (`generator.rescore_episodes`)."""
+    if gen_cfg.rescore_episodes < 0:
+        raise ValueError(f"generator.rescore_episodes must be >= 0, got {gen_cfg.rescore_episodes}")
     group, spec = slice_spec(env_cfg, policy_cfg, gen_cfg.group)
     key = env_key(env_cfg)
     name = gen_cfg.name or f"{env_cfg.name}-{group}-{spec.arch_key}"
     data = load_slice(store, key, group, spec.arch_key, spec.layout.num_params)
     log.info(f"{label} {name}: {len(data)} checkpoints from {len(set(data.run_ids))} runs"
              f" ({data.bad_rows} bad rows skipped), returns {data.returns.min():.1f} .. {data.returns.max():.1f}")
-    return TrainingSlice(store, env_cfg, key, group, spec, name, data)
+    reference = reference_policies(store, key, group, spec.arch_key, data)
+    rescore = gen_cfg.rescore_episodes if reference["groups"] else 0
+    if rescore:
+        others = reference_actors(store, {"reference": reference, "env_key": key, "policy_spec": spec.to_json()},
+                                  env_cfg)
+        returns = reference_returns(env_cfg, others, group, spec, data.params, rescore,
+                                    label=f"{label} {name}: rescore against {reference['run_id']}@{reference['step']}")
+        with np.errstate(invalid="ignore", divide="ignore"):  # nan when either side is constant
+            corr = np.corrcoef(returns, data.returns)[0, 1]
+        log.info(f"{label} {name}: returns against the reference {returns.min():.1f} .. {returns.max():.1f}"
+                 f" (correlation with the recorded ones {corr:.2f})")
+        data = replace(data, returns=returns)
+    return TrainingSlice(store, env_cfg, key, group, spec, name, data, reference, rescore)
 
 
 def train_generator(cfg: TrainGeneratorConfig, store: CheckpointStore | None = None) -> Generator:
