@@ -17,6 +17,10 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+# generation noise ε ~ N(0, τ²I) unless a request names τ: sampling nearer the prior's mean aligns
+# achieved with requested return better than τ = 1 (bench/README.md "Generator"), still without copies
+DEFAULT_TEMPERATURE = 0.5
+
 
 class ConfigError(ValueError):
     """A config or override that cannot be used; the message says which key and why."""
@@ -103,7 +107,7 @@ class SeedConfig:
 
     model: Optional[str] = None  # <name> (its LATEST) or <name>@<version>; null: no seeding from Serve
     target_return: Optional[float] = None  # the return the generated initial policies should have
-    temperature: float = 1.0
+    temperature: float = DEFAULT_TEMPERATURE
     app: Optional[str] = None  # Serve application name; null: the one application with a PolicyGenerator
     timeout_s: float = 120.0
 
@@ -199,7 +203,9 @@ class GeneratorConfig:
     latent_dim: int = 32
     fourier_features: int = 6  # frequencies π·2^k, k < n, of the return condition's Fourier features
     dropout: float = 0.0
-    beta: float = 0.1  # weight of the KL term (KL summed over latent dims, recon = mean squared error)
+    # weight of the KL term (KL summed over latent dims, recon = mean squared error); small, so that z
+    # can tell checkpoints of one return apart (bench/README.md "Generator": 0.1 let it carry ~1 nat)
+    beta: float = 0.01
     kl_warmup_epochs: int = 30  # β rises linearly from 0 over these epochs
     free_bits: float = 0.0  # nats per latent dim below which the KL is not penalised (0: plain β-VAE)
     conditional_prior: bool = True  # p(z | return) learned with the model; false: p(z) = N(0, I)
@@ -212,7 +218,7 @@ class GeneratorConfig:
     # multi-group envs: each checkpoint's return is re-measured against the reference policies over
     # this many fixed-seed greedy episodes, and the generator conditions on that (the recorded return
     # was measured against co-trained policies, which change as they train); 0: the recorded return
-    rescore_episodes: int = 20
+    rescore_episodes: int = 50
     return_balance: float = 0.0  # rows drawn ∝ density(return)^-return_balance (0: uniform; 1: each return bin equally)
     val_fraction: float = 0.2  # fraction of runs held out for validation (split by run, never by row)
     device: str = "auto"  # auto: cuda when present, else cpu
@@ -228,7 +234,7 @@ class EvaluateSettings:
     targets: int = 8  # grid points from the 5th to the 95th percentile of the dataset's returns (+ its maximum)
     extra_targets: List[float] = field(default_factory=list)  # more targets; outside the dataset's range is flagged
     samples: int = 5  # generated policies per target
-    temperature: float = 1.0  # z ~ N(0, temperature² I)
+    temperature: float = DEFAULT_TEMPERATURE  # ε ~ N(0, temperature² I)
     top_fraction: float = 0.1  # R_top10: the best this fraction of training checkpoints ...
     max_top: int = 20  # ... at most this many, re-evaluated on the same episodes
     states: int = 20  # episodes whose observations are the fixed states of behavioural agreement
@@ -258,7 +264,7 @@ class GenerateConfig:
     target_return: Optional[float] = None
     num: int = 1
     seed: int = 0
-    temperature: float = 1.0
+    temperature: float = DEFAULT_TEMPERATURE
     out: Optional[str] = None  # default generated-<name>-<version>-<target>.safetensors
     max_num: int = 1024
 

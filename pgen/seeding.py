@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pgen.config import config_from_dict
+from pgen.config import DEFAULT_TEMPERATURE, config_from_dict
 from pgen.evaluation import EVAL_SEED, actor_from_flat, evaluate_returns, reference_actors
 from pgen.policy import PolicySpec
 from pgen.store import CheckpointStore, params_checksum
@@ -42,7 +42,7 @@ def new_seed_run_id(name: str, version: str) -> str:
 
 def write_seed_run(store: CheckpointStore, info: dict[str, Any], params: np.ndarray, target_return: float,
                    run_id: str | None = None, eval_episodes: int = 20, seed: int = 0,
-                   temperature: float = 1.0) -> dict[str, Any]:
+                   temperature: float = DEFAULT_TEMPERATURE) -> dict[str, Any]:
     """Store K generated policies (`params` `[K, P]`) of the generator described by `info` (its
     config.json) as seed run `run_id` (a new id when None); returns a summary with measured returns."""
     name, version, group = info["name"], info["version"], info["group"]

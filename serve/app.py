@@ -43,7 +43,7 @@ from ray.serve.config import BackpressureConfig
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from pgen.config import ConfigError, ServeConfig, ServeSettings, compose_config, config_from_dict, to_dict
+from pgen.config import DEFAULT_TEMPERATURE, ConfigError, ServeConfig, ServeSettings, compose_config, config_from_dict, to_dict
 from pgen.generator.sample import (Generator, GeneratorNotFound, check_target, list_generators, load_generator,
                                    pick_device, resolve_model)
 from pgen.policy import PolicySpec, policy_file_bytes
@@ -75,7 +75,8 @@ class GenerateRequest(BaseModel):
     target_return: FiniteFloat = Field(description="the group return the policies should achieve")
     num: int = Field(1, ge=1, strict=True, description="policies to generate (at most serve.max_num)")
     seed: Optional[int] = Field(None, ge=0, le=SEED_MAX, strict=True, description="default: a random seed, returned")
-    temperature: float = Field(1.0, ge=0.0, le=10.0, strict=True, allow_inf_nan=False)
+    temperature: float = Field(DEFAULT_TEMPERATURE, ge=0.0, le=10.0, strict=True, allow_inf_nan=False,
+                               description="generation noise ε ~ N(0, temperature² I)")
     format: Literal["json", "safetensors"] = Field("json", description="safetensors: the DESIGN.md policy file")
 
 
@@ -88,7 +89,7 @@ class SeedRequest(BaseModel):
     population_size: int = Field(ge=1, strict=True, description="seed policies (at most serve.max_population)")
     run_id: Optional[str] = Field(None, pattern=RUN_ID_RE.pattern)
     seed: Optional[int] = Field(None, ge=0, le=SEED_MAX, strict=True)
-    temperature: float = Field(1.0, ge=0.0, le=10.0, strict=True, allow_inf_nan=False)
+    temperature: float = Field(DEFAULT_TEMPERATURE, ge=0.0, le=10.0, strict=True, allow_inf_nan=False)
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None, **detail: Any) -> JSONResponse:
@@ -135,7 +136,7 @@ class PolicyGenerator:
             raise GeneratorNotFound(f"call with multiplexed_model_id='<name>@<version>', got {model_id!r}")
         target = check_target(request.get("target_return"))
         num, seed = int(request.get("num", 1)), int(request.get("seed", 0))
-        temperature = check_target(request.get("temperature", 1.0), "temperature")
+        temperature = check_target(request.get("temperature", DEFAULT_TEMPERATURE), "temperature")
         limit = max(self.cfg.serve.max_num, self.cfg.serve.max_population)  # /v1/seed asks for a population
         if not 1 <= num <= limit:
             raise ValueError(f"num must be between 1 and {limit} (serve.max_num, serve.max_population), got {num}")

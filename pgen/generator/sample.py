@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
+from pgen.config import DEFAULT_TEMPERATURE
 from pgen.generator.data import Normalizer, Tokenizer
 from pgen.generator.model import ModelConfig, ParamVAE
 from pgen.policy import ParamLayout, PolicySpec, save_policy_file
@@ -88,7 +89,7 @@ class Generator:
         return next(self.model.parameters()).device
 
     def generate(self, target_returns: float | Sequence[float], num: int = 1, seed: int = 0,
-                 temperature: float = 1.0) -> np.ndarray:
+                 temperature: float = DEFAULT_TEMPERATURE) -> np.ndarray:
         """`num` parameter vectors per target, `[len(targets) · num, P]` float32, target-major.
 
         z = μ_p(c) + σ_p(c)·ε with ε ~ N(0, temperature² I) drawn from a CPU generator seeded with
@@ -99,7 +100,7 @@ class Generator:
         noise = self.noise(len(targets) * num, seed, temperature)
         return self.decode(np.repeat(np.asarray(targets, np.float64), num), noise)
 
-    def noise(self, num: int, seed: int, temperature: float = 1.0) -> torch.Tensor:
+    def noise(self, num: int, seed: int, temperature: float = DEFAULT_TEMPERATURE) -> torch.Tensor:
         """ε for `num` policies: `[num, latent_dim]`, from a CPU generator seeded with `seed`."""
         if num < 1:
             raise ValueError(f"num must be >= 1, got {num}")
