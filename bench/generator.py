@@ -6,7 +6,8 @@ grid of targets from the 5th to the 95th percentile of the training checkpoints'
 their maximum, `--samples` generated policies per target, each rolled out on `--episodes`
 held-out fixed-seed greedy episodes, with the baselines (uniform random, re-evaluated top-10 %
 checkpoints, retrieval of the closest-return checkpoint) in the same run. Seeds of the generator
-training are repeated with `--seeds`.
+training are repeated with `--seeds`; `--reuse` evaluates the generator an earlier run of the same
+settings registered (e.g. at another `--temperatures`) instead of training it again.
 
 The data comes from `pgen populate` (the `profile=full` setting; the exact commands are in
 bench/README.md). Writes `bench/results/generator.json` (rows of other envs/seeds from earlier
@@ -26,8 +27,9 @@ import shutil
 import time
 from pathlib import Path
 
-from pgen.config import compose_config
+from pgen.config import DEFAULT_TEMPERATURE, compose_config
 from pgen.evaluate import evaluate_generator, format_result
+from pgen.generator.sample import load_generator
 from pgen.generator.train import train_generator
 from pgen.progress import setup_logging
 from pgen.store import CheckpointStore
@@ -48,8 +50,10 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=5)
     ap.add_argument("--targets", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--temperatures", nargs="+", type=float, default=[1.0],
+    ap.add_argument("--temperatures", nargs="+", type=float, default=[DEFAULT_TEMPERATURE],
                     help="evaluate each trained generator at these sampling temperatures (evaluate.temperature)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="evaluate the generator these settings registered before (its LATEST) instead of training it again")
     ap.add_argument("--out", default=str(RESULTS / "generator.json"), help="results JSON (rows of other settings are kept)")
     ap.add_argument("overrides", nargs="*", help="generator.* Hydra overrides, e.g. generator.epochs=200")
     args = ap.parse_args()
@@ -67,8 +71,12 @@ def main() -> None:
                                                      f"torch_threads={args.threads}", f"out_dir={out_dir}",
                                                      *args.overrides])
             t0 = time.perf_counter()
-            gen = train_generator(cfg, store)
-            train_s = time.perf_counter() - t0
+            if args.reuse:
+                gen = load_generator(store, name)
+                train_s = None  # trained by an earlier run (its rows in --out have the time)
+            else:
+                gen = train_generator(cfg, store)
+                train_s = time.perf_counter() - t0
             for temperature in args.temperatures:
                 ecfg = compose_config("evaluate", [f"store.uri={args.store}", f"model={gen.model_id}",
                                                   f"evaluate.episodes={args.episodes}", f"evaluate.samples={args.samples}",
@@ -100,10 +108,12 @@ def main() -> None:
     print(f"\n{'env / group':<26} {'seed':>4} {'τ':>4} {'ckpts':>5} {'R²':>6} {'(retr.)':>7} {'ρ':>6} {'score@top':>9}"
           f" {'(retr.)':>7} {'novelty':>7} {'copies':>6} {'agree':>5} {'train s':>7}")
     for r in rows:
+        train = "-" if r["train_s"] is None else f"{r['train_s']:.0f}"
         print(f"{r['env'] + ' / ' + r['group']:<26} {r['seed']:>4} {r['temperature']:>4g} {r['checkpoints']:>5} {r['alignment_r2']:>6.2f}"
               f" {r['retrieval_alignment_r2']:>7.2f} {r['spearman']:>6.2f} {r['normalised_score_top']:>9.2f}"
               f" {r['retrieval_normalised_score_top']:>7.2f} {r['novelty_median']:>7.2f} {r['copies']:>6}"
-              f" {r['agreement_mean']:>5.2f} {r['train_s']:>7.0f}  {' '.join(r['overrides'])}")
+              f" {r['agreement_mean']:>5.2f} {train:>7}"
+              f"  {' '.join(r['overrides'])}")
     print(f"\nwrote {path}")
 
 
