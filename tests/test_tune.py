@@ -148,11 +148,12 @@ def test_sweep_survives_a_killed_trial_and_an_interruption_then_registers_the_be
     interrupted (SIGINT, exit 130), `resume=true` finishes the sweep with Tuner.restore: every trial
     completes, none starts again from epoch 1, the best is registered and the outputs are there."""
     store_uri = tmp_path / "store"
-    # enough rows for ~0.5 s epochs: the SIGINT below must land while trials still have epochs to run
+    # enough rows for ~0.5 s epochs, and 6 trials two at a time: the SIGINT below must land while
+    # trials still have epochs to run (with 3, ASHA once stopped the last two before it arrived)
     fill_store(CheckpointStore(str(store_uri)), runs=3, per_run=120)
     experiment = tmp_path / "ray" / "sweep"
     args = ["tune", *TINY_SWEEP, f"store.uri={store_uri}", f"tune.storage={tmp_path / 'ray'}", "tune.name=sweep",
-            f"out_dir={tmp_path / 'out'}", "generator.epochs=12", "tune.num_samples=3", "tune.checkpoint_every=1",
+            f"out_dir={tmp_path / 'out'}", "generator.epochs=12", "tune.num_samples=6", "tune.checkpoint_every=1",
             "tune.grace_period=2", "tune.reduction_factor=2", "tune.max_failures=2"]
     proc = pgen_background(*args, cwd=tmp_path)
 
@@ -179,11 +180,11 @@ def test_sweep_survives_a_killed_trial_and_an_interruption_then_registers_the_be
     resumed = pgen(*args, "resume=true", cwd=tmp_path, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     summary = json.loads((tmp_path / "out" / "sweep" / "sweep.json").read_text())
-    assert not summary["interrupted"] and len(summary["trials"]) == 3
+    assert not summary["interrupted"] and len(summary["trials"]) == 6
     assert {t["status"] for t in summary["trials"]} == {"TERMINATED"}
     assert summary["stopped_early"] == sum(t["epoch"] < 12 for t in summary["trials"])
     assert all(t["epoch"] in (2, 4, 8) for t in summary["trials"] if t["stopped_early"])  # ASHA's rungs
-    assert summary["evaluated"] == 3 - summary["stopped_early"] >= 1
+    assert summary["evaluated"] == 6 - summary["stopped_early"] >= 1
     for trial in experiment.glob("trial-*"):
         epochs = [r["epoch"] for r in result_lines(trial)]
         assert epochs.count(1) == 1, (trial.name, epochs)  # never restarted from scratch
