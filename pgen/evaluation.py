@@ -95,15 +95,15 @@ def actor_from_flat(spec: PolicySpec, flat: np.ndarray) -> Actor:
 
 def reference_returns(env_cfg: EnvConfig, others: Mapping[str, Actor], group: str, spec: PolicySpec,
                       params: np.ndarray, episodes: int, label: str = "rescore") -> np.ndarray:
-    """Each parameter row's mean group return `[N]` against the fixed `others`, over the same
-    `episodes` fixed-seed greedy episodes (EVAL_SEED, the populations' evaluation episodes; never
-    `pgen evaluate`'s held-out ones)."""
+    """Each parameter row's per-episode group returns `[N, episodes]` against the fixed `others`,
+    over the same fixed-seed greedy episodes for every row (EVAL_SEED, the populations' evaluation
+    episodes; never `pgen evaluate`'s held-out ones)."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
-    progress = Progress(label, len(params), unit="checkpoints", every_s=10.0)
-    out = np.empty(len(params), np.float64)
+    progress = Progress(label, len(params), unit="policies", every_s=10.0)
+    out = np.empty((len(params), episodes), np.float64)
     for i, flat in enumerate(params):
-        out[i] = evaluate_returns(env_cfg, {**others, group: actor_from_flat(spec, flat)}, episodes)[group].mean()
+        out[i] = evaluate_returns(env_cfg, {**others, group: actor_from_flat(spec, flat)}, episodes)[group]
         progress.update(i + 1, force=i + 1 == len(params))
     return out
 

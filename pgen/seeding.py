@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from pgen.config import DEFAULT_TEMPERATURE, config_from_dict
-from pgen.evaluation import EVAL_SEED, actor_from_flat, evaluate_returns, reference_actors
+from pgen.evaluation import reference_actors, reference_returns
 from pgen.policy import PolicySpec
 from pgen.store import CheckpointStore, params_checksum
 
@@ -57,12 +57,12 @@ def write_seed_run(store: CheckpointStore, info: dict[str, Any], params: np.ndar
     others = reference_actors(store, info, env_cfg)
     origin = seed_origin(name, version)
     now = datetime.now(timezone.utc)
-    records, returns = [], []
-    for member, flat in enumerate(params):
-        r = evaluate_returns(env_cfg, {**others, group: actor_from_flat(spec, flat)}, eval_episodes, seed=EVAL_SEED)[group]
-        returns.append(float(r.mean()))
+    episodes = reference_returns(env_cfg, others, group, spec, params, eval_episodes, label=f"seed run {run_id}")
+    returns = [float(r.mean()) for r in episodes]
+    records = []
+    for member, (flat, r) in enumerate(zip(params, episodes)):
         records.append({"run_id": run_id, "member": member, "env_id": info["env"]["id"], "env_key": info["env_key"],
-                        "group": group, "arch": info["arch"], "step": 0, "update": 0, "return_mean": returns[-1],
+                        "group": group, "arch": info["arch"], "step": 0, "update": 0, "return_mean": returns[member],
                         "return_std": float(r.std()), "episodes": int(r.size), "num_params": int(flat.size),
                         "params": flat, "checksum": params_checksum(flat), "created_at": now, "seed": int(seed),
                         "origin": origin})

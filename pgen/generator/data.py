@@ -18,7 +18,7 @@ whose names share the prefix before the last dot.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -81,7 +81,7 @@ def condition_returns(data: ParamDataset, dataset_info: dict) -> ParamDataset:
     if missing:
         raise ValueError(f"{len(missing)} checkpoints (e.g. run {missing[0][0]} step {missing[0][1]}) have no"
                          " rescored return in the generator's config.json")
-    return ParamDataset(data.params, np.array([lookup[k] for k in keys]), data.run_ids, data.steps, data.bad_rows)
+    return replace(data, returns=np.array([lookup[k] for k in keys]))
 
 
 def split_by_run(run_ids: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -265,7 +265,8 @@ def open_slice(store: CheckpointStore, env_cfg: EnvConfig, policy_cfg: Any, gen_
         others = reference_actors(store, {"reference": reference, "env_key": key, "policy_spec": spec.to_json()},
                                   env_cfg)
         returns = reference_returns(env_cfg, others, group, spec, data.params, rescore,
-                                    label=f"{label} {name}: rescore against {reference['run_id']}@{reference['step']}")
+                                    label=f"{label} {name}: rescore against {reference['run_id']}@{reference['step']}"
+                                    ).mean(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):  # nan when either side is constant
             corr = np.corrcoef(returns, data.returns)[0, 1]
         log.info(f"{label} {name}: returns against the reference {returns.min():.1f} .. {returns.max():.1f}"
