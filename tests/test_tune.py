@@ -110,6 +110,16 @@ def test_pgen_tune_rejects_bad_input_with_exit_2(tmp_path, capsys, monkeypatch, 
     assert status == 2 and message in err and "Traceback" not in err, err
 
 
+def test_a_wrong_resume_is_reported_before_the_slice_is_read(tmp_path, capsys, monkeypatch):
+    """Opening the slice can take minutes (a multi-group env re-measures every checkpoint), so the
+    sweep's own checks come first: here the store is empty and the resume error still wins."""
+    monkeypatch.setattr(log, "handlers", [])
+    status = main(["tune", f"store.uri={tmp_path / 'store'}", f"tune.storage={tmp_path / 'ray'}",
+                   "env=simple_tag", "resume=true", "tune.name=nope"])
+    err = capsys.readouterr().err
+    assert status == 2 and "no sweep 'nope' to resume" in err and "Traceback" not in err, err
+
+
 def test_storage_location(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     assert storage_location("pgen-runs/tune") == (str(tmp_path / "pgen-runs" / "tune"), None)

@@ -37,7 +37,7 @@ from pgen.config import ConfigError, SweepConfig, SweepSettings, enum_value, to_
 from pgen.evaluate import measure_baselines
 from pgen.generator.data import split_by_run
 from pgen.generator.sample import read_generator, save_generator
-from pgen.generator.train import open_slice
+from pgen.generator.train import generator_name, open_slice
 from pgen.policy import atomic_write
 from pgen.population import init_ray
 from pgen.progress import Progress, format_duration, log
@@ -189,12 +189,11 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
     space = search_space(cfg.tune.space, cfg.generator)  # ConfigError before anything starts
     points = [default_point(cfg.tune.space, cfg.generator)] if cfg.tune.include_default else []
     path, fs = storage_location(cfg.tune.storage, cfg.store.endpoint_url)
-    store = open_store(cfg.store)
-    sl = open_slice(store, cfg.env, cfg.policy, cfg.generator, label="tune")
     if cfg.resume and not cfg.tune.name:
         raise ConfigError(f"resume=true needs tune.name=<the sweep's name>; sweeps in {cfg.tune.storage}:"
                           f" {', '.join(_sweeps(path, fs)) or 'none'}")
-    name = cfg.tune.name or f"tune-{sl.name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
+    name = cfg.tune.name or (f"tune-{generator_name(cfg.env, cfg.policy, cfg.generator)}"
+                             f"-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}")
     experiment = f"{path}/{name}"
     shown = experiment if fs is None else f"{cfg.tune.storage.rstrip('/')}/{name}"  # where users find it
     exists = tune.Tuner.can_restore(experiment, storage_filesystem=fs)
@@ -209,6 +208,9 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
     if cfg.resume and done:
         raise ConfigError(f"sweep {name!r} has finished; its best trial {done['trial_id']} is"
                           f" {done.get('model') or 'not registered (tune.register=false)'}: {out / 'sweep.json'}")
+    # after every check above: in a multi-group env opening the slice re-measures each checkpoint's return
+    store = open_store(cfg.store)
+    sl = open_slice(store, cfg.env, cfg.policy, cfg.generator, label="tune")
     train_idx, val_idx = split_by_run(sl.data.run_ids, cfg.generator.val_fraction, cfg.seed)
     if len(val_idx) == 0:
         raise ValueError(f"tune: the slice has {len(set(sl.data.run_ids.tolist()))} run(s); a sweep needs at least 2"

@@ -193,6 +193,14 @@ def slice_spec(env_cfg: EnvConfig, policy_cfg: Any, group: str | None) -> tuple[
                                         enum_value(policy_cfg.activation))
 
 
+def generator_name(env_cfg: EnvConfig, policy_cfg: Any, gen_cfg: GeneratorConfig) -> str:
+    """The generator's name in the store: `generator.name`, else <env>-<group>-<arch> of its slice."""
+    if gen_cfg.name:
+        return gen_cfg.name
+    group, spec = slice_spec(env_cfg, policy_cfg, gen_cfg.group)
+    return f"{env_cfg.name}-{group}-{spec.arch_key}"
+
+
 def reference_policies(store: CheckpointStore, key: str, group: str, arch: str, data: ParamDataset
                        ) -> dict[str, Any]:
     """The other groups' fixed opponents/partners for evaluation (DESIGN.md "achieved return"):
@@ -255,7 +263,7 @@ def open_slice(store: CheckpointStore, env_cfg: EnvConfig, policy_cfg: Any, gen_
         raise ValueError(f"generator.rescore_episodes must be >= 0, got {gen_cfg.rescore_episodes}")
     group, spec = slice_spec(env_cfg, policy_cfg, gen_cfg.group)
     key = env_key(env_cfg)
-    name = gen_cfg.name or f"{env_cfg.name}-{group}-{spec.arch_key}"
+    name = generator_name(env_cfg, policy_cfg, gen_cfg)
     data = load_slice(store, key, group, spec.arch_key, spec.layout.num_params)
     log.info(f"{label} {name}: {len(data)} checkpoints from {len(set(data.run_ids))} runs"
              f" ({data.bad_rows} bad rows skipped), returns {data.returns.min():.1f} .. {data.returns.max():.1f}")
