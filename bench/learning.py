@@ -72,7 +72,7 @@ def main() -> None:
     a = p.parse_args()
 
     from pgen.config import EnvConfig, compose_config
-    from pgen.evaluation import evaluate_returns
+    from pgen.rollout import evaluate_returns
     from pgen.plots import plot_curves
     from pgen.policy import load_policies
 

@@ -321,6 +321,11 @@ class ServeSettings:
     torch_threads: int = 1
     latest_ttl_s: float = 2.0  # how long a resolved `name` → LATEST version is reused
     token_env: str = "PGEN_SERVE_TOKEN"  # environment variable holding the bearer token of /v1/seed
+    # /v1/seed without a token: false (default) answers 403 when no token is set; true is for local
+    # development only (`pgen serve` on a loopback host sets it, with a log line, when no token is set)
+    allow_unauthenticated_seed: bool = False
+    seed_concurrency: int = 2  # /v1/seed calls in flight per client (token); more get 429 + Retry-After
+    seed_workers: int = 2  # threads per ingress replica running /v1/seed's rollouts and store writes
     seed_eval_episodes: int = 20  # fixed-seed episodes measuring each seed policy's return
 
 

@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pgen.config import DatasetConfig  # noqa: E402
-from pgen.policy import atomic_write  # noqa: E402
+from pgen.fileio import atomic_write  # noqa: E402
 from pgen.store import open_store  # noqa: E402
 
 COLUMNS = ["run_id", "env_key", "group", "arch", "step", "return_mean", "origin", "params", "checksum"]

@@ -38,12 +38,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pgen.config import EnvConfig, EvaluateConfig, EvaluateSettings, config_from_dict  # noqa: E402
-from pgen.evaluation import HELDOUT_EVAL_SEED, actor_from_flat, evaluate_returns, reference_actors  # noqa: E402
-from pgen.generator.data import ParamDataset, condition_returns, load_slice  # noqa: E402
+from pgen.rollout import HELDOUT_EVAL_SEED, actor_from_flat, evaluate_returns  # noqa: E402
+from pgen.generator.data import ParamDataset, condition_returns, load_slice, reference_actors  # noqa: E402
 from pgen.generator.sample import Generator, load_generator  # noqa: E402
 from pgen.metrics import (action_agreement, alignment_r2, cross_run_nn_median, min_relative_l2, nearest,  # noqa: E402
                           normalised_score, spearman)
-from pgen.policy import Actor, ParamLayout, PolicySpec, atomic_write  # noqa: E402
+from pgen.fileio import atomic_write  # noqa: E402
+from pgen.policy import Actor, ParamLayout, PolicySpec  # noqa: E402
 from pgen.progress import Progress, log  # noqa: E402
 from pgen.store import CheckpointStore, open_store  # noqa: E402
 

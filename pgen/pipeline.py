@@ -19,7 +19,7 @@ from pgen.config import EvaluateConfig, PipelineConfig, PopulateConfig, TrainGen
 from pgen.envs import describe_env
 from pgen.evaluate import evaluate_generator, format_result
 from pgen.generator.train import train_generator
-from pgen.policy import atomic_write
+from pgen.fileio import atomic_write
 from pgen.population import populate
 from pgen.progress import format_duration, log
 from pgen.store import open_store

@@ -13,7 +13,6 @@ import functools
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -24,6 +23,8 @@ from safetensors import safe_open
 from safetensors.torch import save
 from torch import nn
 from torch.distributions import Categorical, Normal
+
+from pgen.fileio import atomic_write
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
@@ -260,20 +261,6 @@ class PolicyFile:
         if "policy_spec" not in self.metadata:
             raise ValueError("policy file has no `policy_spec` metadata; rebuild it from `layout`")
         return PolicySpec.from_json(self.metadata["policy_spec"])
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Write through a temp file in the same folder then rename, so no partial file is ever seen."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def policy_file_bytes(params: np.ndarray | Iterable[np.ndarray], spec: PolicySpec, env_id: str, group: str,

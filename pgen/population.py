@@ -3,14 +3,18 @@
 A `PopulationWorker` is one member: its own PPO learner (hyper-parameters drawn per member from
 `population.hparams`), its own run id, and its own slice of the store. Each call to
 `train_interval()` runs `population.checkpoint_every` PPO updates, evaluates the policies greedily
-on fixed evaluation seeds, writes one checkpoint record per group as a Parquet part (write-once,
-deterministic key), then saves the trainer state and moves `runs/<run_id>/state/latest`.
+on fixed evaluation seeds, saves the trainer state (a new write-once folder, with the checkpoint's
+returns and time) and moves `runs/<run_id>/state/latest` to it, then writes that checkpoint as one
+record per group, each a Parquet part with a deterministic key.
 
 Crash safety comes from that order and from Ray: the actor is created with `max_restarts` and its
 calls with `max_task_retries`, so a killed worker is restarted, its `__init__` resumes from the
-last saved state, and the interrupted call is retried. Work since the last checkpoint (at most one
-interval) is redone; a part that was written before the crash keeps its key, so the retry's
-`put_once` finds it and nothing is duplicated.
+last saved state, and the interrupted call is retried. A checkpoint exists once its state is
+committed: a member killed before that redoes the interval (at most one) and commits it again under
+a new state folder; one killed among its parts writes the missing parts from the committed state,
+byte for byte what it would have written. So no part is ever written with two contents and the
+groups of one checkpoint index always come from one training, even on an S3-compatible server
+that ignores `If-None-Match`; a resumed member continues after the highest part index there is.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ import numpy as np
 
 from pgen.config import AlgoConfig, PopulateConfig, config_from_dict, enum_value, to_dict
 from pgen.envs import env_key
-from pgen.evaluation import evaluate_returns
+from pgen.deployment import generator_handle
+from pgen.ray_runtime import init_ray
+from pgen.rollout import evaluate_returns
 from pgen.progress import format_duration, log, setup_logging
 from pgen.state import load_state, save_state
 from pgen.store import CheckpointStore, open_store, params_checksum, portable_store_config
@@ -91,24 +97,6 @@ def seed_params(store: CheckpointStore, run_id: str, member: int) -> tuple[dict[
     return params, origin, arch
 
 
-GENERATOR_DEPLOYMENT = "PolicyGenerator"  # the deployment name in serve/app.py
-
-
-def generator_handle(app: str | None) -> Any:
-    """A DeploymentHandle to the served generator: in Serve application `app`, or in the one
-    application that has a PolicyGenerator deployment."""
-    from ray import serve
-
-    if app is None:
-        apps = [name for name, status in serve.status().applications.items()
-                if GENERATOR_DEPLOYMENT in status.deployments]
-        if len(apps) != 1:
-            raise ValueError(f"population.seed.app is required: Serve applications with a {GENERATOR_DEPLOYMENT}"
-                             f" deployment: {apps or 'none (is `pgen serve` running on this cluster?)'}")
-        app = apps[0]
-    return serve.get_deployment_handle(GENERATOR_DEPLOYMENT, app_name=app)
-
-
 class PopulationWorker:
     """One population member; use as a Ray actor (`ray.remote(PopulationWorker)`) or in-process."""
 
@@ -164,7 +152,11 @@ class PopulationWorker:
                 "status": "started", "created_at": datetime.now(timezone.utc).isoformat(),
                 "config": to_dict(self.cfg)}
         self.store.put_once(f"runs/{self.run_id}/run.json", json.dumps(info, indent=1, default=str).encode())
-        # checkpoint 0: the initial policies, so the dataset starts at the random / seeded level
+        self.checkpoints = self._next_part_index()  # 0, unless parts of this run exist without a state
+        if self.checkpoints:
+            log.info(f"{self.run_id}: {self.checkpoints} checkpoints of this run exist without a trainer state;"
+                     " its first checkpoint gets the next index")
+        # the first checkpoint: the initial policies, so the dataset starts at the random / seeded level
         self._checkpoint()
 
     def _seed_from_deployment(self) -> tuple[dict[str, np.ndarray], str, dict[str, str]]:
@@ -198,9 +190,12 @@ class PopulationWorker:
         if files is None:
             return False
         meta = json.loads(files[WORKER_FILE])
-        self.checkpoints, self.origin = meta["checkpoints"], meta["origin"]
-        self.restarts = meta["restarts"] + 1
+        self.origin, self.restarts = meta["origin"], meta["restarts"] + 1
         self.last_return = meta.get("last_return", {})
+        if meta.get("pending"):  # the parts of the committed checkpoint that a crash left unwritten
+            self._write_checkpoint(meta["pending"])
+        # continue after every part there is (parts beyond the state: written by an older pgen before a crash)
+        self.checkpoints = max(meta["checkpoints"], self._next_part_index())
         log.info(f"{self.run_id}: resumed at {self.learner.env_steps:,} env steps, checkpoint {self.checkpoints}"
                  f" (restart {self.restarts})")
         return True
@@ -227,32 +222,50 @@ class PopulationWorker:
         return self.status()
 
     def _checkpoint(self) -> None:
-        """Evaluate, write one record per group (write-once part), then state, then the pointer."""
+        """Evaluate; commit the checkpoint with the trainer state (state files, then the pointer);
+        then write its records, one write-once part per group, from what was committed.
+
+        That order makes a checkpoint all-or-nothing across groups without relying on the store's
+        conditional writes: a part exists only for a committed checkpoint, and a member that dies
+        between its parts writes the missing ones from the same committed state when it resumes."""
         policies = {name: gl.actor for name, gl in self.learner.groups.items()}
         returns = evaluate_returns(self.cfg.env, policies, self.cfg.population.eval_episodes)
-        now, t0 = datetime.now(timezone.utc), time.perf_counter()
+        pending = {"index": self.checkpoints, "step": self.learner.env_steps, "update": self.learner.iteration,
+                   "created_at": datetime.now(timezone.utc).isoformat(),
+                   "groups": {name: {"return_mean": float(r.mean()), "return_std": float(r.std()),
+                                     "episodes": int(r.size)} for name, r in returns.items()}}
+        self.last_return = {name: g["return_mean"] for name, g in pending["groups"].items()}
+        self.checkpoints += 1
+        if self.store is None:
+            return
+        t0 = time.perf_counter()
+        self._save_state(pending)
+        self._write_checkpoint(pending)
+        self.store_s += time.perf_counter() - t0
+
+    def _write_checkpoint(self, pending: dict[str, Any]) -> None:
+        """The committed checkpoint `pending` as one record per group, from the actors (which hold
+        the committed weights). A part that is already there is this same checkpoint's: left as is."""
+        created_at = datetime.fromisoformat(pending["created_at"])
         for name, gl in self.learner.groups.items():
-            self.last_return[name] = float(returns[name].mean())
-            if self.store is None:
-                continue
-            params = gl.actor.flat_params()
+            group, params = pending["groups"][name], gl.actor.flat_params()
             record = {
                 "run_id": self.run_id, "member": self.member, "env_id": self.cfg.env.id, "env_key": self.env_key,
-                "group": name, "arch": self.arch[name], "step": self.learner.env_steps,
-                "update": self.learner.iteration, "return_mean": self.last_return[name],
-                "return_std": float(returns[name].std()), "episodes": int(returns[name].size),
+                "group": name, "arch": self.arch[name], "step": pending["step"], "update": pending["update"],
+                "return_mean": group["return_mean"], "return_std": group["return_std"], "episodes": group["episodes"],
                 "num_params": int(params.size), "params": params, "checksum": params_checksum(params),
-                "created_at": now, "seed": self.seed, "origin": self.origin,
+                "created_at": created_at, "seed": self.seed, "origin": self.origin,
             }
-            self.store.write_part([record], self.env_key, name, self.arch[name], self.run_id, self.checkpoints)
-        self.checkpoints += 1
-        if self.store is not None:
-            self._save_state()
-            self.store_s += time.perf_counter() - t0
+            self.store.write_part([record], self.env_key, name, self.arch[name], self.run_id, pending["index"])
 
-    def _save_state(self) -> None:
+    def _next_part_index(self) -> int:
+        """1 + the highest checkpoint index of any of this member's parts (0 if none)."""
+        return max(self.store.next_part_seq(self.env_key, name, self.arch[name], self.run_id)
+                   for name in self.learner.groups)
+
+    def _save_state(self, pending: dict[str, Any]) -> None:
         worker = {"checkpoints": self.checkpoints, "origin": self.origin, "restarts": self.restarts,
-                  "last_return": self.last_return, "status": "done" if self.done else "running"}
+                  "last_return": self.last_return, "status": "done" if self.done else "running", "pending": pending}
         save_state(self.store, self._state_prefix(), self.learner, extra={WORKER_FILE: json.dumps(worker).encode()})
 
     def status(self) -> dict[str, Any]:
@@ -263,18 +276,6 @@ class PopulationWorker:
 
 
 # --- the driver: `pgen populate` ----------------------------------------------------------------
-
-
-def init_ray() -> None:
-    """Connect to RAY_ADDRESS (a cluster, `ray job submit`) or start local Ray, once per process."""
-    # members' lines differ only in numbers, which Ray's log deduplication (read at import) would fold
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    import ray
-
-    if not ray.is_initialized():
-        # RAY_ADDRESS (a cluster, or `ray job submit`) is honoured by ray.init itself
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False, log_to_driver=True,
-                 configure_logging=False)
 
 
 def status_table(statuses: dict[int, dict[str, Any]], failed: dict[int, str]) -> str:

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from pgen.config import DEFAULT_TEMPERATURE, config_from_dict
-from pgen.evaluation import reference_actors, reference_returns
+from pgen.generator.data import reference_actors
+from pgen.rollout import reference_returns
 from pgen.policy import PolicySpec
 from pgen.store import CheckpointStore, params_checksum
 

@@ -9,6 +9,7 @@ resets them with seeds derived from (seed, iteration), so a resume is itself rep
 from __future__ import annotations
 
 import json
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -94,8 +95,10 @@ def restore_trainer_state(learner: "PPOLearner", files: dict[str, bytes]) -> Non
 
 def save_state(store: "CheckpointStore", prefix: str, learner: "PPOLearner",
                extra: dict[str, bytes] | None = None) -> None:
-    """`<prefix>/<iteration>/` (trainer files + `extra`, each written once), then `<prefix>/latest`."""
-    folder = f"{learner.iteration:08d}"
+    """`<prefix>/<iteration>-<random>/` (trainer files + `extra`, each written once), then
+    `<prefix>/latest`. The folder is new for every save, so a save redone after a crash never meets
+    files of the lost one (whether or not the store enforces write-once)."""
+    folder = f"{learner.iteration:08d}-{uuid.uuid4().hex[:8]}"
     for name, data in {**encode_trainer_state(learner), **(extra or {})}.items():
         store.put_once(f"{prefix}/{folder}/{name}", data)
     store.put_pointer(f"{prefix}/latest", folder.encode())

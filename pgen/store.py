@@ -6,23 +6,28 @@ contract in DESIGN.md ("Store URI", "Layout under the store", "Checkpoint record
 
 - Every object is written whole and once: locally a temp file (name starting with ".") is
   hard-linked to its final name, which fails if that name exists; on S3 a single PUT with
-  `If-None-Match: *`. Pointers (`put_pointer`) are the only objects that may be overwritten.
-- S3 calls retry transient failures (connection errors, timeouts, 5xx, throttling) with capped
-  exponential backoff and jitter for `retry_s` seconds, logging each retry; permanent failures
-  (no such bucket, access denied, bad credentials) raise `StoreError` at once.
+  `If-None-Match: *`, after a HEAD that finds no object there, so a store that ignores the
+  condition (some S3-compatible servers accept it and overwrite anyway) is not overwritten by a
+  writer that comes later either. Pointers are the only objects that may be overwritten: plainly
+  (`put_pointer`) or forward only (`advance_pointer`: compare-and-swap, `If-Match` on S3, a lock
+  file locally).
+- S3 calls retry transient failures (connection errors, timeouts, 5xx, throttling) with botocore's
+  `standard` retry mode (exponential backoff with full jitter, capped at 20 s, and its retry
+  quota), with enough attempts for the mean backoff to span `retry_s` seconds; each retry is
+  logged. Permanent failures (no such bucket, access denied, bad credentials) raise `StoreError`
+  at once.
 - Readers verify each row's checksum and skip bad rows and unreadable parts, counting them; they
   never raise on bad data and never unpickle anything.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import logging
 import os
-import random
 import re
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -127,6 +132,26 @@ class _LocalBackend:
         except OSError as e:
             raise StoreError(f"cannot write {path}: {e}") from e
 
+    def get_pointer(self, key: str) -> tuple[bytes | None, str | None]:
+        try:
+            data = self.get(key)
+        except KeyError:
+            return None, None
+        return data, hashlib.sha256(data).hexdigest()
+
+    def put_pointer_if(self, key: str, data: bytes, tag: str | None) -> bool:
+        path = self.root / key
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path.with_name(f".{path.name}.lock"), "a") as lock:  # a hidden name: never listed
+                fcntl.flock(lock, fcntl.LOCK_EX)  # held until the file is closed
+                if self.get_pointer(key)[1] != tag:
+                    return False
+                os.replace(self._write_tmp(path, data), path)
+                return True
+        except OSError as e:
+            raise StoreError(f"cannot write {path}: {e}") from e
+
     def get(self, key: str) -> bytes:
         try:
             return (self.root / key).read_bytes()
@@ -151,10 +176,18 @@ class _LocalBackend:
 
 # --- S3 -------------------------------------------------------------------------------------------
 
-TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "TooManyRequests", "RequestLimitExceeded",
-                   "RequestTimeout", "InternalError", "ServiceUnavailable",
-                   "ConditionalRequestConflict"}  # 409: a concurrent conditional write; AWS says retry
 _MISSING = object()
+MAX_BACKOFF_S = 20.0  # botocore's cap on one retry's delay
+
+
+def retry_attempts(retry_s: float) -> int:
+    """Attempts of botocore's standard retry mode whose mean backoff (full jitter: half of
+    min(2^(n-1), 20 s) before retry n) adds up to at least `retry_s` seconds."""
+    attempts, waited = 1, 0.0
+    while waited < retry_s:
+        waited += 0.5 * min(2.0 ** (attempts - 1), MAX_BACKOFF_S)
+        attempts += 1
+    return attempts
 
 
 def _error_code(e: Exception) -> tuple[str, int]:
@@ -168,11 +201,13 @@ class _S3Backend:
         import boto3
         from botocore.config import Config
 
+        self.attempts = retry_attempts(retry_s)
         # endpoint_url=None lets botocore apply AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL itself
         self.client = boto3.session.Session().client(
             "s3", endpoint_url=endpoint_url or None,
-            config=Config(retries={"total_max_attempts": 1, "mode": "standard"},  # no retries of its own
+            config=Config(retries={"total_max_attempts": self.attempts, "mode": "standard"},
                           connect_timeout=2, read_timeout=20))
+        self.client.meta.events.register("needs-retry.s3", self._log_retry)
         self.bucket, self.prefix, self.retry_s = bucket, prefix, retry_s
         self.endpoint = self.client.meta.endpoint_url
         # fail fast on a missing bucket / bad credentials (listing is needed by readers anyway)
@@ -181,53 +216,79 @@ class _S3Backend:
     def _full(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    def _log_retry(self, attempts: int, response: Any, caught_exception: Exception | None, operation: Any,
+                   request_dict: dict[str, Any], **_: Any) -> None:
+        """needs-retry hook: a line for each failed attempt that botocore's standard mode retries
+        (botocore's own handler decides and waits; this one only tells)."""
+        from botocore.retries.standard import RetryContext, ThrottledRetryableChecker, TransientRetryableChecker
+
+        http, parsed = response if response is not None else (None, None)
+        context = RetryContext(attempt_number=attempts, operation_model=operation, http_response=http,
+                               parsed_response=parsed, caught_exception=caught_exception,
+                               request_context=request_dict.get("context", {}))
+        transient = TransientRetryableChecker().is_retryable(context) or ThrottledRetryableChecker().is_retryable(context)
+        if transient and attempts < self.attempts:
+            reason = type(caught_exception).__name__ if caught_exception else f"{http.status_code} {context.get_error_code()}"
+            log.warning(f"store: S3 {operation.name} on s3://{self.bucket} at {self.endpoint} failed ({reason});"
+                        f" retry {attempts} of {self.attempts - 1} (botocore standard mode, backoff up to"
+                        f" {MAX_BACKOFF_S:g} s)")
+
     def _call(self, op: str, key: str, fn: Callable[[], Any], expect: dict[str, Any] | None = None) -> Any:
-        """`fn()`, retrying transient errors until `retry_s` has passed.
+        """`fn()` (botocore retries transient errors itself). An error whose code or HTTP status is in
+        `expect` returns `expect[...]`; any other error raises StoreError naming the operation, the
+        object and the endpoint."""
+        from botocore.exceptions import BotoCoreError, ClientError
 
-        An error whose code or HTTP status is in `expect` returns `expect[...]`; any other
-        permanent error raises StoreError naming the operation, object and endpoint.
-        """
-        from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
-
-        where = f"s3://{self.bucket}/{self._full(key)} at {self.endpoint}"
-        deadline, delay, attempt = time.monotonic() + self.retry_s, 0.2, 0
-        while True:
-            try:
-                return fn()
-            except (ClientError, BotoCoreError) as e:
-                code, status = _error_code(e)
-                if expect is not None and (code in expect or str(status) in expect):
-                    return expect.get(code, expect.get(str(status)))
-                transient = code in TRANSIENT_CODES or status == 429 or (status >= 500 and status != 501)
-                if isinstance(e, ClientError) and not transient:  # 501: e.g. a server without conditional PUT
-                    hint = {"NoSuchBucket": "no such bucket", "AccessDenied": "access denied",
-                            "InvalidAccessKeyId": "unknown access key", "SignatureDoesNotMatch": "bad secret key",
-                            "404": "not found (no such bucket?)", "403": "forbidden (credentials?)"}.get(code, code)
-                    raise StoreError(f"S3 {op} {where}: {hint} ({status} {code}: "
-                                     f"{e.response.get('Error', {}).get('Message', '')})") from e
-                if not isinstance(e, (ClientError, ConnectionError, HTTPClientError)):
-                    raise StoreError(f"S3 {op} {where}: {e}") from e  # e.g. no credentials found
-                reason = f"{status} {code}" if isinstance(e, ClientError) else type(e).__name__
-                attempt += 1
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise StoreError(f"S3 {op} {where}: still failing after {self.retry_s:g} s "
-                                     f"and {attempt} attempts: {reason}") from e
-                wait = min(left, delay * random.uniform(0.5, 1.0))
-                log.warning(f"store: S3 {op} {where} failed ({reason}); retry {attempt} in {wait:.1f} s")
-                time.sleep(wait)
-                delay = min(2 * delay, 5.0)
+        try:
+            return fn()
+        except (ClientError, BotoCoreError) as e:
+            code, status = _error_code(e)
+            if expect is not None and (code in expect or str(status) in expect):
+                return expect.get(code, expect.get(str(status)))
+            where = f"s3://{self.bucket}/{self._full(key)} at {self.endpoint}"
+            if isinstance(e, ClientError) and not (status >= 500 or status == 429):
+                hint = {"NoSuchBucket": "no such bucket", "AccessDenied": "access denied",
+                        "InvalidAccessKeyId": "unknown access key", "SignatureDoesNotMatch": "bad secret key",
+                        "404": "not found (no such bucket?)", "403": "forbidden (credentials?)"}.get(code, code)
+                raise StoreError(f"S3 {op} {where}: {hint} ({status} {code}: "
+                                 f"{e.response.get('Error', {}).get('Message', '')})") from e
+            reason = f"{status} {code}" if isinstance(e, ClientError) else f"{type(e).__name__}: {e}"
+            raise StoreError(f"S3 {op} {where}: still failing after {self.attempts} attempts"
+                             f" (store.retry_s={self.retry_s:g}): {reason}") from e
 
     def put_once(self, key: str, data: bytes) -> bool:
+        if self.exists(key):  # never overwrite, even on a server that ignores If-None-Match
+            return False
+
         def put() -> bool:
             self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data, IfNoneMatch="*")
             return True
 
-        # 412: the key exists -- also when an earlier attempt of this very call landed
-        return self._call("put", key, put, expect={"PreconditionFailed": False, "412": False})
+        # 412: the key exists (also when an earlier attempt of this very call landed); 409: a concurrent
+        # conditional write of the same key is in progress, so it will exist
+        return self._call("put", key, put, expect={"PreconditionFailed": False, "412": False,
+                                                   "ConditionalRequestConflict": False, "409": False})
 
     def put_pointer(self, key: str, data: bytes) -> None:
         self._call("put", key, lambda: self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data))
+
+    def get_pointer(self, key: str) -> tuple[bytes | None, str | None]:
+        def get() -> tuple[bytes, str]:
+            reply = self.client.get_object(Bucket=self.bucket, Key=self._full(key))
+            return reply["Body"].read(), reply["ETag"]
+
+        found = self._call("get", key, get, expect={"NoSuchKey": _MISSING})
+        return (None, None) if found is _MISSING else found
+
+    def put_pointer_if(self, key: str, data: bytes, tag: str | None) -> bool:
+        condition = {"IfNoneMatch": "*"} if tag is None else {"IfMatch": tag}
+
+        def put() -> bool:
+            self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data, **condition)
+            return True
+
+        return self._call("put", key, put, expect={"PreconditionFailed": False, "412": False, "NoSuchKey": False,
+                                                   "ConditionalRequestConflict": False, "409": False})
 
     def get(self, key: str) -> bytes:
         def get() -> bytes:  # reading the body inside the retried call: a cut stream is retried too
@@ -298,6 +359,20 @@ class CheckpointStore:
     def put_pointer(self, key: str, data: bytes) -> None:
         """Write or overwrite the mutable pointer object `key` (whole or nothing)."""
         self._backend.put_pointer(_check_key(key), data)
+
+    def advance_pointer(self, key: str, value: str, rank: Callable[[str], Any]) -> bool:
+        """Point `key` at `value` unless it already holds a value of equal or higher `rank`: a
+        compare-and-swap loop (S3 `If-Match` on the ETag read; locally a lock file), so concurrent
+        writers never move it backwards where the store enforces conditions. Returns whether it
+        moved. On a store that ignores them, readers must not trust the pointer alone (see
+        `pgen.generator.sample`)."""
+        key = _check_key(key)
+        while True:
+            current, tag = self._backend.get_pointer(key)
+            if current is not None and rank(current.decode().strip()) >= rank(value):
+                return False
+            if self._backend.put_pointer_if(key, value.encode(), tag):
+                return True
 
     def get(self, key: str) -> bytes:
         """The bytes of `key`; KeyError if it does not exist."""

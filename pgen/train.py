@@ -24,7 +24,8 @@ import torch
 from pgen.config import TrainConfig, enum_value, to_dict
 from pgen.learner import IterationStats, PPOLearner
 from pgen.plots import plot_curves
-from pgen.policy import atomic_write, save_policy_file
+from pgen.fileio import atomic_write
+from pgen.policy import save_policy_file
 from pgen.progress import Progress, log
 from pgen.state import load_state, save_state
 from pgen.store import CheckpointStore

@@ -17,18 +17,27 @@ config (`pgen/conf/serve.yaml`, schema `ServeConfig`), so a misspelt key fails w
 - Overload: each caller queues at most `max_queued_requests`; beyond that Serve answers 503 with
   Retry-After (at the proxy for the ingress; here for the generator).
 - Bad input: 4xx with a JSON body {"error": ..., "detail": ...}; nothing reaches a 500.
-- `/v1/seed` needs `Authorization: Bearer <token>` when the environment variable named by
-  `serve.token_env` (default PGEN_SERVE_TOKEN) is set in the ingress replica's environment.
+- `/v1/seed` writes runs into the store and spends CPU on rollouts, so it is closed by default: it
+  needs `Authorization: Bearer <token>` with the token in the environment variable named by
+  `serve.token_env` (default PGEN_SERVE_TOKEN) of the ingress replica, compared in constant time;
+  with no token set it answers 403, unless `serve.allow_unauthenticated_seed=true` (local
+  development; `pgen serve` on a loopback address sets it when no token is set, and says so). Each
+  client (its token) has at most `serve.seed_concurrency` seed calls in flight (more get 429 with
+  Retry-After), and the rollouts run in a pool of `serve.seed_workers` threads, off the event loop.
+- Responses never name the store's URI or endpoint (`/healthz` included): those stay in the logs.
 """
 
 
 import asyncio
+import hashlib
 import hmac
 import json
 import logging
 import os
 import secrets
 import time
+from dataclasses import replace
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, Literal, NamedTuple, Optional
 
 import numpy as np
@@ -47,7 +56,8 @@ from pgen.config import DEFAULT_TEMPERATURE, ConfigError, ServeConfig, ServeSett
 from pgen.generator.sample import (Generator, GeneratorNotFound, check_target, list_generators, load_generator,
                                    pick_device, resolve_model)
 from pgen.policy import PolicySpec, policy_file_bytes
-from pgen.population import GENERATOR_DEPLOYMENT
+from pgen.deployment import GENERATOR_DEPLOYMENT
+from pgen.ray_runtime import init_ray
 from pgen.seeding import RUN_ID_RE, RunExists, write_seed_run
 from pgen.store import StoreError, open_store, portable_store_config
 
@@ -56,6 +66,7 @@ logger = logging.getLogger("ray.serve")
 MODEL_ID = r"^[A-Za-z0-9][A-Za-z0-9._=-]*(@v[0-9]{4,})?$"
 MODELS_PER_REPLICA = 4  # generator versions a replica keeps loaded (least recently used goes first)
 SEED_MAX = 2**63 - 1
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # `pgen serve` hosts only this machine can reach
 BODY_LIMIT = {"bytes": 16384}  # read by the middleware; set from the config when the ingress starts
 
 
@@ -267,8 +278,27 @@ class Ingress:
         self.token = os.environ.get(self.settings.token_env) or None
         self._latest: dict[str, tuple[str, float]] = {}  # name → (version, monotonic time resolved)
         self._models: tuple[list[dict[str, Any]], float] | None = None
-        logger.info(f"pgen ingress: store {self.store.uri}, bearer token for /v1/seed "
-                    f"{'required' if self.token else 'not configured'} (${self.settings.token_env})")
+        self._seeding: dict[str, int] = {}  # client (a digest of its token) → /v1/seed calls in flight
+        self._seed_pool = ThreadPoolExecutor(self.settings.seed_workers, thread_name_prefix="pgen-seed")
+        # what a response must never show: where the store is
+        self._private = [v for v in (self.store.uri, getattr(self.store, "endpoint", None)) if v]
+        if self.token:
+            seed = f"needs the bearer token in ${self.settings.token_env}"
+        elif self.settings.allow_unauthenticated_seed:
+            seed = "open to anyone who reaches this port (serve.allow_unauthenticated_seed=true)"
+        else:
+            seed = f"disabled: no token in ${self.settings.token_env}"
+        logger.info(f"pgen ingress: store {self.store.uri}; /v1/seed {seed}")
+
+    def _public(self, message: str) -> str:
+        """`message` without the store's URI or endpoint."""
+        for value in self._private:
+            message = message.replace(value, "the store")
+        return message
+
+    def _store_unavailable(self, err: StoreError) -> HTTPException:
+        logger.warning(f"store unavailable: {err}")
+        return HTTPException(503, "store unavailable; try again later", headers={"Retry-After": "5"})
 
     async def _resolve(self, model: str) -> str:
         """`name@version` for a request's model id; `name` → LATEST, cached for latest_ttl_s."""
@@ -279,9 +309,9 @@ class Ingress:
         try:
             name, version = await asyncio.to_thread(resolve_model, self.store, model)
         except GeneratorNotFound as err:
-            raise HTTPException(404, str(err)) from None
+            raise HTTPException(404, self._public(str(err))) from None
         except StoreError as err:
-            raise HTTPException(503, f"store unavailable: {err}", headers={"Retry-After": "5"}) from None
+            raise self._store_unavailable(err) from None
         if "@" not in model:
             self._latest[name] = (version, time.monotonic())
         return f"{name}@{version}"
@@ -295,9 +325,11 @@ class Ingress:
             retry = str(max(1, int(np.ceil(self.settings.retry_after_s))))
             raise HTTPException(503, f"overloaded: {err.message}", headers={"Retry-After": retry}) from None
         except GeneratorNotFound as err:
-            raise HTTPException(404, str(err).splitlines()[-1]) from None
+            raise HTTPException(404, self._public(str(err).splitlines()[-1])) from None
+        except StoreError as err:
+            raise self._store_unavailable(err) from None
         except ValueError as err:
-            raise HTTPException(422, str(err).splitlines()[-1]) from None
+            raise HTTPException(422, self._public(str(err).splitlines()[-1])) from None
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
@@ -305,8 +337,8 @@ class Ingress:
         try:
             await asyncio.to_thread(self.store.list, "generators/")
         except StoreError as err:
-            raise HTTPException(503, f"store unavailable: {err}", headers={"Retry-After": "5"}) from None
-        return {"status": "ok", "store": self.store.uri}
+            raise self._store_unavailable(err) from None
+        return {"status": "ok"}
 
     @api.get("/v1/models")
     async def models(self) -> dict[str, Any]:
@@ -315,7 +347,7 @@ class Ingress:
             try:
                 self._models = (await asyncio.to_thread(list_generators, self.store), time.monotonic())
             except StoreError as err:
-                raise HTTPException(503, f"store unavailable: {err}", headers={"Retry-After": "5"}) from None
+                raise self._store_unavailable(err) from None
         return {"models": self._models[0]}
 
     @api.post("/v1/generate", responses={200: {"content": {"application/octet-stream": {}}}})
@@ -350,35 +382,58 @@ class Ingress:
                    ) -> dict[str, Any]:
         """Write `population_size` generated policies (returns measured) as seed checkpoints of a new
         run, origin `seeded:<model>@<version>`; start a population from it with
-        `pgen populate population.seed_from=<run_id>`."""
-        self._authorize(authorization)
+        `pgen populate population.seed_from=<run_id>`. Needs the bearer token (see the module doc)."""
+        client = self._authorize(authorization)
         if req.population_size > self.settings.max_population:
             raise HTTPException(422, f"population_size must be at most {self.settings.max_population}"
                                      f" (serve.max_population), got {req.population_size}")
+        if self._seeding.get(client, 0) >= self.settings.seed_concurrency:
+            retry = str(max(1, int(np.ceil(self.settings.retry_after_s))))
+            raise HTTPException(429, f"too many /v1/seed calls in flight for this client (at most"
+                                     f" {self.settings.seed_concurrency}, serve.seed_concurrency); retry later",
+                                headers={"Retry-After": retry})
+        self._seeding[client] = self._seeding.get(client, 0) + 1
+        try:
+            return await self._seed(req)
+        finally:
+            self._seeding[client] -= 1
+            if not self._seeding[client]:
+                del self._seeding[client]
+
+    async def _seed(self, req: SeedRequest) -> dict[str, Any]:
         seed = secrets.randbelow(2**31) if req.seed is None else req.seed
         out = await self._generate(req.model, req.target_return, req.population_size, seed, req.temperature)
-        info = await asyncio.to_thread(self._info, out["model"], out["version"])
+        loop = asyncio.get_running_loop()
         try:
-            summary = await asyncio.to_thread(write_seed_run, self.store, info, out["params"], req.target_return,
-                                              req.run_id, self.settings.seed_eval_episodes, seed, req.temperature)
+            info = await loop.run_in_executor(self._seed_pool, self._info, out["model"], out["version"])
+            summary = await loop.run_in_executor(
+                self._seed_pool, write_seed_run, self.store, info, out["params"], req.target_return, req.run_id,
+                self.settings.seed_eval_episodes, seed, req.temperature)
         except RunExists as err:
-            raise HTTPException(409, str(err)) from None
+            raise HTTPException(409, self._public(str(err))) from None
         except StoreError as err:
-            raise HTTPException(503, f"store unavailable: {err}", headers={"Retry-After": "5"}) from None
-        summary["command"] = f"pgen populate population.seed_from={summary['run_id']} store.uri={self.store.uri}"
+            raise self._store_unavailable(err) from None
+        summary["command"] = f"pgen populate population.seed_from={summary['run_id']}"  # on this server's store
         return summary
 
     def _info(self, name: str, version: str) -> dict[str, Any]:
         return json.loads(self.store.get(f"generators/{name}/{version}/config.json"))
 
-    def _authorize(self, authorization: str | None) -> None:
+    def _authorize(self, authorization: str | None) -> str:
+        """The calling client's key (a digest of its token), or HTTPException 401 / 403."""
         if self.token is None:
-            return
+            if self.settings.allow_unauthenticated_seed:
+                return "anonymous"
+            raise HTTPException(403, f"/v1/seed is disabled: the server has no bearer token; set"
+                                     f" {self.settings.token_env} in its environment (or, for local development"
+                                     " only, serve.allow_unauthenticated_seed=true)")
         if not authorization or not authorization.startswith("Bearer "):
             raise HTTPException(401, "this endpoint needs 'Authorization: Bearer <token>'",
                                 headers={"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(authorization[len("Bearer "):].encode(), self.token.encode()):
+        presented = authorization[len("Bearer "):].encode()
+        if not hmac.compare_digest(presented, self.token.encode()):  # constant time
             raise HTTPException(403, "invalid bearer token")
+        return hashlib.sha256(presented).hexdigest()[:16]
 
 
 def build(cfg: ServeConfig) -> serve.Application:
@@ -404,7 +459,8 @@ def build(cfg: ServeConfig) -> serve.Application:
 def check_settings(s: ServeSettings) -> None:
     """ConfigError naming the first serve.* value that cannot work."""
     for key in ("max_num", "max_population", "max_batch_size", "max_ongoing_requests", "max_replicas",
-                "ingress_replicas", "ingress_max_ongoing_requests", "torch_threads", "seed_eval_episodes"):
+                "ingress_replicas", "ingress_max_ongoing_requests", "torch_threads", "seed_eval_episodes",
+                "seed_concurrency", "seed_workers"):
         if getattr(s, key) < 1:
             raise ConfigError(f"serve.{key} must be >= 1, got {getattr(s, key)}")
     if s.max_body_bytes < 1024:
@@ -437,10 +493,13 @@ def override_value(value: Any) -> str:
 def run(cfg: ServeConfig, blocking: bool = True) -> None:
     """`pgen serve`: deploy on the Ray cluster at RAY_ADDRESS (else a local one), HTTP on
     serve.host:serve.port; blocks until Ctrl-C when `blocking`."""
-    import ray
-
     check_settings(cfg.serve)  # before starting anything
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, namespace="serve")
+    s = cfg.serve
+    if s.host in LOOPBACK and not os.environ.get(s.token_env) and not s.allow_unauthenticated_seed:
+        logging.getLogger("pgen").info(
+            f"pgen serve on {s.host}: no token in ${s.token_env}, so /v1/seed is open to local clients"
+            " (serve.allow_unauthenticated_seed=true); set the variable to require a bearer token")
+        cfg = replace(cfg, serve=replace(s, allow_unauthenticated_seed=True))
+    init_ray(namespace="serve", dashboard=True)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(build(cfg), name=cfg.serve.app_name, route_prefix="/", blocking=blocking)

@@ -12,8 +12,20 @@ fault test may stop the server at any moment, mid-run, and needs no re-creation 
 Replay re-executes every recorded request, so the restart time grows with the traffic so far
 (tests only; benchmarks use `persist=False`).
 
+Fault options (for tests of what the store must not depend on):
+- `ignore_conditional_writes=True`: the server drops `If-None-Match` / `If-Match` from every request
+  before moto sees them, and so overwrites where S3 would answer 412, as some S3-compatible
+  servers do;
+- `hold=(regex, seconds)`: a PUT whose key matches is stored, then its response is held back for
+  that long, so a test can kill the writer while it waits (the object is there, the writer does
+  not know it);
+- `fail_puts=N`: the first N PUTs of objects are stored, then answered 500 InternalError (a reply lost on
+  the way back: the client's retry finds the object there);
+- every PUT is logged to `<state_dir>/puts.log` as `PUT <status> <path>` once it is stored.
+
 Run as a script, this module is that server process (`moto_server`'s own setup plus the replay):
-    python tests/s3server.py --port PORT [--recording FILE]
+    python tests/s3server.py --port PORT [--recording FILE] [--ignore-conditional-writes] [--hold REGEX SECONDS]
+                              [--fail-puts N]
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -52,13 +65,17 @@ def free_ports(n: int) -> list[int]:
 class S3Server:
     """A moto S3 server subprocess bound to 127.0.0.1; see the module docstring."""
 
-    def __init__(self, port: int | None = None, persist: bool = True, state_dir: str | Path | None = None):
-        """`state_dir` holds `server.log` and (with `persist`) the recording; default a new temp dir."""
+    def __init__(self, port: int | None = None, persist: bool = True, state_dir: str | Path | None = None,
+                 ignore_conditional_writes: bool = False, hold: tuple[str, float] | None = None, fail_puts: int = 0):
+        """`state_dir` holds `server.log`, `puts.log` and (with `persist`) the recording; default a new
+        temp dir. The fault options are the module docstring's."""
         self.port = port or free_port()
         self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="moto-"))
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.recording = self.state_dir / "requests.jsonl" if persist else None
         self.log = self.state_dir / "server.log"
+        self.puts = self.state_dir / "puts.log"
+        self.ignore_conditional_writes, self.hold, self.fail_puts = ignore_conditional_writes, hold, fail_puts
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -70,6 +87,11 @@ class S3Server:
         cmd = [sys.executable, __file__, "--port", str(self.port)]
         if self.recording is not None:
             cmd += ["--recording", str(self.recording)]
+        if self.ignore_conditional_writes:
+            cmd.append("--ignore-conditional-writes")
+        if self.hold is not None:
+            cmd += ["--hold", self.hold[0], str(self.hold[1])]
+        cmd += ["--puts", str(self.puts), "--fail-puts", str(self.fail_puts)]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -138,7 +160,38 @@ def _s3_compatible(app):
     return wrapped
 
 
-def _serve(port: int, recording: str | None) -> None:
+def _faults(app, puts: Path, ignore_conditional_writes: bool, hold: tuple[str, float] | None, fail_puts: int):
+    """WSGI wrapper of the fault options (module docstring): strip conditions, log PUTs, hold or lose replies."""
+    pattern = re.compile(hold[0]) if hold else None
+    failures = {"left": fail_puts}
+
+    def wrapped(environ, start_response):
+        if ignore_conditional_writes:
+            environ.pop("HTTP_IF_NONE_MATCH", None)
+            environ.pop("HTTP_IF_MATCH", None)
+        if environ["REQUEST_METHOD"] != "PUT":
+            return app(environ, start_response)
+        captured = {}
+        body = b"".join(app(environ, lambda status, headers, exc_info=None: captured.update(s=status, h=headers)))
+        path = environ.get("PATH_INFO", "")
+        with open(puts, "a") as log:
+            log.write(f"PUT {captured['s'].split()[0]} {path}\n")
+        if pattern is not None and pattern.search(path) and captured["s"].startswith("200"):
+            time.sleep(hold[1])
+        if failures["left"] > 0 and captured["s"].startswith("200") and path.count("/") >= 2:  # objects only
+            failures["left"] -= 1
+            error = b"<Error><Code>InternalError</Code><Message>reply lost (test fault)</Message></Error>"
+            start_response("500 Internal Server Error", [("Content-Type", "application/xml"),
+                                                         ("Content-Length", str(len(error)))])
+            return [error]
+        start_response(captured["s"], captured["h"])
+        return [body]
+
+    return wrapped
+
+
+def _serve(port: int, recording: str | None, puts: str | None = None, ignore_conditional_writes: bool = False,
+           hold: tuple[str, float] | None = None, fail_puts: int = 0) -> None:
     if recording:
         os.environ["MOTO_RECORDER_FILEPATH"] = recording
     from moto.moto_api import recorder
@@ -153,12 +206,20 @@ def _serve(port: int, recording: str | None) -> None:
         print(f"replayed {_replay(app, Path(recording))} recorded requests", flush=True)
     if recording:
         recorder.start_recording()
-    run_simple("127.0.0.1", port, _s3_compatible(app), threaded=True)
+    app = _s3_compatible(app)
+    if puts:
+        app = _faults(app, Path(puts), ignore_conditional_writes, hold, fail_puts)
+    run_simple("127.0.0.1", port, app, threaded=True)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="moto S3 server on 127.0.0.1 with replayed state")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--recording", default=None)
+    parser.add_argument("--puts", default=None, help="log every PUT to this file")
+    parser.add_argument("--ignore-conditional-writes", action="store_true")
+    parser.add_argument("--hold", nargs=2, metavar=("REGEX", "SECONDS"), default=None)
+    parser.add_argument("--fail-puts", type=int, default=0)
     args = parser.parse_args()
-    _serve(args.port, args.recording)
+    hold = (args.hold[0], float(args.hold[1])) if args.hold else None
+    _serve(args.port, args.recording, args.puts, args.ignore_conditional_writes, hold, args.fail_puts)

@@ -280,7 +280,7 @@ def test_train_generator_on_an_empty_slice_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("tokenisation", ["neuron", "chunk"])
 def test_gru_generator_end_to_end(tmp_path, tokenisation):
     """A GRU slice: train, register, generate, and the generated policies play the env."""
-    from pgen.evaluation import evaluate_returns
+    from pgen.rollout import evaluate_returns
 
     spec = PolicySpec("gru", 18, (8, 8), 5, True)
     store_uri = str(tmp_path / "store")
@@ -303,7 +303,7 @@ def test_multi_group_slices_condition_on_returns_against_the_reference(tmp_path)
     returns, and `generator.rescore_episodes=0` keeps the recorded ones."""
     from pgen.envs import describe_env
     from pgen.evaluate import measure_baselines
-    from pgen.evaluation import actor_from_flat, evaluate_returns
+    from pgen.rollout import actor_from_flat, evaluate_returns
     from pgen.generator.train import open_slice
 
     cfg = compose_config("train-generator", ["env=simple_tag", f"store.uri={tmp_path / 'store'}", "policy.hidden=[8]",

@@ -221,3 +221,72 @@ def test_sigterm_finishes_the_intervals_in_flight_and_exits_cleanly(tmp_path):
         last = max(r["step"] for r in rows if r["run_id"] == run)
         assert last > 0
         assert_complete_runs(store, [run], last)
+
+
+def test_a_store_that_ignores_conditional_writes_loses_and_mixes_nothing(tmp_path, s3_server):
+    """Some S3-compatible servers accept If-None-Match and overwrite anyway. A two-group member
+    (simple_tag) is killed at the two moments that matter -- while the first group's part of a
+    checkpoint is being written, and while its trainer state is -- and resumes each time. No part may
+    be written twice with other contents, and each checkpoint index holds both groups' records of
+    one and the same training (same step, update and creation time)."""
+    import boto3
+
+    from tests.s3server import S3Server
+
+    hold = r"(group=adversary/.*part-00000[2-9])|(state/[^/]+/trainer\.safetensors)"
+    server = S3Server(persist=False, state_dir=tmp_path / "moto", ignore_conditional_writes=True,
+                      hold=(hold, 1.5)).start()
+    try:
+        s3 = boto3.client("s3", endpoint_url=server.endpoint_url)
+        s3.create_bucket(Bucket="lax")
+        s3.put_bucket_versioning(Bucket="lax", VersioningConfiguration={"Status": "Enabled"})
+        pop = PopulateProcess(*TINY, "env=simple_tag", "population.size=1", "population.max_env_steps=null",
+                              "store.uri=s3://lax/pgen", "run_id=lax", env={"AWS_ENDPOINT_URL": server.endpoint_url},
+                              cwd=tmp_path)
+        deadline = time.time() + 240
+
+        def kill_at(pattern: str, after: int) -> int:
+            """SIGKILL the member once a PUT matching `pattern` (past line `after` of the log) is held."""
+            while time.time() < deadline:
+                assert pop.proc.poll() is None, pop.output[-3000:]
+                puts = server.puts.read_text().splitlines() if server.puts.exists() else []
+                if any(re.search(pattern, line) for line in puts[after:]):
+                    pids = _worker_pids()
+                    assert len(pids) == 1, pids
+                    os.kill(pids[0], signal.SIGKILL)
+                    return len(puts)
+                time.sleep(0.05)
+            raise AssertionError(f"no PUT matching {pattern}:\n{pop.output[-3000:]}")
+
+        def wait_resumed(times: int) -> None:
+            while pop.output.count("resumed at") < times:
+                assert time.time() < deadline and pop.proc.poll() is None, pop.output[-3000:]
+                time.sleep(0.2)
+
+        seen = kill_at(r"group=adversary/.*part-000002", 0)  # mid-checkpoint: one group's part is stored
+        wait_resumed(1)
+        kill_at(r"state/[^/]+/trainer\.safetensors", seen)  # while the trainer state is being written
+        wait_resumed(2)
+        time.sleep(8)  # a few checkpoints after the second resume
+        pop.proc.send_signal(signal.SIGTERM)
+        output = pop.finish()
+        assert pop.proc.returncode == 0, output[-3000:]
+        versions = s3.list_object_versions(Bucket="lax", Prefix="pgen/checkpoints/").get("Versions", [])
+        etags: dict[str, set] = {}
+        for v in versions:
+            etags.setdefault(v["Key"], set()).add(v["ETag"])
+        rewritten = {k: e for k, e in etags.items() if len(e) > 1}
+        assert not rewritten, f"parts written again with other contents: {sorted(rewritten)}"
+        store = CheckpointStore("s3://lax/pgen", endpoint_url=server.endpoint_url)
+        rows = store.read_records(columns=["group", "step", "update", "created_at", "run_id"]).table.to_pylist()
+        by_group = {g: sorted((r for r in rows if r["group"] == g), key=lambda r: r["step"])
+                    for g in ("adversary", "agent")}
+        assert len(by_group["adversary"]) == len(by_group["agent"]) >= 6
+        for a, b in zip(*by_group.values()):
+            assert (a["step"], a["update"], a["created_at"]) == (b["step"], b["update"], b["created_at"]), (a, b)
+        steps = [r["step"] for r in by_group["agent"]]
+        assert steps == list(range(0, 200 * len(steps), 200)), steps
+    finally:
+        if "pop" in locals() and pop.proc.poll() is None:
+            pop.proc.kill()
+        server.stop()

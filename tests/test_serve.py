@@ -47,7 +47,17 @@ def server(tmp_path_factory):
     port = free_port()
     config = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
     config["http_options"] = {"host": "127.0.0.1", "port": port}
-    config["applications"][0]["args"] = {**config["applications"][0]["args"], "store.uri": store_uri, **SERVE_ARGS}
+    app = config["applications"][0]
+    app["args"] = {**app["args"], "store.uri": store_uri, **SERVE_ARGS}
+    # beside it, on the same Serve instance: an app whose token variable is unset (/v1/seed closed), and
+    # one with a generator that takes one request at a time and queues one (overload)
+    small = {"serve.num_cpus": 0.1, "serve.ingress_num_cpus": 0.1}
+    config["applications"] += [
+        {**app, "name": "open", "route_prefix": "/open",
+         "args": {**app["args"], **small, "serve.token_env": "PGEN_TEST_UNSET_TOKEN"}},
+        {**app, "name": "tight", "route_prefix": "/tight",
+         "args": {**app["args"], **small, "serve.batching": False, "serve.max_batch_size": 1,
+                  "serve.max_ongoing_requests": 1, "serve.max_queued_requests": 1}}]
     (tmp / "serve.yaml").write_text(yaml.safe_dump(config))
     log = tmp / "serve.log"
     env = {**os.environ, "PGEN_SERVE_TOKEN": TOKEN, "RAY_DEDUP_LOGS": "0"}
@@ -57,7 +67,8 @@ def server(tmp_path_factory):
     deadline = time.monotonic() + 180
     while True:
         try:
-            if requests.get(f"{base}/healthz", timeout=5).status_code == 200:
+            if all(requests.get(f"{base}{prefix}/healthz", timeout=5).status_code == 200
+                   for prefix in ("", "/open", "/tight")):
                 break
         except requests.RequestException:  # not listening yet, or the proxy waits for the app
             pass
@@ -92,7 +103,7 @@ def post(base: str, path: str, body, headers: dict | None = None, **kw) -> reque
 
 def test_health_models_and_openapi(server):
     base, store_uri, _ = server
-    assert requests.get(f"{base}/healthz").json()["status"] == "ok"
+    assert requests.get(f"{base}/healthz").json() == {"status": "ok"}  # nothing about the store
     models = requests.get(f"{base}/v1/models").json()["models"]
     spread = [m for m in models if m["name"] == "spread"]
     assert spread and spread[0]["version"] == "v0001" and spread[0]["arch"] == SMALL.arch_key
@@ -149,8 +160,10 @@ BAD = [
 
 @pytest.mark.parametrize("body, status, message", BAD, ids=[str(i) for i in range(len(BAD))])
 def test_bad_generate_requests_get_a_4xx_with_a_json_message(server, body, status, message):
-    r = post(server[0], "/v1/generate", body)
+    base, store_uri, _ = server
+    r = post(base, "/v1/generate", body)
     assert r.status_code == status and message in r.json()["error"], r.text
+    assert store_uri not in r.text and "127.0.0.1" not in r.text  # where the store is stays in the logs
 
 
 @pytest.mark.parametrize("raw", ['{"model": "spread", "target_return": NaN}', '{"model": "spread", "target_return": Infinity}',
@@ -216,6 +229,43 @@ def test_seed_needs_the_bearer_token_and_the_token_is_not_logged(server):
     assert post(base, "/v1/seed", body, {"Authorization": "Bearer wrong"}).status_code == 403
     assert post(base, "/v1/seed", {**body, "population_size": 5}, {"Authorization": f"Bearer {TOKEN}"}).status_code == 422
     assert TOKEN not in log.read_text()
+
+
+def test_seed_is_closed_when_the_server_has_no_token(server):
+    base = server[0]
+    body = {"model": "spread", "target_return": -50, "population_size": 2}
+    for headers in ({}, {"Authorization": f"Bearer {TOKEN}"}):
+        r = post(base, "/open/v1/seed", body, headers)
+        assert r.status_code == 403 and "PGEN_TEST_UNSET_TOKEN" in r.json()["error"], r.text
+        assert "allow_unauthenticated_seed" in r.json()["error"]
+    assert post(base, "/open/v1/generate", {"model": "spread", "target_return": -50}).status_code == 200
+
+
+def test_one_client_gets_429_beyond_its_seed_concurrency(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = server[0]
+    body = {"model": "spread", "target_return": -50, "population_size": 1}
+    with ThreadPoolExecutor(33) as pool:
+        replies = list(pool.map(lambda _: post(base, "/v1/seed", body, {"Authorization": f"Bearer {TOKEN}"}),
+                                range(33)))
+    codes = sorted(r.status_code for r in replies)
+    assert set(codes) <= {200, 429} and 200 in codes and 429 in codes, codes
+    busy = next(r for r in replies if r.status_code == 429)
+    assert int(busy.headers["Retry-After"]) >= 1 and "serve.seed_concurrency" in busy.json()["error"]
+
+
+def test_overload_gets_503_with_retry_after(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = server[0]
+    body = {"model": "spread", "target_return": -50, "num": 8}
+    with ThreadPoolExecutor(48) as pool:
+        replies = list(pool.map(lambda _: post(base, "/tight/v1/generate", body), range(96)))
+    codes = [r.status_code for r in replies]
+    assert set(codes) <= {200, 503} and 200 in codes and 503 in codes, sorted(codes)
+    busy = next(r for r in replies if r.status_code == 503)
+    assert int(busy.headers["Retry-After"]) >= 1 and "overloaded" in busy.json()["error"], busy.text
 
 
 def test_a_new_version_under_traffic_fails_no_request(server):

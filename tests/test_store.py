@@ -161,20 +161,29 @@ def test_missing_bucket_fails_fast(s3_server):
     assert time.monotonic() - t0 < 5
 
 
-def test_retry_classification(s3_store_uri, caplog):
-    """A 5xx is retried; a retried put whose first attempt landed (412) is 'already there'; 403 is final."""
+def test_retry_classification(s3_server, tmp_path, caplog):
+    """A 5xx is retried by botocore (and logged); a retried put whose first attempt landed is 'already
+    there' (412); 403 is final at once."""
+    import boto3
     from botocore.stub import Stubber
 
-    store = CheckpointStore(s3_store_uri, retry_s=10)
+    from tests.s3server import S3Server
+
+    with S3Server(persist=False, state_dir=tmp_path / "moto", fail_puts=1) as lossy:
+        boto3.client("s3", endpoint_url=lossy.endpoint_url).create_bucket(Bucket="lossy")
+        store = CheckpointStore("s3://lossy/pgen", endpoint_url=lossy.endpoint_url, retry_s=10)
+        with caplog.at_level(logging.WARNING, "pgen"):
+            assert store.put_once("a/b", b"x") is False  # stored, the reply lost, the retry gets 412
+        assert "500 InternalError); retry 1 of" in caplog.text and "testing" not in caplog.text
+        assert store.get("a/b") == b"x" and store.put_once("a/c", b"y") is True
     client = store._backend.client
-    with Stubber(client) as stub, caplog.at_level(logging.WARNING, "pgen"):
-        stub.add_client_error("put_object", "InternalError", http_status_code=500)
-        stub.add_client_error("put_object", "PreconditionFailed", http_status_code=412)
+    with Stubber(client) as stub:
+        stub.add_client_error("head_object", "404", http_status_code=404)
         stub.add_client_error("put_object", "AccessDenied", http_status_code=403)
-        assert store.put_once("a/b", b"x") is False
-        assert "retry 1" in caplog.text and "testing" not in caplog.text
+        t0 = time.monotonic()
         with pytest.raises(StoreError, match="access denied"):
-            store.put_once("a/b", b"x")
+            store.put_once("a/d", b"x")
+        assert time.monotonic() - t0 < 1
 
 
 def test_put_survives_a_server_outage(s3_server, s3_store_uri, caplog):
@@ -194,3 +203,78 @@ def test_put_survives_a_server_outage(s3_server, s3_store_uri, caplog):
     assert result == {"ok": True}
     assert "retry" in caplog.text
     assert store.read_records().table["step"].to_pylist() == [0, 1]
+
+
+def tiny_generator(name: str):
+    """A registrable (untrained) generator of a 2-2-2 MLP policy."""
+    from dataclasses import asdict
+
+    from pgen.generator.data import Normalizer, Tokenizer
+    from pgen.generator.model import ModelConfig, ParamVAE
+    from pgen.generator.sample import Generator
+    from pgen.policy import PolicySpec
+
+    spec = PolicySpec("mlp", 2, (2,), 2, True, "tanh")
+    tokenizer = Tokenizer(spec.layout, "neuron", 4)
+    model = ParamVAE(ModelConfig([t.tokens for t in tokenizer.layers], [t.width for t in tokenizer.layers],
+                                 d_model=8, n_layers=1, n_heads=2, latent_dim=2, fourier_features=2))
+    params = np.random.default_rng(0).standard_normal((4, spec.layout.num_params)).astype(np.float32)
+    info = {"name": name, "generator": {"tokenisation": "neuron", "chunk_size": 4}, "model": asdict(model.cfg),
+            "policy_spec": spec.to_json(), "layout": spec.layout.to_json(), "arch": spec.arch_key,
+            "env": {"name": "spread", "id": "mpe2.simple_spread_v3", "kwargs": {}}, "env_key": "spread",
+            "group": "agent", "dataset": {"return_min": 0.0, "return_max": 3.0}}
+    return Generator(model, tokenizer, Normalizer.fit(params, np.arange(4.0), tokenizer), info)
+
+
+class HeldAtLatest:
+    """A store whose writes of a generator's LATEST pointer (`put_pointer`, `advance_pointer`) wait,
+    per thread, until the test releases that thread: it lets two registrations reach the pointer in
+    an order the test chooses."""
+
+    def __init__(self, store: CheckpointStore):
+        self._store, self._gates, self.waiting = store, {}, {}
+
+    def gate(self, thread_name: str) -> threading.Event:
+        self.waiting[thread_name] = threading.Event()
+        return self._gates.setdefault(thread_name, threading.Event())
+
+    def __getattr__(self, attr):
+        value = getattr(self._store, attr)
+        if attr not in ("put_pointer", "advance_pointer"):
+            return value
+
+        def call(*args, **kwargs):
+            name = threading.current_thread().name
+            if name in self._gates and any(isinstance(a, str) and a.endswith("/LATEST") for a in args):
+                self.waiting[name].set()
+                self._gates[name].wait(timeout=30)
+            return value(*args, **kwargs)
+
+        return call
+
+
+@pytest.mark.parametrize("older_last", [True, False], ids=["older-version-moves-last", "newer-version-moves-last"])
+def test_latest_never_moves_back_under_concurrent_registrations(store, older_last):
+    """Two trainers register at once: the first claims v0002, the second v0003; both then reach LATEST,
+    in either order. LATEST must end at v0003 and readers must say so."""
+    from pgen.generator.sample import list_generators, resolve_model, save_generator
+
+    assert save_generator(store, tiny_generator("race"), {}) == "v0001"
+    held = HeldAtLatest(store)
+    versions: dict[str, str] = {}
+    threads = {}
+    for name in ("first", "second"):  # "first" claims its version before "second" starts
+        held.gate(name)
+        threads[name] = threading.Thread(name=name, target=lambda n=name: versions.update(
+            {n: save_generator(held, tiny_generator("race"), {})}))
+        threads[name].start()
+        assert held.waiting[name].wait(30), f"{name} never reached LATEST"
+    order = ["second", "first"] if older_last else ["first", "second"]
+    for name in order:
+        held._gates[name].set()
+        threads[name].join(30)
+        assert not threads[name].is_alive()
+    assert versions == {"first": "v0002", "second": "v0003"}
+    assert resolve_model(store, "race") == ("race", "v0003")
+    assert store.get("generators/race/LATEST").decode().strip() == "v0003"
+    assert [m["version"] for m in list_generators(store) if m["latest"]] == ["v0003"]

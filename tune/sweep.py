@@ -38,8 +38,8 @@ from pgen.evaluate import measure_baselines
 from pgen.generator.data import split_by_run
 from pgen.generator.sample import read_generator, save_generator
 from pgen.generator.train import generator_name, open_slice
-from pgen.policy import atomic_write
-from pgen.population import init_ray
+from pgen.fileio import atomic_write
+from pgen.ray_runtime import init_ray
 from pgen.progress import Progress, format_duration, log
 from pgen.store import CheckpointStore, open_store, s3_endpoint
 from tune.report import format_trials, plot_trials, trial_rows

@@ -10,6 +10,8 @@
   weights and bias — or fixed-size chunks).
 - `permutation_index`: a function-preserving random permutation of the hidden units, as an index
   into the flat vector (the augmentation of DESIGN.md "Generator").
+- `reference_actors`: the other groups' fixed policies a generator's returns are measured against,
+  read from the store.
 
 A "layer" here is one module of the policy (`layers.0`, `gru`, `head`, `log_std`): the tensors
 whose names share the prefix before the last dot.
@@ -19,12 +21,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 
+from pgen.config import EnvConfig
+from pgen.envs import describe_env
 from pgen.policy import Actor, ParamLayout, PolicySpec
+from pgen.rollout import actor_from_flat
 from pgen.store import CheckpointStore
 
 COLUMNS = ["run_id", "step", "return_mean", "params", "created_at"]
@@ -309,3 +315,26 @@ def permutation_index(spec: PolicySpec, generator: torch.Generator) -> torch.Ten
         t["gru.weight_hh"] = t["gru.weight_hh"][:, q]
         t["head.weight"] = t["head.weight"][:, q]
     return torch.cat([t[name].reshape(-1) for name, _ in layout.entries])
+
+
+def reference_actors(store: CheckpointStore, info: dict[str, Any], env_cfg: EnvConfig) -> dict[str, Actor]:
+    """The other groups' fixed policies named by a generator's `reference` (its config.json `info`):
+    the co-trained policies of the best checkpoint's run at that step. Empty for one-group envs."""
+    ref = info.get("reference") or {}
+    if not ref.get("groups"):
+        return {}
+    env = describe_env(env_cfg)
+    own = PolicySpec.from_json(info["policy_spec"])
+    rows = store.read_records(env_key=info["env_key"], run_id=ref["run_id"],
+                              columns=["group", "arch", "step", "params"]).table.to_pylist()
+    out = {}
+    for group, meta in ref["groups"].items():
+        row = next((r for r in rows if r["group"] == group and r["step"] == ref["step"]), None)
+        if row is None:
+            raise ValueError(f"reference checkpoint of group {group} (run {ref['run_id']}, step {ref['step']})"
+                             f" is missing from {store.uri}")
+        spec = PolicySpec.for_group(env.group(group), own.kind, own.hidden, own.activation)
+        if spec.arch_key != meta["arch"]:
+            raise ValueError(f"reference group {group}: arch {meta['arch']} is not {spec.arch_key}")
+        out[group] = actor_from_flat(spec, np.asarray(row["params"], np.float32))
+    return out

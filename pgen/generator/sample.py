@@ -3,9 +3,16 @@
 Store layout (DESIGN.md): `generators/<name>/<version>/` holds `model.safetensors` (the VAE's
 weights), `normalizer.safetensors` (per-layer mean/std, return range), `metrics.json` (training
 history and final figures) and `config.json` (model config, policy spec, layout, env, dataset
-summary); `config.json` is written last of the four and marks the version complete, then
-`generators/<name>/LATEST` moves to it. Versions are `v0001`, `v0002`, … claimed with write-once
-puts, so two trainers registering at once get different versions. Nothing is unpickled.
+summary); `config.json` is written last of the four and marks the version complete. Versions are
+`v0001`, `v0002`, … claimed with write-once puts, so two trainers registering at once get
+different versions. Nothing is unpickled.
+
+Which version `<name>` means: `promote` writes `<version>/promoted.json` (write-once), then moves
+`generators/<name>/LATEST` forward only (`advance_pointer`: a slower trainer that registered v0002
+never replaces a LATEST that already says v0003). Readers take the newest complete version that is
+promoted or that LATEST names, so they agree with that rule even on a store that ignores
+conditional writes (where the pointer itself could lose such a race). `save_generator` promotes
+what it registers; under `pgen loop` only versions that pass the gate are promoted.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from pgen.store import CheckpointStore, StoreError, open_store
 VERSION_RE = re.compile(r"^v(\d{4,})$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]*$")
 FILES = ("model.safetensors", "normalizer.safetensors", "metrics.json", "config.json")
+PROMOTED = "promoted.json"  # written once into a version's folder when it becomes what <name> means
 
 
 class GeneratorNotFound(ValueError):
@@ -130,13 +138,33 @@ def build_generator(model: ParamVAE, normalizer: Normalizer, info: dict[str, Any
 # --- the store -----------------------------------------------------------------------------------
 
 
-def _versions(store: CheckpointStore, name: str) -> list[str]:
-    found = set()
-    for key in store.list(f"generators/{name}/"):
+def version_number(version: str) -> int:
+    """The number of `vNNNN`; -1 for anything else (so it ranks below every version)."""
+    m = VERSION_RE.match(version)
+    return int(m[1]) if m else -1
+
+
+def _version_index(store: CheckpointStore, name: str) -> tuple[list[str], str | None]:
+    """(complete versions oldest first, the version `name` means or None), from one listing and at
+    most one read of LATEST: the newest complete version that is promoted or that LATEST names."""
+    keys = store.list(f"generators/{name}/")
+    complete, promoted = set(), set()
+    for key in keys:
         parts = key.split("/")
-        if len(parts) == 4 and parts[3] == "config.json" and VERSION_RE.match(parts[2]):
-            found.add(parts[2])
-    return sorted(found, key=lambda v: int(v[1:]))
+        if len(parts) == 4 and VERSION_RE.match(parts[2]):
+            if parts[3] == "config.json":
+                complete.add(parts[2])
+            elif parts[3] == PROMOTED:
+                promoted.add(parts[2])
+    latest = promoted & complete
+    if f"generators/{name}/LATEST" in keys:
+        try:
+            pointer = store.get(f"generators/{name}/LATEST").decode().strip()
+        except KeyError:  # removed between the listing and the read
+            pointer = None
+        if pointer in complete:
+            latest.add(pointer)
+    return sorted(complete, key=version_number), max(latest, key=version_number, default=None)
 
 
 def list_generators(store: CheckpointStore) -> list[dict[str, Any]]:
@@ -144,8 +172,8 @@ def list_generators(store: CheckpointStore) -> list[dict[str, Any]]:
     names = sorted({k.split("/")[1] for k in store.list("generators/") if k.count("/") >= 2})
     out = []
     for name in names:
-        latest = _latest(store, name)
-        for version in _versions(store, name):
+        versions, latest = _version_index(store, name)
+        for version in versions:
             info = json.loads(store.get(f"generators/{name}/{version}/config.json"))
             ds = info["dataset"]
             out.append({"name": name, "version": version, "latest": version == latest, "env_id": info["env"]["id"],
@@ -156,13 +184,18 @@ def list_generators(store: CheckpointStore) -> list[dict[str, Any]]:
 
 
 def _names(store: CheckpointStore) -> list[str]:
-    """Generator names that have a LATEST pointer."""
-    return sorted({k.split("/")[1] for k in store.list("generators/") if k.endswith("/LATEST")})
+    """Generator names with a version that LATEST or a promotion names."""
+    return sorted({k.split("/")[1] for k in store.list("generators/")
+                   if k.endswith("/LATEST") or k.endswith(f"/{PROMOTED}")})
 
 
-def _latest(store: CheckpointStore, name: str) -> str | None:
-    key = f"generators/{name}/LATEST"
-    return store.get(key).decode().strip() if store.exists(key) else None
+def promote(store: CheckpointStore, name: str, version: str, why: str = "registered") -> bool:
+    """Make `name` mean `version` unless a newer version already is what it means; returns whether
+    LATEST moved. The promotion record comes first, so readers see it even if the pointer write
+    is lost to a concurrent writer on a store that ignores conditions."""
+    record = {"name": name, "version": version, "why": why, "promoted_at": datetime.now(timezone.utc).isoformat()}
+    store.put_once(f"generators/{name}/{version}/{PROMOTED}", json.dumps(record, indent=1).encode())
+    return store.advance_pointer(f"generators/{name}/LATEST", version, version_number)
 
 
 def resolve_model(store: CheckpointStore, model: str | None) -> tuple[str, str]:
@@ -177,11 +210,11 @@ def resolve_model(store: CheckpointStore, model: str | None) -> tuple[str, str]:
     if not NAME_RE.match(name) or (version and not VERSION_RE.match(version)):
         raise GeneratorNotFound(f"bad model id {model!r}: expected <name> or <name>@v<NNNN>")
     if not version:
-        version = _latest(store, name)
+        version = _version_index(store, name)[1]
         if version is None:
             raise GeneratorNotFound(f"no generator {name!r} in {store.uri}; there are: {', '.join(_names(store)) or 'none'}")
     elif not store.exists(f"generators/{name}/{version}/config.json"):
-        have = _versions(store, name)
+        have = _version_index(store, name)[0]
         raise GeneratorNotFound(f"no complete version {version} of generator {name!r} in {store.uri};"
                                 f" versions: {', '.join(have) or 'none'}")
     return name, version
@@ -219,13 +252,16 @@ def generator_files(generator: Generator, metrics: dict[str, Any]) -> dict[str, 
             "config.json": json.dumps(generator.info, indent=1).encode()}
 
 
-def save_generator(store: CheckpointStore, generator: Generator, metrics: dict[str, Any]) -> str:
-    """Register `generator` as the next version of its name; returns the version. LATEST moves last."""
+def save_generator(store: CheckpointStore, generator: Generator, metrics: dict[str, Any],
+                   promoted: bool = True) -> str:
+    """Register `generator` as the next version of its name; returns the version. With `promoted`
+    it is then promoted (LATEST moves to it unless a newer version is already promoted); without,
+    it stays servable only as `name@version` until `promote` is called."""
     name = generator.info["name"]
     if not NAME_RE.match(name):
         raise ValueError(f"bad generator name {name!r}: letters, digits, '.', '_', '=', '-' only")
     blobs = generator_files(generator, metrics)
-    existing = _versions(store, name)
+    existing = _version_index(store, name)[0]
     number = int(existing[-1][1:]) + 1 if existing else 1
     while True:
         version = f"v{number:04d}"
@@ -237,8 +273,9 @@ def save_generator(store: CheckpointStore, generator: Generator, metrics: dict[s
     for file in ("normalizer.safetensors", "metrics.json"):
         store.put_once(f"generators/{name}/{version}/{file}", blobs[file])
     store.put_once(f"generators/{name}/{version}/config.json", json.dumps(info, indent=1).encode())
-    store.put_pointer(f"generators/{name}/LATEST", version.encode())
     generator.info = info
+    if promoted:
+        promote(store, name, version)
     return version
 
 

@@ -22,14 +22,15 @@ from safetensors.torch import load_file, save_file
 
 from pgen.config import EnvConfig, GeneratorConfig, TrainGeneratorConfig, enum_value, to_dict
 from pgen.envs import describe_env, env_key
-from pgen.evaluation import reference_actors, reference_returns
-from pgen.generator.data import (Normalizer, ParamDataset, Tokenizer, load_slice, permutation_index, return_balance_weights,
-                                 split_by_run)
+from pgen.generator.data import (Normalizer, ParamDataset, Tokenizer, load_slice, permutation_index, reference_actors,
+                                 return_balance_weights, split_by_run)
 from pgen.generator.model import ModelConfig, ParamVAE, kl_divergence, reconstruction_loss
 from pgen.generator.sample import Generator, pick_device, save_generator
 from pgen.plots import plot_curves
-from pgen.policy import PolicySpec, atomic_write
+from pgen.fileio import atomic_write
+from pgen.policy import PolicySpec
 from pgen.progress import Progress, log
+from pgen.rollout import reference_returns
 from pgen.state import optimizer_tensors, restore_optimizer
 from pgen.store import CheckpointStore, open_store
 

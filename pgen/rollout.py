@@ -1,4 +1,6 @@
-"""Roll out fixed policies and measure returns (DESIGN.md "achieved return").
+"""Rollouts of fixed policies: the returns they achieve (DESIGN.md "achieved return").
+
+Everything here takes policies (torch modules) and env configs; nothing reads the store.
 
 `evaluate_returns` plays E evaluation episodes with fixed seeds: greedy actions (argmax for
 discrete, the mean for continuous) unless `stochastic=True`. A group whose policy is `None` plays
@@ -7,16 +9,15 @@ uniformly random actions, which is how the random level R_random is measured.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 import torch
 
 from pgen.config import EnvConfig
-from pgen.envs import VecEnv, describe_env
+from pgen.envs import VecEnv
 from pgen.policy import Actor, PolicySpec
 from pgen.progress import Progress
-from pgen.store import CheckpointStore
 
 EVAL_SEED = 10_000  # evaluation episodes never share seeds with training copies of seeds < 10000
 # `pgen evaluate` plays other episodes than the populations' checkpoint evaluations (EVAL_SEED), so a
@@ -105,27 +106,4 @@ def reference_returns(env_cfg: EnvConfig, others: Mapping[str, Actor], group: st
     for i, flat in enumerate(params):
         out[i] = evaluate_returns(env_cfg, {**others, group: actor_from_flat(spec, flat)}, episodes)[group]
         progress.update(i + 1, force=i + 1 == len(params))
-    return out
-
-
-def reference_actors(store: CheckpointStore, info: dict[str, Any], env_cfg: EnvConfig) -> dict[str, Actor]:
-    """The other groups' fixed policies named by a generator's `reference` (its config.json `info`):
-    the co-trained policies of the best checkpoint's run at that step. Empty for one-group envs."""
-    ref = info.get("reference") or {}
-    if not ref.get("groups"):
-        return {}
-    env = describe_env(env_cfg)
-    own = PolicySpec.from_json(info["policy_spec"])
-    rows = store.read_records(env_key=info["env_key"], run_id=ref["run_id"],
-                              columns=["group", "arch", "step", "params"]).table.to_pylist()
-    out = {}
-    for group, meta in ref["groups"].items():
-        row = next((r for r in rows if r["group"] == group and r["step"] == ref["step"]), None)
-        if row is None:
-            raise ValueError(f"reference checkpoint of group {group} (run {ref['run_id']}, step {ref['step']})"
-                             f" is missing from {store.uri}")
-        spec = PolicySpec.for_group(env.group(group), own.kind, own.hidden, own.activation)
-        if spec.arch_key != meta["arch"]:
-            raise ValueError(f"reference group {group}: arch {meta['arch']} is not {spec.arch_key}")
-        out[group] = actor_from_flat(spec, np.asarray(row["params"], np.float32))
     return out

@@ -1,0 +1,26 @@
+"""The served generator as seen from pgen: its Serve deployment name and a handle to it.
+
+`serve/app.py` defines the deployment under this name; population members that seed from the
+generator (`population.seed.model`) reach it through `generator_handle`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+GENERATOR_DEPLOYMENT = "PolicyGenerator"  # the deployment name in serve/app.py
+
+
+def generator_handle(app: str | None) -> Any:
+    """A DeploymentHandle to the served generator: in Serve application `app`, or in the one
+    application that has a PolicyGenerator deployment."""
+    from ray import serve
+
+    if app is None:
+        apps = [name for name, status in serve.status().applications.items()
+                if GENERATOR_DEPLOYMENT in status.deployments]
+        if len(apps) != 1:
+            raise ValueError(f"population.seed.app is required: Serve applications with a {GENERATOR_DEPLOYMENT}"
+                             f" deployment: {apps or 'none (is `pgen serve` running on this cluster?)'}")
+        app = apps[0]
+    return serve.get_deployment_handle(GENERATOR_DEPLOYMENT, app_name=app)
