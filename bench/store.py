@@ -22,9 +22,15 @@ so machine noise hits all alike; the cost of streaming is 1 - on/off env steps/s
 noisy on a shared machine, the worker also times its store calls: `store_fraction` is the share of
 each interval's wall time spent writing (params flattening and evaluation excluded).
 
+Baseline code (`--baseline-rev REV`): the write and scan phases also run with the `pgen` package of
+git revision REV (extracted with `git archive` into a temp folder and put first on the child's
+`sys.path`), alternating with this tree's phase by phase, so a change to the store is measured
+side by side with what it replaces on the same server in the same run.
+
 Writes `bench/results/store.json` and prints the tables.
 
     python bench/store.py --parts 100 --records 32 --streaming-rounds 4
+    python bench/store.py --backends s3 --streaming-rounds 0 --baseline-rev 32ce725
 """
 
 from __future__ import annotations
@@ -52,9 +58,15 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run_phase(phase: str, uri: str, endpoint_url: str | None, parts: int, records: int, num_params: int) -> dict:
-    """One phase in this (fresh) process: 'write' or 'scan'; returns its timings and memory."""
+def run_phase(phase: str, uri: str, endpoint_url: str | None, parts: int, records: int, num_params: int,
+              code: str | None = None) -> dict:
+    """One phase in this (fresh) process: 'write' or 'scan'; returns its timings and memory.
+    `code`: a folder whose `pgen` package to use instead of this tree's."""
+    import sys
     from datetime import datetime, timezone
+
+    if code is not None:
+        sys.path.insert(0, code)
 
     import pyarrow as pa
 
@@ -133,6 +145,7 @@ def main() -> None:
     parser.add_argument("--params", type=int, default=5573, help="float32 params per record")
     parser.add_argument("--backends", default="local,s3")
     parser.add_argument("--streaming-rounds", type=int, default=4, help="checkpoint intervals per variant")
+    parser.add_argument("--baseline-rev", default=None, help="also run write/scan with pgen of this git revision")
     parser.add_argument("--out", default=str(RESULTS / "store.json"))
     args = parser.parse_args()
 
@@ -143,6 +156,16 @@ def main() -> None:
     os.environ.pop("AWS_PROFILE", None)
 
     tmp = Path(tempfile.mkdtemp(prefix="pgen-bench-store-"))
+    codes: dict[str, str | None] = {"this tree": None}
+    if args.baseline_rev:
+        import subprocess
+
+        baseline = tmp / "baseline"
+        baseline.mkdir()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline_rev, "pgen"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(baseline)], input=archive, check=True)
+        codes[f"baseline {args.baseline_rev}"] = str(baseline)
     results = []
     streaming_uris: dict[str, str] = {}
     streaming: dict[str, list[float]] = {}
@@ -162,11 +185,14 @@ def main() -> None:
                 if args.streaming_rounds > 0:
                     streaming_uris[backend] = "s3://pgen-bench/streaming" if backend == "s3" else str(tmp / "streaming")
                 for phase in ("write", "scan"):
-                    row = {"backend": backend, **in_child(phase, uri, endpoint, args.parts, args.records, args.params)}
-                    if server is not None and phase == "scan":
-                        status = Path(f"/proc/{server.proc.pid}/status").read_text()
-                        row["server_rss_mb"] = int(status.split("VmRSS:")[1].split()[0]) / 1024
-                    results.append(row)
+                    for n, (code, folder) in enumerate(codes.items()):  # alternating: the same server state
+                        where = f"{uri}-{n}" if len(codes) > 1 else uri
+                        row = {"backend": backend, "code": code,
+                               **in_child(phase, where, endpoint, args.parts, args.records, args.params, folder)}
+                        if server is not None and phase == "scan":
+                            status = Path(f"/proc/{server.proc.pid}/status").read_text()
+                            row["server_rss_mb"] = int(status.split("VmRSS:")[1].split()[0]) / 1024
+                        results.append(row)
                 if backend == "s3" and args.streaming_rounds > 0:
                     # the S3 variant needs this server: measure all variants now, interleaved
                     streaming = streaming_cost(streaming_uris, endpoint, args.streaming_rounds)
@@ -192,13 +218,19 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"{args.parts} parts x {args.records} records x {args.params} float32 params "
           f"({args.parts * args.records * args.params * 4 / 1e6:.0f} MB of params)")
-    print(f"{'backend':8} {'phase':6} {'seconds':>8} {'records/s':>10} {'MB/s':>7} {'RSS peak MB':>12} "
+    print(f"{'backend':8} {'code':18} {'phase':6} {'seconds':>8} {'records/s':>10} {'MB/s':>7} {'RSS peak MB':>12} "
           f"{'RSS +MB':>8} {'arrow MB':>9} {'server MB':>10}")
     for r in results:
         server_mb = f"{r['server_rss_mb']:.0f}" if "server_rss_mb" in r else "-"
-        print(f"{r['backend']:8} {r['phase']:6} {r['seconds']:8.2f} {r['records_per_s']:10.0f} "
+        print(f"{r['backend']:8} {r['code']:18} {r['phase']:6} {r['seconds']:8.2f} {r['records_per_s']:10.0f} "
               f"{r['params_mb_per_s']:7.1f} {r['rss_peak_mb']:12.0f} {r['rss_delta_mb']:8.0f} "
               f"{r['arrow_peak_mb']:9.0f} {server_mb:>10}")
+    if args.baseline_rev:
+        for backend in args.backends.split(","):
+            for phase in ("write", "scan"):
+                rate = {r["code"]: r["records_per_s"] for r in results if (r["backend"], r["phase"]) == (backend, phase)}
+                ratio = rate["this tree"] / rate[f"baseline {args.baseline_rev}"]
+                print(f"{backend} {phase}: records/s of this tree / baseline {args.baseline_rev} = {ratio:.2f}")
     if streaming:
         print(f"\nstreaming cost on training (one member, {args.streaming_rounds} interleaved checkpoint intervals each)")
         print(f"{'store':8} {'env steps/s':>12} {'1-on/off':>9} {'time in store':>14}  env steps/s per interval")

@@ -7,6 +7,7 @@ dataclass objects (`compose_config`), never a live Hydra context: Ray workers ha
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, List, Optional
@@ -398,21 +399,42 @@ for _name, _node in SCHEMAS.items():
     _cs.store(name=f"{_name.replace('-', '_')}_schema", node=_node)
 
 
+def env_overrides(overrides: List[str]) -> List[str]:
+    """`overrides` as Hydra should read them for the env: `env=custom` first when they set `env.id`
+    without choosing an `env=` group (a module named by `env.id` gets the kwargs given for it and
+    none of the default env's), and `env.kwargs.<k>=<v>` as add-or-set (`++`), since an env's
+    kwargs are its own and need not be in its YAML."""
+    out = [f"++{o}" if o.startswith("env.kwargs.") else o for o in overrides]
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    if "env.id" in keys and "env" not in keys:
+        out.insert(0, "env=custom")
+    return out
+
+
+def default_env_name(env_id: str) -> str:
+    """`pettingzoo.sisl.pursuit_v5` → `pursuit`: the module's last part without its version."""
+    return re.sub(r"_v\d+$", "", env_id.rsplit(".", 1)[-1])
+
+
 def compose_config(command: str, overrides: List[str] | None = None) -> Any:
     """Compose `pgen/conf/<command>.yaml` (for a command of CONFIG_MODULES, that package's
     `<command>.yaml`, e.g. `pgen/conf/tune/tune.yaml`) with Hydra overrides into the command's dataclass.
 
-    Never changes the working directory. Raises ConfigError with Hydra's message on a bad key,
-    type or value.
+    `env.id=<module>` without `env=<name>` selects the `custom` env group (`env_overrides`). Never
+    changes the working directory. Raises ConfigError with Hydra's message on a bad key, type or value.
     """
     if command not in SCHEMAS:
         raise ConfigError(f"unknown command {command!r}; known: {', '.join(sorted(SCHEMAS))}")
     try:
         with initialize_config_module(config_module=CONFIG_MODULES.get(command, "pgen.conf"), version_base="1.3"):
-            cfg = compose(config_name=command, overrides=list(overrides or []))
-        return OmegaConf.to_object(cfg)
+            cfg = compose(config_name=command, overrides=env_overrides(list(overrides or [])))
+        out = OmegaConf.to_object(cfg)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(f"bad config for `pgen {command}`: {err}") from err
+    env = getattr(out, "env", None)
+    if env is not None and not env.name:
+        env.name = default_env_name(env.id)
+    return out
 
 
 def enum_value(value: Any) -> Any:

@@ -41,8 +41,8 @@ from pgen.config import EnvConfig, EvaluateConfig, EvaluateSettings, config_from
 from pgen.rollout import HELDOUT_EVAL_SEED, actor_from_flat, evaluate_returns  # noqa: E402
 from pgen.generator.data import ParamDataset, condition_returns, load_slice, reference_actors  # noqa: E402
 from pgen.generator.sample import Generator, load_generator  # noqa: E402
-from pgen.metrics import (action_agreement, alignment_r2, cross_run_nn_median, min_relative_l2, nearest,  # noqa: E402
-                          normalised_score, spearman)
+from pgen.metrics import (NO_LEARNING_ADVICE, action_agreement, alignment_r2, cross_run_nn_median,  # noqa: E402
+                          learning_signal, learning_warning, min_relative_l2, nearest, normalised_score, spearman)
 from pgen.fileio import atomic_write  # noqa: E402
 from pgen.policy import Actor, ParamLayout, PolicySpec  # noqa: E402
 from pgen.progress import Progress, log  # noqa: E402
@@ -220,8 +220,11 @@ def evaluate_generator(cfg: EvaluateConfig, store: CheckpointStore | None = None
         "median_cross_run_nn_distance": median_cross,
         "min_relative_l2": float(rel_l2.min()), "copies": int((rel_l2 < COPY_THRESHOLD).sum()),
         "agreement_mean": float(np.mean(agreement)), "non_finite_policies": int((~np.isfinite(a_in)).sum()),
+        "learning_signal": learning_signal(data.returns, float(np.median(data.return_std)), s.episodes, r_random,
+                                           r_top),
         "targets": rows, "points": points,
     }
+    result["learned_nothing"] = not result["learning_signal"]["learned"]
     out = Path(s.out_dir).expanduser().resolve() / gen.model_id
     result["plot"] = str(plot_alignment(result, out / "alignment.png"))
     result["json"] = str(out / "evaluation.json")
@@ -263,7 +266,8 @@ def plot_alignment(result: dict[str, Any], path: Path) -> Path:
 
 
 def format_result(r: dict[str, Any]) -> str:
-    lines = [f"{r['model']}: {r['env_id']} group {r['group']} ({r['arch']}), {r['episodes']} {r['mode']} episodes"
+    warning = learning_warning(r["learning_signal"], f"evaluate {r['model']}")
+    lines = ([warning] if warning else []) + [f"{r['model']}: {r['env_id']} group {r['group']} ({r['arch']}), {r['episodes']} {r['mode']} episodes"
              f" per policy, {r['samples']} samples per target; return = group sum, mean per episode",
              f"{'target':>9} {'generated':>16} {'retrieval':>10} {'norm score':>10} {'novelty':>8} {'agree':>6}"]
     for row in r["targets"]:
@@ -281,5 +285,6 @@ def format_result(r: dict[str, Any]) -> str:
         f"novelty median {r['novelty_median']:.2f} | copies (relative L2 < {COPY_THRESHOLD:.0%}): {r['copies']}"
         f" (min {r['min_relative_l2']:.3f}) | action agreement with nearest checkpoint {r['agreement_mean']:.2f}",
         f"plot {r['plot']}\njson {r['json']}",
-    ]
+    ] + ([f"WARNING: the population learned nothing a generator can aim at (see above): {NO_LEARNING_ADVICE}"]
+         if warning else [])
     return "\n".join(lines)

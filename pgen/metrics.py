@@ -5,10 +5,14 @@
 - novelty: nearest-neighbour distance to the training checkpoints (standardised parameter space)
   over the median nearest-neighbour distance between checkpoints of different runs, and the
   relative L2 distance `‖g − x‖ / ‖x‖` to the nearest training vector (copy check);
-- behavioural agreement: the fraction of greedy actions equal to the nearest neighbour's.
+- behavioural agreement: the fraction of greedy actions equal to the nearest neighbour's;
+- learning signal: whether a slice's checkpoints show anything a generator could learn to aim at.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,26 +29,15 @@ def alignment_r2(targets: np.ndarray, achieved: np.ndarray) -> float:
     return float(1.0 - ((a - t) ** 2).sum() / spread)
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n with ties given their average rank."""
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(1, len(x) + 1)
-    for value in np.unique(x):
-        tie = x == value
-        if tie.sum() > 1:
-            ranks[tie] = ranks[tie].mean()
-    return ranks
-
-
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's ρ (`scipy.stats.spearmanr`, ties at their average rank); NaN for fewer than two
+    points or a constant side."""
+    from scipy.stats import spearmanr
+
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    if x.size < 2:
+    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
-    rx, ry = _ranks(x), _ranks(y)
-    if rx.std() == 0 or ry.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(rx, ry)[0, 1])
+    return float(spearmanr(x, y).statistic)
 
 
 def normalised_score(achieved: np.ndarray | float, r_random: float, r_top: float) -> np.ndarray | float:
@@ -97,3 +90,48 @@ def action_agreement(a: Actor, b: Actor, obs: torch.Tensor, starts: torch.Tensor
     if a.spec.discrete:
         return float((out_a.argmax(-1) == out_b.argmax(-1)).float().mean())
     return float(((out_a - out_b).abs().amax(-1) <= tol).float().mean())
+
+
+def learning_signal(returns: np.ndarray, episode_std: float, episodes: int, r_random: float,
+                    r_top: float | None = None) -> dict[str, Any]:
+    """Whether checkpoints with these `returns` (each a mean over `episodes` episodes whose returns
+    have standard deviation `episode_std`) show learning a generator can aim at.
+
+    Two failures, each a reason in the result: the best checkpoints (`r_top`, default the mean of
+    the top 10 % of `returns`) are not better than uniform random play (`r_random`) by more than
+    two standard errors of a mean over `episodes` episodes; or the returns span (max - min) less
+    than one episode's noise (`episode_std`), so there is no return to tell apart. `learned` is
+    True when neither holds.
+    """
+    returns = np.asarray(returns, np.float64)
+    if r_top is None:
+        r_top = float(np.sort(returns)[::-1][: max(1, math.ceil(0.1 * len(returns)))].mean())
+    margin = 2.0 * episode_std / math.sqrt(max(1, episodes))
+    spread = float(returns.max() - returns.min())
+    reasons = []
+    if r_top - r_random <= margin:
+        reasons.append(f"the best checkpoints play {r_top:.1f}, no better than uniform random ({r_random:.1f})"
+                       f" beyond the noise of {episodes} episodes (±{margin:.1f})")
+    if spread < episode_std:
+        reasons.append(f"the checkpoints' returns span {spread:.1f}, less than one episode's noise"
+                       f" (std {episode_std:.1f}): there is no return to tell apart")
+    return {"learned": not reasons, "reasons": reasons, "r_random": float(r_random), "r_top": float(r_top),
+            "return_spread": spread, "episode_std": float(episode_std), "episodes": int(episodes),
+            "noise_margin": float(margin)}
+
+
+NO_LEARNING_ADVICE = ("give the population more to learn from: a larger population.max_env_steps (or"
+                      " population.duration_s) and population.size, and check that the env rewards what you"
+                      " expect (env.kwargs) and the PPO settings (algo.lr, algo.ent_coef, algo.num_envs)")
+
+
+def learning_warning(signal: dict[str, Any], what: str) -> str:
+    """A prominent multi-line warning for a `learning_signal` that failed ('' when it did not)."""
+    if signal["learned"]:
+        return ""
+    bar = "!" * 100
+    lines = [bar, f"WARNING: {what}: the population learned nothing a generator can aim at:"]
+    lines += [f"  - {r}" for r in signal["reasons"]]
+    lines += [f"  The generator's figures below measure noise, not conditioning. To fix it, {NO_LEARNING_ADVICE}.", bar]
+    return "\n".join(lines)
+

@@ -19,6 +19,7 @@ from pgen.config import EvaluateConfig, PipelineConfig, PopulateConfig, TrainGen
 from pgen.envs import describe_env
 from pgen.evaluate import evaluate_generator, format_result
 from pgen.generator.train import train_generator
+from pgen.metrics import learning_warning
 from pgen.fileio import atomic_write
 from pgen.population import populate
 from pgen.progress import format_duration, log
@@ -54,11 +55,16 @@ def pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         print(format_result(result), flush=True)
         results["groups"][group] = {k: result[k] for k in (
             "model", "alignment_r2", "spearman", "retrieval_alignment_r2", "normalised_score_top", "r_random",
-            "r_top10", "novelty_median", "copies", "agreement_mean", "plot", "json")}
+            "r_top10", "novelty_median", "copies", "agreement_mean", "learned_nothing", "learning_signal", "plot",
+            "json")}
     timings["total_s"] = time.monotonic() - t0
     results["timings"] = timings
     path = out / f"pipeline-{run_id}.json"
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1)))
     log.info(f"pipeline {run_id} done in {format_duration(timings['total_s'])}: summary {path}; "
              + "; ".join(f"{g}: plot {r['plot']}" for g, r in results["groups"].items()))
+    for group, r in results["groups"].items():
+        if r["learned_nothing"]:
+            log.warning(learning_warning(r["learning_signal"], f"pipeline {run_id}, group {group}")
+                        + f"\n(population: {cfg.population.size} members × {cfg.population.max_env_steps} env steps)")
     return results

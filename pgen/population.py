@@ -326,6 +326,10 @@ def populate(cfg: PopulateConfig) -> dict[int, dict[str, Any]]:
         for m in range(cfg.population.size)
     }
     log.info(f"populate {prefix}: {cfg.population.size} members on {cfg.env.id}, store {plain['store']['uri']}")
+    fits = int(ray.cluster_resources().get("CPU", 0) // cfg.population.cpus_per_worker) if cfg.population.cpus_per_worker else 0
+    if 0 < fits < cfg.population.size and not cfg.population.resources:
+        log.info(f"the cluster has CPUs for {fits} of the {cfg.population.size} members at"
+                 f" {cfg.population.cpus_per_worker:g} CPUs each: the others start as members finish their budget")
     stop = {"requested": False}
 
     def request_stop(signum, _frame) -> None:
@@ -356,7 +360,9 @@ def populate(cfg: PopulateConfig) -> dict[int, dict[str, Any]]:
                     failed[m] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
                     log.info(f"member {m} failed and is out of restarts: {failed[m]}")
                     continue
-                if not statuses[m]["done"] and not stop["requested"]:
+                if statuses[m]["done"]:  # its CPUs go to members still waiting for a place (size > cluster)
+                    ray.kill(workers[m], no_restart=True)
+                elif not stop["requested"]:
                     inflight[workers[m].train_interval.remote()] = m
             if time.monotonic() - last_log >= cfg.log_every_s or not inflight:
                 last_log = time.monotonic()

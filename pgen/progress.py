@@ -1,4 +1,5 @@
-"""Periodic progress lines with rate and ETA for long work (training, populations, sweeps)."""
+"""Progress of long work (training, populations, sweeps): a tqdm bar on a terminal, else periodic
+log lines with rate and ETA (files, `ray job logs`, Ray workers, CI)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,29 @@ import time
 log = logging.getLogger("pgen")
 
 
+def on_terminal() -> bool:
+    """Whether stderr is a terminal a person watches (then progress is a bar)."""
+    return sys.stderr.isatty()
+
+
+class _Handler(logging.StreamHandler):
+    """Log lines that leave tqdm bars intact on a terminal (tqdm.write moves the bar below the line)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not on_terminal():
+            return super().emit(record)
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never raise (logging.Handler's own contract)
+            self.handleError(record)
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """One stderr handler for the `pgen` logger, with times; idempotent."""
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _Handler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         log.addHandler(handler)
         log.propagate = False
@@ -29,13 +49,20 @@ def format_duration(seconds: float) -> str:
 
 
 class Progress:
-    """Logs `label done/total (pct) | rate unit/s | extra | ETA` at most every `every_s` seconds."""
+    """`label done/total | rate unit/s | extra | ETA`: a tqdm bar when stderr is a terminal and the
+    total is known, else a log line at most every `every_s` seconds (and whenever `force`)."""
 
     def __init__(self, label: str, total: int | None, unit: str = "steps", every_s: float = 5.0, start: int = 0):
         self.label, self.total, self.unit, self.every_s = label, total, unit, every_s
         self.t0 = time.monotonic()
         self.start = start
         self.last_log = -float("inf")
+        self.bar = None
+        if total and on_terminal():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc=label, unit=f" {unit}", file=sys.stderr,
+                            dynamic_ncols=True, mininterval=0.5, leave=True)
 
     def rate(self, done: int) -> float:
         elapsed = time.monotonic() - self.t0
@@ -52,6 +79,14 @@ class Progress:
         return " | ".join(parts)
 
     def update(self, done: int, extra: str = "", force: bool = False) -> None:
+        if self.bar is not None:
+            self.bar.n = done
+            if extra:
+                self.bar.set_postfix_str(extra, refresh=False)
+            self.bar.refresh() if force else self.bar.update(0)
+            if done >= self.total:
+                self.bar.close()
+            return
         now = time.monotonic()
         if force or now - self.last_log >= self.every_s:
             self.last_log = now

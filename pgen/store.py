@@ -6,9 +6,9 @@ contract in DESIGN.md ("Store URI", "Layout under the store", "Checkpoint record
 
 - Every object is written whole and once: locally a temp file (name starting with ".") is
   hard-linked to its final name, which fails if that name exists; on S3 a single PUT with
-  `If-None-Match: *`, after a HEAD that finds no object there, so a store that ignores the
-  condition (some S3-compatible servers accept it and overwrite anyway) is not overwritten by a
-  writer that comes later either. Pointers are the only objects that may be overwritten: plainly
+  `If-None-Match: *`. Some S3-compatible servers accept that condition and overwrite anyway: a
+  probe before the first write-once PUT finds out, and on such a server each write-once PUT is
+  preceded by a HEAD, so a writer that comes later never overwrites. Pointers are the only objects that may be overwritten: plainly
   (`put_pointer`) or forward only (`advance_pointer`: compare-and-swap, `If-Match` on S3, a lock
   file locally).
 - S3 calls retry transient failures (connection errors, timeouts, 5xx, throttling) with botocore's
@@ -210,6 +210,7 @@ class _S3Backend:
         self.client.meta.events.register("needs-retry.s3", self._log_retry)
         self.bucket, self.prefix, self.retry_s = bucket, prefix, retry_s
         self.endpoint = self.client.meta.endpoint_url
+        self._enforces: bool | None = None  # `enforces_conditions`, once known
         # fail fast on a missing bucket / bad credentials (listing is needed by readers anyway)
         self._call("list", "", lambda: self.client.list_objects_v2(Bucket=bucket, Prefix=self._full(""), MaxKeys=1))
 
@@ -223,6 +224,8 @@ class _S3Backend:
         from botocore.retries.standard import RetryContext, ThrottledRetryableChecker, TransientRetryableChecker
 
         http, parsed = response if response is not None else (None, None)
+        if caught_exception is None and http is not None and http.status_code < 400:
+            return  # the common case, answered before any work
         context = RetryContext(attempt_number=attempts, operation_model=operation, http_response=http,
                                parsed_response=parsed, caught_exception=caught_exception,
                                request_context=request_dict.get("context", {}))
@@ -256,8 +259,29 @@ class _S3Backend:
             raise StoreError(f"S3 {op} {where}: still failing after {self.attempts} attempts"
                              f" (store.retry_s={self.retry_s:g}): {reason}") from e
 
+    def enforces_conditions(self) -> bool:
+        """Whether this server answers a second `If-None-Match: *` PUT of a key with 412, asked once
+        (two PUTs and a DELETE of a probe object under `_pgen/`) before the first write-once PUT."""
+        if self._enforces is None:
+            probe = self._full(f"_pgen/conditional-write-probe-{uuid.uuid4().hex}")
+            def put() -> bool:
+                self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"", IfNoneMatch="*")
+                return False  # when it is the second PUT: it overwrote, so the condition is ignored
+
+            self._call("put", probe, put, expect={"PreconditionFailed": False, "412": False})  # 412: a retry found it
+            self._enforces = self._call("put", probe, put, expect={"PreconditionFailed": True, "412": True})
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=probe)
+            except Exception:  # noqa: BLE001 - a probe left behind is harmless (readers never list _pgen/)
+                pass
+            if not self._enforces:
+                log.warning(f"store: {self.endpoint} ignores If-None-Match (overwrote a write-once object):"
+                            " pgen checks with a HEAD before each write-once PUT instead; two writers of the"
+                            " same key at the same instant are not kept apart on such a server")
+        return self._enforces
+
     def put_once(self, key: str, data: bytes) -> bool:
-        if self.exists(key):  # never overwrite, even on a server that ignores If-None-Match
+        if not self.enforces_conditions() and self.exists(key):  # never overwrite on a server that ignores it
             return False
 
         def put() -> bool:

@@ -31,7 +31,6 @@ import yaml
 from pgen.generator.sample import load_generator
 from pgen.store import CheckpointStore
 from tests.s3server import free_port, free_ports
-from tests.test_pipeline import TINY_PIPELINE
 from tests.test_population import TINY, assert_complete_runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -195,12 +194,22 @@ class PipelineRun:
     out_dir: Path
 
 
+# the smallest pipeline that runs every stage (a job's plumbing is under test here, not learning):
+# 2 members × 1,200 env steps, 200 per checkpoint
+SMALLEST_PIPELINE = [
+    *TINY, "population.size=2", "population.max_env_steps=1200", "policy.hidden=[8]",
+    "generator.d_model=16", "generator.n_layers=1", "generator.latent_dim=4", "generator.epochs=3",
+    "generator.batch_size=8", "evaluate.episodes=4", "evaluate.samples=2", "evaluate.targets=2",
+    "evaluate.max_top=2", "evaluate.states=2",
+]
+
+
 @pytest.fixture(scope="module")
 def pipeline_run(ray_cluster, s3_server, tmp_path_factory) -> PipelineRun:
     """`pgen pipeline` on the tiny profile as one job; its generator is what Serve serves below."""
     store_uri, out_dir = new_bucket(), tmp_path_factory.mktemp("pipeline-job")
     # out_dir is absolute: a job's relative paths land in its unpacked working dir on the driver's node
-    out = submit(ray_cluster, "pgen", "pipeline", *TINY_PIPELINE, f"store.uri={store_uri}", f"out_dir={out_dir}",
+    out = submit(ray_cluster, "pgen", "pipeline", *SMALLEST_PIPELINE, f"store.uri={store_uri}", f"out_dir={out_dir}",
                  "run_id=cpipe", timeout=600)
     return PipelineRun(store_uri, out.stdout + out.stderr, out.returncode, out_dir)
 

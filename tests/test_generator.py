@@ -17,12 +17,12 @@ import torch
 
 from pgen.config import GeneratorConfig, compose_config
 from pgen.envs import env_key
-from pgen.generator.data import (Normalizer, Tokenizer, load_slice, permutation_index, return_balance_weights,
-                                 split_by_run)
+from pgen.generator.data import (Normalizer, ParamDataset, Tokenizer, load_slice, permutation_index,
+                                 return_balance_weights, split_by_run)
 from pgen.generator.sample import GeneratorNotFound, list_generators, load_generator, resolve_model, save_generator
 from pgen.generator.train import fit, train_generator
-from pgen.metrics import (action_agreement, alignment_r2, cross_run_nn_median, min_relative_l2, nearest,
-                          normalised_score, spearman)
+from pgen.metrics import (action_agreement, alignment_r2, cross_run_nn_median, learning_signal, min_relative_l2,
+                          nearest, normalised_score, spearman)
 from pgen.policy import Actor, PolicySpec, read_policy_file
 from pgen.store import CheckpointStore, params_checksum
 
@@ -133,6 +133,75 @@ def test_metrics_match_their_definitions():
     a = Actor(SMALL)
     obs = torch.randn(5, 3, 18)
     assert action_agreement(a, a, obs, torch.ones(5, 3)) == 1.0
+
+
+def test_learning_signal_flags_a_population_that_learned_nothing():
+    # the case a new user met: every member at uniform random's level
+    flat = learning_signal(np.array([-17.0, -16.6, -18.0, -19.0]), episode_std=6.0, episodes=20, r_random=-14.9)
+    assert not flat["learned"] and len(flat["reasons"]) == 2
+    assert "no better than uniform random" in flat["reasons"][0] and "span 2.4" in flat["reasons"][1]
+    good = learning_signal(np.linspace(-180, -40, 100), episode_std=20.0, episodes=20, r_random=-80.0)
+    assert good["learned"] and good["r_top"] == pytest.approx(np.linspace(-180, -40, 100)[-10:].mean())
+    # far above random, but every checkpoint the same within the noise: nothing to condition on
+    assert learning_signal(np.array([-40.0, -41.0, -39.5]), 8.0, 20, -80.0)["reasons"][0].startswith("the checkpoints'")
+    # a better-than-random top, by less than two standard errors: not learned
+    assert not learning_signal(np.array([-80.0, -60.0, -78.0]), 30.0, 4, -80.0, r_top=-60.0)["learned"]
+
+
+def test_a_higher_condition_yields_a_higher_return_and_a_condition_blind_generator_does_not():
+    """The core promise on data where the return is a known function of the weights (a projection of
+    their distance from the initial policy), so achieved returns need no env: conditioned on the
+    return, generated policies' returns follow the targets; conditioned on shuffled returns, not."""
+    rng = np.random.default_rng(0)
+    init = Actor(SMALL).flat_params()
+    u = rng.normal(size=init.size)
+    u /= np.linalg.norm(u)
+
+    def achieved(p: np.ndarray) -> np.ndarray:
+        return 10.0 * (np.asarray(p, np.float64) - init) @ u
+
+    params, runs = [], []
+    for r in range(5):  # each run drifts along u at its own speed and along a direction of its own
+        drift = rng.normal(size=init.size)
+        drift -= (drift @ u) * u
+        drift /= np.linalg.norm(drift)
+        speed = rng.uniform(0.5, 1.5)
+        for k in range(30):
+            params.append(init + 0.1 * k * speed * u + 0.05 * k * drift + rng.normal(0, 0.01, init.size))
+            runs.append(f"r{r}")
+    params = np.stack(params).astype(np.float32)
+    returns, n = achieved(params), len(params)
+    cfg = replace(TINY_GEN, epochs=40, batch_size=16, kl_warmup_epochs=10)
+    targets = np.linspace(np.percentile(returns, 5), np.percentile(returns, 95), 8)
+
+    def rho(condition: np.ndarray) -> float:
+        data = ParamDataset(params, condition, np.array(runs), np.tile(np.arange(30), 5), np.ones(n), np.full(n, 4))
+        gen = fit(cfg, data, SMALL, seed=0).generator
+        return spearman(np.repeat(targets, 3), achieved(gen.generate(targets, num=3, seed=1, temperature=0.5)))
+
+    assert rho(returns) >= 0.8
+    assert rho(rng.permutation(returns)) < 0.5  # the same model and data, blind to the return
+
+
+def test_a_slice_that_learned_nothing_is_flagged_by_train_generator_and_evaluate(tmp_path):
+    store = CheckpointStore(str(tmp_path / "store"))
+    for rows in synthetic_records(SMALL):  # every checkpoint plays at uniform random's level, give or take
+        for seq, row in enumerate(rows):
+            row["return_mean"], row["return_std"] = -80.0 + 0.1 * seq, 20.0
+            store.write_part([row], row["env_key"], "agent", SMALL.arch_key, row["run_id"], seq)
+    common = [f"store.uri={store.uri}"]
+    out = pgen("train-generator", *common, "policy.hidden=[8]", "generator.epochs=2", "generator.d_model=16",
+               "generator.n_layers=1", "generator.latent_dim=4", f"out_dir={tmp_path / 'gen'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "learned nothing a generator can aim at" in out.stderr and "population.max_env_steps" in out.stderr
+    gen = load_generator(store, None)
+    assert gen.info["dataset"]["learning_signal"]["learned"] is False
+    out = pgen("evaluate", *common, "evaluate.episodes=4", "evaluate.samples=1", "evaluate.targets=2",
+               "evaluate.max_top=2", "evaluate.states=2", f"evaluate.out_dir={tmp_path / 'ev'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("!!!") and "WARNING" in out.stdout.splitlines()[-1]
+    result = json.loads(next((tmp_path / "ev").rglob("evaluation.json")).read_text())
+    assert result["learned_nothing"] is True and result["learning_signal"]["reasons"]
 
 
 def synthetic_records(spec: PolicySpec, runs: int = 3, per_run: int = 12, seed: int = 0) -> list[list[dict]]:

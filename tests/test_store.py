@@ -169,16 +169,17 @@ def test_retry_classification(s3_server, tmp_path, caplog):
 
     from tests.s3server import S3Server
 
-    with S3Server(persist=False, state_dir=tmp_path / "moto", fail_puts=1) as lossy:
+    # the first two object PUTs lose their reply: the store's conditional-write probe, then a/b
+    with S3Server(persist=False, state_dir=tmp_path / "moto", fail_puts=2) as lossy:
         boto3.client("s3", endpoint_url=lossy.endpoint_url).create_bucket(Bucket="lossy")
         store = CheckpointStore("s3://lossy/pgen", endpoint_url=lossy.endpoint_url, retry_s=10)
         with caplog.at_level(logging.WARNING, "pgen"):
             assert store.put_once("a/b", b"x") is False  # stored, the reply lost, the retry gets 412
         assert "500 InternalError); retry 1 of" in caplog.text and "testing" not in caplog.text
+        assert "ignores If-None-Match" not in caplog.text  # moto enforces it
         assert store.get("a/b") == b"x" and store.put_once("a/c", b"y") is True
     client = store._backend.client
     with Stubber(client) as stub:
-        stub.add_client_error("head_object", "404", http_status_code=404)
         stub.add_client_error("put_object", "AccessDenied", http_status_code=403)
         t0 = time.monotonic()
         with pytest.raises(StoreError, match="access denied"):
@@ -278,3 +279,18 @@ def test_latest_never_moves_back_under_concurrent_registrations(store, older_las
     assert resolve_model(store, "race") == ("race", "v0003")
     assert store.get("generators/race/LATEST").decode().strip() == "v0003"
     assert [m["version"] for m in list_generators(store) if m["latest"]] == ["v0003"]
+
+
+def test_put_once_never_overwrites_on_a_server_that_ignores_conditions(s3_server, tmp_path, caplog):
+    import boto3
+
+    from tests.s3server import S3Server
+
+    with S3Server(persist=False, state_dir=tmp_path / "moto", ignore_conditional_writes=True) as lax:
+        boto3.client("s3", endpoint_url=lax.endpoint_url).create_bucket(Bucket="lax")
+        store = CheckpointStore("s3://lax/pgen", endpoint_url=lax.endpoint_url, retry_s=5)
+        with caplog.at_level(logging.WARNING, "pgen"):
+            assert store.put_once("a/b", b"first") is True
+            assert store.put_once("a/b", b"second") is False
+        assert store.get("a/b") == b"first" and "ignores If-None-Match" in caplog.text
+        assert store.list("") == ["a/b"]  # the probe is gone

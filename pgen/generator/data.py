@@ -33,7 +33,7 @@ from pgen.policy import Actor, ParamLayout, PolicySpec
 from pgen.rollout import actor_from_flat
 from pgen.store import CheckpointStore
 
-COLUMNS = ["run_id", "step", "return_mean", "params", "created_at"]
+COLUMNS = ["run_id", "step", "return_mean", "return_std", "episodes", "params", "created_at"]
 
 
 @dataclass
@@ -44,13 +44,16 @@ class ParamDataset:
     returns: np.ndarray  # [N] float64, the record's return_mean
     run_ids: np.ndarray  # [N] str
     steps: np.ndarray  # [N] int64
+    return_std: np.ndarray  # [N] float64, std of the per-episode returns behind `returns`
+    episodes: np.ndarray  # [N] int, how many episodes `returns` averages
     bad_rows: int = 0
 
     def __len__(self) -> int:
         return len(self.returns)
 
     def subset(self, idx: np.ndarray) -> "ParamDataset":
-        return ParamDataset(self.params[idx], self.returns[idx], self.run_ids[idx], self.steps[idx])
+        return ParamDataset(self.params[idx], self.returns[idx], self.run_ids[idx], self.steps[idx],
+                            self.return_std[idx], self.episodes[idx])
 
 
 def load_slice(store: CheckpointStore, env_key: str, group: str, arch: str, num_params: int,
@@ -68,7 +71,8 @@ def load_slice(store: CheckpointStore, env_key: str, group: str, arch: str, num_
     if params.size != len(table) * num_params:
         raise ValueError(f"slice {env_key}/{group}/{arch}: rows do not have {num_params} params each")
     data = ParamDataset(params.reshape(len(table), num_params), table["return_mean"].to_numpy(),
-                        np.asarray(table["run_id"].to_pylist()), table["step"].to_numpy(), result.bad_rows)
+                        np.asarray(table["run_id"].to_pylist()), table["step"].to_numpy(),
+                        table["return_std"].to_numpy(), table["episodes"].to_numpy(), result.bad_rows)
     order = np.lexsort((data.steps, data.run_ids))
     out = data.subset(order)
     out.bad_rows = result.bad_rows

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 
 from pgen.config import EnvConfig, GeneratorConfig, TrainGeneratorConfig, enum_value, to_dict
 from pgen.envs import describe_env, env_key
@@ -30,7 +31,8 @@ from pgen.plots import plot_curves
 from pgen.fileio import atomic_write
 from pgen.policy import PolicySpec
 from pgen.progress import Progress, log
-from pgen.rollout import reference_returns
+from pgen.metrics import learning_signal, learning_warning
+from pgen.rollout import evaluate_returns, reference_returns
 from pgen.state import optimizer_tensors, restore_optimizer
 from pgen.store import CheckpointStore, open_store
 
@@ -104,18 +106,11 @@ def fit(cfg: GeneratorConfig, data: ParamDataset, spec: PolicySpec, seed: int, c
     balance = (torch.from_numpy(return_balance_weights(train.returns, cfg.return_balance))
                if cfg.return_balance != 0 else None)  # the weights check the value (negative, NaN, inf)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
+    schedule = lr_schedule(optimizer, cfg.lr, cfg.epochs * steps_per_epoch)
     history: list[dict[str, float]] = []
     start_epoch = 0
     if resume is not None:
-        start_epoch, history = _load_fit_state(Path(resume), model, optimizer, rng)
-
-    def lr_at(step: int) -> float:  # linear warm-up over 5 % of the steps, then cosine to 10 %
-        warm = max(1, total_steps // 20)
-        if step < warm:
-            return cfg.lr * (step + 1) / warm
-        progress = (step - warm) / max(1, total_steps - warm)
-        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        start_epoch, history = _load_fit_state(Path(resume), model, optimizer, schedule, rng)
 
     progress = Progress(label, cfg.epochs, unit="epochs", every_s=cfg.log_every_s, start=start_epoch)
     for epoch in range(start_epoch, cfg.epochs):
@@ -126,8 +121,7 @@ def fit(cfg: GeneratorConfig, data: ParamDataset, spec: PolicySpec, seed: int, c
                  else torch.multinomial(balance, len(train), replacement=True, generator=rng))
         sums = np.zeros(3)
         for b in range(steps_per_epoch):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(epoch * steps_per_epoch + b)
+            lr = optimizer.param_groups[0]["lr"]
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size].to(device)
             x = _augment(x_train[idx], perms, cfg, rng)
             recon, kl = _losses(model, tokenizer, masks, x, c_train[idx], rng, free_bits=cfg.free_bits)
@@ -136,10 +130,11 @@ def fit(cfg: GeneratorConfig, data: ParamDataset, spec: PolicySpec, seed: int, c
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
+            schedule.step()
             sums += np.array([loss.item(), recon.item(), kl.item()]) * len(idx)
         train_loss, train_recon, train_kl = sums / len(train)
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "train_recon": train_recon, "train_kl": train_kl,
-                   "beta": beta, "lr": optimizer.param_groups[0]["lr"]}
+                   "beta": beta, "lr": lr}
         if x_val is not None:
             model.eval()
             with torch.no_grad():
@@ -148,7 +143,7 @@ def fit(cfg: GeneratorConfig, data: ParamDataset, spec: PolicySpec, seed: int, c
         metrics["epoch_s"] = time.perf_counter() - t0
         history.append(metrics)
         if callback is not None:
-            callback(metrics, lambda folder: _save_fit_state(Path(folder), model, optimizer, rng, history))
+            callback(metrics, lambda folder: _save_fit_state(Path(folder), model, optimizer, schedule, rng, history))
         shown = f"loss {train_loss:.4f} recon {train_recon:.4f} kl {train_kl:.1f}"
         if "val_recon" in metrics:
             shown += f" | val recon {metrics['val_recon']:.4f}"
@@ -160,25 +155,37 @@ def fit(cfg: GeneratorConfig, data: ParamDataset, spec: PolicySpec, seed: int, c
                      sorted(set(train.run_ids.tolist())), sorted(set(val.run_ids.tolist())))
 
 
-def _save_fit_state(folder: Path, model: ParamVAE, optimizer: torch.optim.Optimizer, rng: torch.Generator,
-                    history: list[dict[str, float]]) -> None:
+def lr_schedule(optimizer: torch.optim.Optimizer, lr: float, total_steps: int) -> LRScheduler:
+    """Linear warm-up from lr/warm to `lr` over the first 5 % of the steps, then cosine decay to 10 % of
+    `lr` at the last step (stepped once per optimizer step)."""
+    warm = max(1, total_steps // 20)
+    return SequentialLR(optimizer, [LinearLR(optimizer, start_factor=1 / warm, end_factor=1.0, total_iters=max(1, warm - 1)),
+                                    CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warm), eta_min=0.1 * lr)],
+                        milestones=[warm])
+
+
+def _save_fit_state(folder: Path, model: ParamVAE, optimizer: torch.optim.Optimizer, schedule: LRScheduler,
+                    rng: torch.Generator, history: list[dict[str, float]]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     opt_tensors, opt_meta = optimizer_tensors("optim", optimizer)
     tensors = {**{f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                **{k: v.cpu() for k, v in opt_tensors.items()}, "rng": rng.get_state()}
     atomic_write(folder / "fit.safetensors", lambda tmp: save_file(tensors, tmp))
-    meta = {"epoch": len(history), "history": history, "optimizer": opt_meta}
+    meta = {"epoch": len(history), "history": history, "optimizer": opt_meta, "schedule": schedule.state_dict()}
     atomic_write(folder / "fit.json", lambda tmp: Path(tmp).write_text(json.dumps(meta)))
 
 
-def _load_fit_state(folder: Path, model: ParamVAE, optimizer: torch.optim.Optimizer,
+def _load_fit_state(folder: Path, model: ParamVAE, optimizer: torch.optim.Optimizer, schedule: LRScheduler,
                     rng: torch.Generator) -> tuple[int, list[dict[str, float]]]:
     meta = json.loads((folder / "fit.json").read_text())
+    if "schedule" not in meta:
+        raise ValueError(f"{folder} is the fit state of an older pgen (no learning-rate schedule): start the fit anew")
     tensors = load_file(str(folder / "fit.safetensors"))
     device = next(model.parameters()).device
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     restore_optimizer(optimizer, "optim", {k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")},
                       meta["optimizer"])
+    schedule.load_state_dict(meta["schedule"])
     rng.set_state(tensors["rng"])
     return int(meta["epoch"]), list(meta["history"])
 
@@ -231,6 +238,7 @@ class TrainingSlice:
     data: ParamDataset
     reference: dict[str, Any]  # the other groups' fixed policies (`reference_policies`)
     rescore_episodes: int = 0  # 0: data.returns are the records' own
+    learning: dict[str, Any] = field(default_factory=dict)  # `metrics.learning_signal` of the slice
 
     def info(self, seed: int, train_runs: list[str], val_runs: list[str]) -> dict[str, Any]:
         """The slice's part of a version's config.json: env, group, policy, dataset summary, reference."""
@@ -244,7 +252,7 @@ class TrainingSlice:
                    "max_step": {r: int(data.steps[data.run_ids == r].max()) for r in runs},
                    "return_min": float(returns.min()), "return_max": float(returns.max()),
                    "return_p5": float(np.percentile(returns, 5)), "return_p95": float(np.percentile(returns, 95)),
-                   "return_top10_recorded": float(top.mean())}
+                   "return_top10_recorded": float(top.mean()), "learning_signal": self.learning}
         if self.rescore_episodes:
             dataset["rescored"] = {"episodes": self.rescore_episodes, "returns": {
                 r: [[int(st), float(v)] for st, v in zip(data.steps[data.run_ids == r], data.returns[data.run_ids == r])]
@@ -270,18 +278,25 @@ def open_slice(store: CheckpointStore, env_cfg: EnvConfig, policy_cfg: Any, gen_
              f" ({data.bad_rows} bad rows skipped), returns {data.returns.min():.1f} .. {data.returns.max():.1f}")
     reference = reference_policies(store, key, group, spec.arch_key, data)
     rescore = gen_cfg.rescore_episodes if reference["groups"] else 0
+    others = reference_actors(store, {"reference": reference, "env_key": key, "policy_spec": spec.to_json()},
+                              env_cfg)
     if rescore:
-        others = reference_actors(store, {"reference": reference, "env_key": key, "policy_spec": spec.to_json()},
-                                  env_cfg)
-        returns = reference_returns(env_cfg, others, group, spec, data.params, rescore,
-                                    label=f"{label} {name}: rescore against {reference['run_id']}@{reference['step']}"
-                                    ).mean(axis=1)
+        episodes = reference_returns(env_cfg, others, group, spec, data.params, rescore,
+                                     label=f"{label} {name}: rescore against {reference['run_id']}@{reference['step']}")
+        returns = episodes.mean(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):  # nan when either side is constant
             corr = np.corrcoef(returns, data.returns)[0, 1]
         log.info(f"{label} {name}: returns against the reference {returns.min():.1f} .. {returns.max():.1f}"
                  f" (correlation with the recorded ones {corr:.2f})")
-        data = replace(data, returns=returns)
-    return TrainingSlice(store, env_cfg, key, group, spec, name, data, reference, rescore)
+        data = replace(data, returns=returns, return_std=episodes.std(axis=1),
+                       episodes=np.full(len(returns), rescore))
+    # is there anything to learn? uniform random play on the episodes the returns were measured on
+    n_episodes = int(np.median(data.episodes))
+    r_random = float(evaluate_returns(env_cfg, {**others, group: None}, n_episodes)[group].mean())
+    learning = learning_signal(data.returns, float(np.median(data.return_std)), n_episodes, r_random)
+    if not learning["learned"]:
+        log.warning(learning_warning(learning, f"{label} {name}"))
+    return TrainingSlice(store, env_cfg, key, group, spec, name, data, reference, rescore, learning)
 
 
 def train_generator(cfg: TrainGeneratorConfig, store: CheckpointStore | None = None) -> Generator:

@@ -1,0 +1,242 @@
+"""Every command example of README.md, run as a user would type it.
+
+The examples are read from the README's ```bash blocks. Each has an entry in `EXAMPLES`: how the test
+runs it (`Run`: appended overrides that shrink its budget, then to completion or to its first sign
+of life), or which test runs it elsewhere (`Elsewhere`). An example without an entry, or an entry
+whose example left the README, fails `test_every_readme_example_has_a_test`, so an example cannot be
+added or changed without a test that runs it.
+
+The examples run in order, in one scratch folder (so `./pgen-store` and `pgen-runs/` carry from one
+to the next, as for a user going down the page), with the S3 test server as `AWS_ENDPOINT_URL`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+import pytest
+import requests
+
+from tests.s3server import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# budgets small enough for seconds, appended after the example's own arguments (the last value wins)
+LEARN = ["algo.num_envs=4", "algo.rollout_steps=25", "algo.update_epochs=1", "log_every_s=1"]
+TRAIN = [*LEARN, "population.max_env_steps=200"]
+POPULATE = [*LEARN, "population.max_env_steps=400", "population.checkpoint_every=2", "population.eval_episodes=4",
+            "population.cpus_per_worker=0.5"]
+GENERATOR = ["generator.epochs=2", "generator.d_model=16", "generator.n_layers=1", "generator.latent_dim=4",
+             "generator.batch_size=8", "generator.rescore_episodes=2"]
+EVALUATE = ["evaluate.episodes=4", "evaluate.samples=1", "evaluate.targets=2", "evaluate.max_top=2",
+            "evaluate.states=2"]
+TUNE = [*GENERATOR, *EVALUATE, "tune.num_samples=2", "tune.grace_period=1", "tune.checkpoint_every=1", "log_every_s=2"]
+SERVE = ["serve.seed_eval_episodes=2", "serve.max_replicas=1"]
+MODEL = "simple_spread-agent-mlp-18x64x64x5-tanh"
+
+
+@dataclass
+class Run:
+    """Run the example here: `tiny` appended to it; `ready` (a regex on its output, or "http" for an
+    endpoint answering /healthz) marks a long-running one, stopped with SIGINT once seen;
+    `while_up`: README examples run while it is up; `before`: pgen commands run first."""
+
+    tiny: list[str] = field(default_factory=list)
+    ready: str | None = None
+    while_up: list[str] = field(default_factory=list)
+    before: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Elsewhere:
+    """The example runs in `where` (a test, or the CI entry point), not here."""
+
+    where: str
+
+
+EXAMPLES: dict[str, Run | Elsewhere] = {
+    # quick start
+    'python3 -m pip install "torch==2.13.0" -e . && pgen pipeline':
+        Elsewhere("tests/test_pipeline.py::test_pipeline_runs_populate_train_evaluate (pgen pipeline, tiny budget)"),
+    'python3 -m pip install "torch==2.13.0" -e ".[dev]" && python3 -m pytest -q': Elsewhere(".ci/run"),
+    # pgen train
+    "pgen train env=simple_tag algo=ippo seed=3": Run(TRAIN),
+    "pgen train policy=gru population.max_env_steps=500000": Run(TRAIN),
+    "pgen train env.kwargs.continuous_actions=true": Run(TRAIN),
+    "pgen train env.id=pettingzoo.sisl.pursuit_v5": Run(TRAIN),
+    "pgen train env.id=mpe2.simple_push_v3 env.kwargs.max_cycles=50": Run(TRAIN),
+    "pgen train run_id=my-run resume=true": Run(TRAIN),
+    # populations and the store
+    "pgen populate population.size=4 population.max_env_steps=1000000": Run(POPULATE),
+    "pgen populate store.uri=s3://my-bucket/pgen population.duration_s=3600": Run(POPULATE),
+    "pgen dataset": Run(),
+    # the generator
+    "pgen train-generator": Run(GENERATOR),
+    "pgen train-generator env=simple_tag generator.group=adversary generator.epochs=200":
+        Run(GENERATOR, before=["pgen populate env=simple_tag population.size=2 " + " ".join(POPULATE)]),
+    f"pgen generate model={MODEL} target_return=-50 num=8 seed=1 out=p.safetensors": Run(),
+    f"pgen generate model={MODEL}@v0001 target_return=-50 temperature=1.0": Run(),
+    f"pgen evaluate model={MODEL} evaluate.extra_targets=[-30]": Run(EVALUATE),
+    "tensorboard --logdir pgen-runs/generators": Run(["--port", "{port}"], ready=r"TensorBoard \S+ at http"),
+    # serving
+    "pgen serve store.uri=./pgen-store": Run(
+        [*SERVE, "serve.port={port}"], ready="http",
+        while_up=[
+            "curl localhost:8000/v1/models",
+            f"curl -X POST localhost:8000/v1/generate -H 'Content-Type: application/json' -d '{{\"model\": \"{MODEL}\","
+            ' "target_return": -45, "num": 2, "seed": 1}\'',
+            f"curl -X POST localhost:8000/v1/generate -H 'Content-Type: application/json' -o p.safetensors -d"
+            f" '{{\"model\": \"{MODEL}@v0001\", \"target_return\": -45, \"format\": \"safetensors\"}}'",
+            "curl -X POST localhost:8000/v1/seed -H 'Content-Type: application/json' -H \"Authorization: Bearer"
+            f" $PGEN_SERVE_TOKEN\" -d '{{\"model\": \"{MODEL}\", \"target_return\": -45, \"population_size\": 4}}'",
+        ]),
+    "serve run serve.app:app store.uri=$PWD/pgen-store": Run(SERVE, ready="http"),
+    "serve deploy serve/config.yaml": Elsewhere("tests/test_cluster_job.py::test_serve_deploy_then_generate"),
+    "serve deploy serve/config.gpu.yaml": Elsewhere(
+        "needs GPU nodes; tests/test_cluster.py checks the file is a valid Serve config of the same app"),
+    "pgen populate population.seed_from=<run_id> population.size=4": Run(POPULATE),
+    f"pgen populate population.seed.model={MODEL} population.seed.target_return=-45": Elsewhere(
+        "tests/test_seeding.py::test_population_members_seeded_through_a_deployment_handle (needs a running app)"),
+    # sweeps
+    "pgen tune": Run(TUNE),
+    "pgen tune profile=full env=simple_tag generator.group=adversary": Run(TUNE),
+    "pgen tune tune.search=optuna tune.num_samples=16": Run(TUNE),
+    "pgen tune store.uri=s3://bucket/pgen tune.storage=s3://bucket/tune": Run(
+        TUNE, before=["pgen populate store.uri=s3://bucket/pgen " + " ".join(POPULATE)]),
+    "pgen tune tune.name=<name> resume=true": Elsewhere(
+        "tests/test_tune.py::test_sweep_survives_a_killed_trial_and_an_interruption_then_registers_the_best"),
+    # on a cluster
+    "ray up cluster/aws.yaml && ray dashboard cluster/aws.yaml &": Elsewhere(
+        "a cloud account; tests/test_cluster.py::test_ray_up_config_passes_rays_validation validates the config"),
+    'ray job submit --runtime-env-json "$(python cluster/job_env.py)" --working-dir . -- pgen populate'
+    " store.uri=s3://<your-bucket>/pgen population.size=64 +population.resources.population=1": Elsewhere(
+        "tests/test_cluster_job.py::test_populate_job_streams_to_s3_and_ray_job_stop_lets_it_finish"),
+}
+
+
+def readme_examples(path: Path = ROOT / "README.md") -> list[str]:
+    """The commands of the README's ```bash blocks: continuation lines joined, comments dropped,
+    `export` lines (settings, not commands) left out."""
+    commands, block, pending = [], False, ""
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            block = line.strip() == "```bash"
+            continue
+        if not block:
+            continue
+        text = re.sub(r"\s{2,}#.*$", "", line).strip()  # a comment: after two spaces or more
+        if text.endswith("\\"):
+            pending += text[:-1].strip() + " "
+            continue
+        text = (pending + text).strip()
+        pending = ""
+        if text and not text.startswith(("#", "export ")):
+            commands.append(text)
+    return commands
+
+
+def test_every_readme_example_has_a_test():
+    examples = readme_examples()
+    served = {c for run in EXAMPLES.values() if isinstance(run, Run) for c in run.while_up}
+    missing = [c for c in examples if c not in EXAMPLES and c not in served]
+    stale = [c for c in [*EXAMPLES, *served] if c not in examples]
+    assert not missing, f"README examples with no entry in EXAMPLES (add how they are tested): {missing}"
+    assert not stale, f"EXAMPLES entries no longer in the README: {stale}"
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory, s3_server):
+    """A scratch folder to run the examples in, its environment (the S3 test server, a serve token),
+    and the buckets the examples name."""
+    folder = tmp_path_factory.mktemp("readme")
+    s3 = boto3.client("s3")
+    for bucket in ("my-bucket", "bucket"):
+        s3.create_bucket(Bucket=bucket)
+    env = {**os.environ, "PGEN_SERVE_TOKEN": "readme-token", "RAY_DEDUP_LOGS": "0"}
+    return folder, env
+
+
+def _shell(command: str, cwd: Path, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _fill(args: list[str], port: int) -> str:
+    return " ".join(a.replace("{port}", str(port)) for a in args)
+
+
+def _substitute(command: str, cwd: Path) -> str:
+    """Placeholders a user fills in with what they have: a run id of theirs."""
+    if "<run_id>" in command:
+        runs = sorted(p.name for p in (cwd / "pgen-store" / "runs").iterdir())
+        command = command.replace("<run_id>", runs[0])
+    return command
+
+
+def _until_ready(command: str, run: Run, cwd: Path, env: dict, port: int, timeout: float = 240) -> str:
+    """Start a long-running example, wait until it is ready, run `while_up`, stop it with SIGINT."""
+    log = cwd / f"example-{port}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert proc.poll() is None, f"{command!r} exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
+            assert time.monotonic() < deadline, f"{command!r} never became ready:\n{log.read_text()[-4000:]}"
+            if run.ready == "http":
+                try:
+                    if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+            elif re.search(run.ready, log.read_text()):
+                break
+            time.sleep(0.5)
+        for example in run.while_up:
+            out = _shell(example.replace("localhost:8000", f"localhost:{port}") + " --fail-with-body -sS", cwd, env)
+            assert out.returncode == 0, f"{example!r}: {out.stdout[-2000:]} {out.stderr[-2000:]}"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(timeout=60)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return log.read_text()
+
+
+@pytest.mark.parametrize("example", [c for c, run in EXAMPLES.items() if isinstance(run, Run)])
+def test_readme_example_runs(user, example):
+    cwd, env = user
+    run = EXAMPLES[example]
+    for command in run.before:
+        out = _shell(command, cwd, env)
+        assert out.returncode == 0, f"{command!r}:\n{out.stderr[-4000:]}"
+    port = free_port()
+    command = f"{_substitute(example, cwd)} {_fill(run.tiny, port)}"
+    if run.ready is not None:
+        if example.startswith("serve run"):  # Serve's CLI has no port option: its HTTP port is the default, 8000
+            assert not _taken(8000), "port 8000 is taken on this machine: `serve run` cannot bind it"
+            port = 8000
+        _until_ready(command, run, cwd, env, port)
+        return
+    out = _shell(command, cwd, env)
+    assert out.returncode == 0, f"{command!r} exited with {out.returncode}:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
+    assert "Traceback" not in out.stderr, out.stderr[-4000:]
+
+
+def _taken(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
