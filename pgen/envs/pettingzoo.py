@@ -11,7 +11,7 @@ import numpy as np
 from gymnasium import spaces
 
 from pgen.config import EnvConfig
-from pgen.envs.base import GroupStep, VecStep, copy_seeds
+from pgen.envs.base import GroupStep, VecStep, copy_seeds, episode_summaries
 from pgen.envs.loading import AgentGroup, EnvError, global_state, group_agents, make_parallel_env
 
 
@@ -142,12 +142,7 @@ class VecEnv:
         return VecStep(steps, state, final_state, episodes)
 
     def _finish_episode(self, e: int) -> dict[str, float]:
-        result: dict[str, float] = {}
-        offset = 0
-        for g in self.groups:
-            result[g.name] = float(self._returns[e, offset : offset + g.size].sum())
-            offset += g.size
-        result["length"] = float(self._lengths[e])
+        (result,) = episode_summaries(self.groups, self._returns[e : e + 1], self._lengths[e : e + 1])
         self._returns[e] = 0.0
         self._lengths[e] = 0
         return result
@@ -264,11 +259,3 @@ class SubprocVecEnv:
             proc.join(timeout=5)
             if proc.is_alive():
                 proc.kill()
-
-
-def make_vec_env(env_cfg: EnvConfig, num_envs: int, seed: int, with_state: bool = True,
-                 num_workers: int = 0) -> VecEnv | SubprocVecEnv:
-    """In-process `VecEnv` for `num_workers` 0 or 1, else a `SubprocVecEnv` over that many processes."""
-    if num_workers > 1:
-        return SubprocVecEnv(env_cfg, num_envs, seed, with_state, num_workers)
-    return VecEnv(env_cfg, num_envs, seed, with_state)
