@@ -83,8 +83,9 @@ def main() -> None:
 
     from pgen.config import compose_config
 
+    # the PettingZoo loop, as (a) and RLlib step it (the batched backend: bench/mpe_vector.py)
     base = [f"algo.num_envs={a.num_envs}", f"algo.rollout_steps={a.rollout_steps}",
-            f"algo.num_minibatches={a.num_minibatches}"]
+            f"algo.num_minibatches={a.num_minibatches}", "env.backend=pettingzoo"]
     env_cfg = compose_config("train", base).env
     algo = compose_config("train", base).algo
     rows: dict[str, float] = {}

@@ -59,13 +59,23 @@ class CriticInput(str, Enum):
     joint_obs = "joint_obs"
 
 
+class EnvBackend(str, Enum):
+    auto = "auto"  # vector when it supports env.id and env.kwargs, else pettingzoo (logged once)
+    vector = "vector"  # pgen's batched NumPy MPE (pgen/envs/mpe.py), exact against mpe2; an error if unsupported
+    pettingzoo = "pettingzoo"  # E copies of the PettingZoo env in a Python loop (any parallel_env module)
+
+
 @dataclass
 class EnvConfig:
-    """A PettingZoo ParallelEnv: `id` is a module exposing `parallel_env(**kwargs)`."""
+    """A PettingZoo ParallelEnv: `id` is a module exposing `parallel_env(**kwargs)`.
+
+    `backend` chooses how E copies are stepped; it does not change the env (nor its store `env_key`).
+    """
 
     name: str = "simple_spread"
     id: str = "mpe2.simple_spread_v3"
     kwargs: Dict[str, Any] = field(default_factory=dict)
+    backend: EnvBackend = EnvBackend.auto
 
 
 @dataclass
@@ -83,7 +93,9 @@ class AlgoConfig:
 
     name: AlgoName = AlgoName.mappo
     num_envs: int = 32
-    env_workers: int = 0  # 0: step the env copies in this process; N > 1: in N worker processes
+    # pettingzoo backend: 0 steps the env copies in this process, N > 1 in N worker processes;
+    # ignored by the vector backend (one vectorised step of all copies in this process)
+    env_workers: int = 0
     rollout_steps: int = 50
     lr: float = 7e-4
     anneal_lr: bool = True

@@ -1,7 +1,8 @@
 """Multi-agent PPO for PettingZoo ParallelEnvs: IPPO and MAPPO with parameter sharing per group.
 
-Read it top to bottom like CleanRL's ppo.py. One `PPOLearner` owns a `VecEnv` of E copies and, per
-agent group, an actor, a critic, an optimiser and a value normaliser. Each iteration:
+Read it top to bottom like CleanRL's ppo.py. One `PPOLearner` owns a vec env of E copies
+(`make_vec_env`: the backend `env.backend` picks) and, per agent group, an actor, a critic, an
+optimiser and a value normaliser. Each iteration:
 
 1. collect `rollout_steps` steps from all E copies: one batched actor and critic forward per group
    per step over all copies and agents (`[E * n_agents, ...]`);

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pgen.config import EnvConfig
-from pgen.envs import VecEnv
+from pgen.envs import make_vec_env
 from pgen.policy import Actor, PolicySpec
 from pgen.progress import Progress
 
@@ -33,12 +33,12 @@ def evaluate_returns(env_cfg: EnvConfig, policies: Mapping[str, Actor | None], e
     """Per-episode return of every group (sum over its agents) over exactly `episodes` episodes.
 
     Each env copy plays whole episodes from a fixed seed, so the same `seed` gives the same
-    episodes for every set of policies compared. With `observations` (a dict), every step's
-    `(obs [copies · agents, obs_dim], starts [copies · agents])` of each group is appended to
-    `observations[group]` (`starts` = 1 where a new trajectory begins).
+    episodes for every set of policies compared, on either `env.backend`. With `observations` (a
+    dict), every step's `(obs [copies · agents, obs_dim], starts [copies · agents])` of each group
+    is appended to `observations[group]` (`starts` = 1 where a new trajectory begins).
     """
     num_envs = max(1, min(num_envs, episodes))
-    vec = VecEnv(env_cfg, num_envs, seed, with_state=False)
+    vec = make_vec_env(env_cfg, num_envs, seed, with_state=False)
     rng = np.random.default_rng(seed)
     torch_rng = torch.Generator().manual_seed(seed)
     missing = [g.name for g in vec.groups if g.name not in policies]

@@ -1,140 +1,18 @@
-"""PettingZoo ParallelEnvs: loading by module name, agent groups, and vectorised stepping.
-
-A group is the set of agents that share one policy network (parameter sharing, as MAPPO/IPPO do
-for homogeneous agents): agents with the same name prefix (`adversary_*`, `agent_*`), observation
-space and action space. `VecEnv` steps E copies of an env and returns one batched array per group
-(`[E, n_agents, ...]`), resets finished copies automatically, and masks agents that finished early.
+"""E copies of a PettingZoo ParallelEnv stepped in lockstep, in-process (`VecEnv`) or over worker
+processes (`SubprocVecEnv`): one batched array per group (`[E, n_agents, ...]`), automatic reset of
+finished copies, and masks for agents that finished early.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import json
-import inspect
-import re
-from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 from gymnasium import spaces
 
 from pgen.config import EnvConfig
-
-
-class EnvError(ValueError):
-    """An env that cannot be loaded or used; the message says what and why."""
-
-
-def env_key(env_cfg: EnvConfig) -> str:
-    """Store partition name of an env: module tail + hash of (id, kwargs), e.g. `simple_spread_v3-1f0c9a2e`."""
-    canonical = json.dumps({"id": env_cfg.id, "kwargs": dict(env_cfg.kwargs)}, sort_keys=True, default=str)
-    return f"{env_cfg.id.rsplit('.', 1)[-1]}-{hashlib.sha256(canonical.encode()).hexdigest()[:8]}"
-
-
-def load_env_module(env_id: str) -> ModuleType:
-    """Import `env_id` and check that it exposes PettingZoo's `parallel_env(**kwargs)`."""
-    try:
-        module = importlib.import_module(env_id)
-    except ImportError as err:
-        raise EnvError(
-            f"env.id {env_id!r} is not an importable module ({err}); expected a module exposing "
-            "PettingZoo's parallel_env(**kwargs), e.g. mpe2.simple_spread_v3"
-        ) from err
-    if not callable(getattr(module, "parallel_env", None)):
-        raise EnvError(
-            f"env.id {env_id!r} has no parallel_env(**kwargs): it is not a PettingZoo environment "
-            "module (e.g. mpe2.simple_spread_v3, pettingzoo.sisl.pursuit_v5)"
-        )
-    return module
-
-
-def make_parallel_env(env_cfg: EnvConfig) -> Any:
-    """Build one ParallelEnv from `env.id` and `env.kwargs`, with clear errors for bad kwargs."""
-    module = load_env_module(env_cfg.id)
-    kwargs = dict(env_cfg.kwargs)
-    try:
-        inspect.signature(module.parallel_env).bind(**kwargs)
-    except TypeError as err:
-        raise EnvError(f"env.kwargs {kwargs} do not fit {env_cfg.id}.parallel_env: {err}") from err
-    except ValueError:  # no introspectable signature: let the call decide
-        pass
-    try:
-        return module.parallel_env(**kwargs)
-    except Exception as err:  # deprecated envs, bad values: the env's own words, with context
-        raise EnvError(f"{env_cfg.id}.parallel_env(**{kwargs}) failed: {type(err).__name__}: {err}") from err
-
-
-def _agent_prefix(agent: str) -> str:
-    return re.sub(r"[_-]?\d+$", "", agent) or agent
-
-
-def obs_dim_of(space: spaces.Space, where: str) -> int:
-    if isinstance(space, spaces.Box):
-        return int(np.prod(space.shape))
-    if isinstance(space, spaces.Discrete):
-        return int(space.n)
-    raise EnvError(f"{where}: observation space {space} is not supported (Box or Discrete only)")
-
-
-def _check_action_space(space: spaces.Space, where: str) -> None:
-    if isinstance(space, spaces.Discrete):
-        return
-    if isinstance(space, spaces.Box) and len(space.shape) == 1:
-        return
-    raise EnvError(f"{where}: action space {space} is not supported (Discrete or 1-D Box only)")
-
-
-@dataclass(frozen=True)
-class AgentGroup:
-    """Agents sharing one policy: same name prefix, observation space and action space."""
-
-    name: str
-    agents: tuple[str, ...]
-    observation_space: spaces.Space = field(compare=False)
-    action_space: spaces.Space = field(compare=False)
-
-    @property
-    def obs_dim(self) -> int:
-        return obs_dim_of(self.observation_space, self.name)
-
-    @property
-    def discrete(self) -> bool:
-        return isinstance(self.action_space, spaces.Discrete)
-
-    @property
-    def action_dim(self) -> int:
-        """Number of logits (Discrete) or of action components (Box)."""
-        return int(self.action_space.n) if self.discrete else int(self.action_space.shape[0])
-
-    @property
-    def size(self) -> int:
-        return len(self.agents)
-
-
-def group_agents(env: Any, env_id: str = "env") -> list[AgentGroup]:
-    """Split `env.possible_agents` into groups (prefix + spaces), in first-appearance order.
-
-    Agents with the same prefix but different spaces get suffixed group names (`agent`, `agent.1`).
-    """
-    keyed: dict[tuple, list[str]] = {}
-    for agent in env.possible_agents:
-        obs_space, act_space = env.observation_space(agent), env.action_space(agent)
-        obs_dim_of(obs_space, f"{env_id} agent {agent}")
-        _check_action_space(act_space, f"{env_id} agent {agent}")
-        key = (_agent_prefix(agent), repr(obs_space), repr(act_space))
-        keyed.setdefault(key, []).append(agent)
-    groups: list[AgentGroup] = []
-    seen: dict[str, int] = {}
-    for (prefix, _, _), agents in keyed.items():
-        count = seen.get(prefix, 0)
-        seen[prefix] = count + 1
-        name = prefix if count == 0 else f"{prefix}.{count}"
-        groups.append(
-            AgentGroup(name, tuple(agents), env.observation_space(agents[0]), env.action_space(agents[0]))
-        )
-    return groups
+from pgen.envs.base import GroupStep, VecStep, copy_seeds, episode_summaries
+from pgen.envs.loading import AgentGroup, EnvError, global_state, group_agents, make_parallel_env
 
 
 def _flat_obs(space: spaces.Space, value: Any) -> np.ndarray:
@@ -152,65 +30,6 @@ def _action_converter(space: spaces.Space):
         return lambda a: int(a) + start
     low, high, dtype = space.low, space.high, space.dtype
     return lambda a: np.clip(a, low, high).astype(dtype)
-
-
-def _global_state(env: Any) -> np.ndarray | None:
-    try:
-        state = env.state()
-    except (NotImplementedError, AttributeError):
-        return None
-    return None if state is None else np.asarray(state, dtype=np.float32).reshape(-1)
-
-
-@dataclass
-class EnvSpec:
-    """What the learner needs to know about an env: its groups and global-state size."""
-
-    env_id: str
-    groups: list[AgentGroup]
-    state_dim: int | None
-
-    def group(self, name: str) -> AgentGroup:
-        for g in self.groups:
-            if g.name == name:
-                return g
-        raise EnvError(f"{self.env_id} has no group {name!r}; groups: {[g.name for g in self.groups]}")
-
-
-def describe_env(env_cfg: EnvConfig) -> EnvSpec:
-    """Build one copy of the env and read its groups and state size."""
-    env = make_parallel_env(env_cfg)
-    env.reset(seed=0)
-    spec = EnvSpec(env_cfg.id, group_agents(env, env_cfg.id), None)
-    state = _global_state(env)
-    spec.state_dim = None if state is None else int(state.size)
-    env.close()
-    return spec
-
-
-@dataclass
-class GroupStep:
-    """One step of one group over E copies. Arrays are `[E, n_agents, ...]` unless noted."""
-
-    obs: np.ndarray  # next observation (first obs of the new episode where a copy was reset)
-    reward: np.ndarray  # [E, n]
-    ended: np.ndarray  # [E, n] the agent's trajectory ended at this step (terminated or truncated)
-    truncated: np.ndarray  # [E, n] ... because of a time limit (bootstrap from final_obs)
-    alive: np.ndarray  # [E, n] the agent acts at the next observation
-    final_obs: np.ndarray  # [E, n, obs_dim] last observation of an ended trajectory (else zeros)
-
-
-@dataclass
-class VecStep:
-    groups: dict[str, GroupStep]
-    state: np.ndarray | None  # [E, state_dim] global state at the next observation
-    final_state: np.ndarray | None  # [E, state_dim] global state at the end of an ended episode
-    episodes: list[dict[str, float]]  # finished episodes: {"<group>": group return, ..., "length": T}
-
-
-def copy_seeds(seed: int, num_envs: int) -> list[int]:
-    """The first-reset seed of each of `num_envs` copies, drawn from `seed`."""
-    return [int(s) for s in np.random.SeedSequence(seed).generate_state(num_envs)]
 
 
 class VecEnv:
@@ -261,7 +80,7 @@ class VecEnv:
         for e, env in enumerate(self.envs):
             first, _ = env.reset(seed=self._seeds[e])
             self._write_obs(obs, alive, e, first)
-            states.append(_global_state(env) if self.with_state else None)
+            states.append(global_state(env) if self.with_state else None)
         self._returns[:] = 0.0
         self._lengths[:] = 0
         state = None if states[0] is None else np.stack(states)
@@ -308,14 +127,14 @@ class VecEnv:
                             final_obs[gi][e, j] = _flat_obs(groups[gi].observation_space, next_obs[agent])
             if episode_over:
                 if has_state:
-                    final_state[e] = _global_state(env)
+                    final_state[e] = global_state(env)
                 episodes.append(self._finish_episode(e))
                 next_obs, _ = env.reset()
             else:
                 next_obs = {a: o for a, o in next_obs.items() if a in env.agents}
             self._write_obs(obs, alive, e, next_obs)
             if has_state:
-                state[e] = _global_state(env)
+                state[e] = global_state(env)
         steps = {
             g.name: GroupStep(obs[i], reward[i], ended[i], truncated[i], alive[i], final_obs[i])
             for i, g in enumerate(groups)
@@ -323,12 +142,7 @@ class VecEnv:
         return VecStep(steps, state, final_state, episodes)
 
     def _finish_episode(self, e: int) -> dict[str, float]:
-        result: dict[str, float] = {}
-        offset = 0
-        for g in self.groups:
-            result[g.name] = float(self._returns[e, offset : offset + g.size].sum())
-            offset += g.size
-        result["length"] = float(self._lengths[e])
+        (result,) = episode_summaries(self.groups, self._returns[e : e + 1], self._lengths[e : e + 1])
         self._returns[e] = 0.0
         self._lengths[e] = 0
         return result
@@ -445,11 +259,3 @@ class SubprocVecEnv:
             proc.join(timeout=5)
             if proc.is_alive():
                 proc.kill()
-
-
-def make_vec_env(env_cfg: EnvConfig, num_envs: int, seed: int, with_state: bool = True,
-                 num_workers: int = 0) -> VecEnv | SubprocVecEnv:
-    """In-process `VecEnv` for `num_workers` 0 or 1, else a `SubprocVecEnv` over that many processes."""
-    if num_workers > 1:
-        return SubprocVecEnv(env_cfg, num_envs, seed, with_state, num_workers)
-    return VecEnv(env_cfg, num_envs, seed, with_state)
