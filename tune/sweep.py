@@ -274,6 +274,10 @@ def _register_best(cfg: SweepConfig, store: CheckpointStore, analysis: Any, rows
     """Register the trial with the best objective (ties: lower metric) as a generator version."""
     scored = [r for r in rows if r["objective"] is not None and math.isfinite(r["objective"])]
     if not scored:
+        evaluated = [r for r in rows if r["objective"] is not None]
+        if evaluated:  # R² is undefined when every target is the same return
+            raise ValueError(f"tune {name}: the {len(evaluated)} evaluated trials have no finite objective (R² +"
+                             " score): the slice's returns do not spread (see the learning-signal warning above)")
         raise ValueError(f"tune {name}: no trial finished its evaluation (all stopped early or failed)")
     best = max(scored, key=lambda r: (r["objective"], -r[cfg.tune.metric]))
     trial = next(t for t in analysis.trials if t.trial_id == best["trial_id"])
