@@ -125,10 +125,16 @@ class S3Server:
 
 
 def _replay(app, recording: Path) -> int:
-    """Re-apply the recorded requests to a fresh moto app in-process; returns how many."""
+    """Re-apply the recorded requests to a fresh moto app in-process; returns how many.
+
+    A multipart upload gets a new random UploadId when it is replayed: the recorded parts and the
+    completion name the old one, so each old id is mapped to the new id of the same key's latest
+    replayed CreateMultipartUpload."""
     from werkzeug.test import Client
 
     client, count = Client(app), 0
+    new_upload: dict[str, str] = {}  # path → UploadId of its latest replayed CreateMultipartUpload
+    renamed: dict[str, str] = {}  # recorded UploadId → replayed one
     for line in recording.read_text().splitlines():
         try:
             entry = json.loads(line)
@@ -137,7 +143,15 @@ def _replay(app, recording: Path) -> int:
         body = base64.b64decode(entry["body"]) if entry.get("body_encoded") else (entry.get("body") or b"")
         headers = {k: v for k, v in entry["headers"].items() if k.lower() != "transfer-encoding"}
         url = urlsplit(entry["url"])
-        client.open(url.path, method=entry["method"], query_string=url.query, headers=headers, data=body)
+        query = url.query
+        old = re.search(r"(?:^|&)uploadId=([^&]+)", query)
+        if old:
+            renamed.setdefault(old[1], new_upload.get(url.path, old[1]))
+            query = query.replace(f"uploadId={old[1]}", f"uploadId={renamed[old[1]]}")
+        reply = client.open(url.path, method=entry["method"], query_string=query, headers=headers, data=body)
+        started = re.search(rb"<UploadId>([^<]+)</UploadId>", reply.data) if entry["method"] == "POST" else None
+        if started and re.search(r"(?:^|&)uploads(?:=|&|$)", query):
+            new_upload[url.path] = started[1].decode()
         count += 1
     return count
 

@@ -277,7 +277,7 @@ def test_ppo_on_the_vector_backend_trains_as_on_pettingzoo(env):
 
 @pytest.mark.parametrize("cfg", [TAG, replace(SPREAD, kwargs={"N": 3, "continuous_actions": True})], ids=["tag", "spread-box"])
 def test_evaluate_returns_is_the_same_on_both_backends(cfg):
-    from pgen.evaluation import evaluate_returns
+    from pgen.rollout import evaluate_returns
     from pgen.policy import Actor, PolicySpec
 
     groups = group_agents(make_parallel_env(cfg), cfg.id)

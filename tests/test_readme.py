@@ -111,9 +111,10 @@ EXAMPLES: dict[str, Run | Elsewhere] = {
     # sweeps
     "pgen tune": Run(TUNE),
     "pgen tune profile=full env=simple_tag generator.group=adversary": Run(TUNE),
-    "pgen tune tune.search=optuna tune.num_samples=16": Run(TUNE),
-    "pgen tune store.uri=s3://bucket/pgen tune.storage=s3://bucket/tune": Run(
-        TUNE, before=["pgen populate store.uri=s3://bucket/pgen " + " ".join(POPULATE)]),
+    "pgen tune tune.search=optuna tune.num_samples=16": Elsewhere(
+        "tests/test_tune.py::test_sweep_on_s3_storage_with_optuna (pgen tune ... tune.search=optuna)"),
+    "pgen tune store.uri=s3://bucket/pgen tune.storage=s3://bucket/tune": Elsewhere(
+        "tests/test_tune.py::test_sweep_on_s3_storage_with_optuna (store and tune.storage on S3)"),
     "pgen tune tune.name=<name> resume=true": Elsewhere(
         "tests/test_tune.py::test_sweep_survives_a_killed_trial_and_an_interruption_then_registers_the_best"),
     # on a cluster
@@ -161,8 +162,7 @@ def user(tmp_path_factory, s3_server):
     and the buckets the examples name."""
     folder = tmp_path_factory.mktemp("readme")
     s3 = boto3.client("s3")
-    for bucket in ("my-bucket", "bucket"):
-        s3.create_bucket(Bucket=bucket)
+    s3.create_bucket(Bucket="my-bucket")
     env = {**os.environ, "PGEN_SERVE_TOKEN": "readme-token", "RAY_DEDUP_LOGS": "0"}
     return folder, env
 
