@@ -146,6 +146,8 @@ def main() -> None:
     parser.add_argument("--backends", default="local,s3")
     parser.add_argument("--streaming-rounds", type=int, default=4, help="checkpoint intervals per variant")
     parser.add_argument("--baseline-rev", default=None, help="also run write/scan with pgen of this git revision")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="write+scan rounds per code version, their order alternating (ratios: medians)")
     parser.add_argument("--out", default=str(RESULTS / "store.json"))
     args = parser.parse_args()
 
@@ -184,15 +186,17 @@ def main() -> None:
             try:
                 if args.streaming_rounds > 0:
                     streaming_uris[backend] = "s3://pgen-bench/streaming" if backend == "s3" else str(tmp / "streaming")
-                for phase in ("write", "scan"):
-                    for n, (code, folder) in enumerate(codes.items()):  # alternating: the same server state
-                        where = f"{uri}-{n}" if len(codes) > 1 else uri
-                        row = {"backend": backend, "code": code,
-                               **in_child(phase, where, endpoint, args.parts, args.records, args.params, folder)}
-                        if server is not None and phase == "scan":
-                            status = Path(f"/proc/{server.proc.pid}/status").read_text()
-                            row["server_rss_mb"] = int(status.split("VmRSS:")[1].split()[0]) / 1024
-                        results.append(row)
+                for rep in range(args.repeats):
+                    order = list(codes.items()) if rep % 2 == 0 else list(codes.items())[::-1]  # ABBA...
+                    for phase in ("write", "scan"):
+                        for code, folder in order:
+                            where = f"{uri}-{list(codes).index(code)}-{rep}" if len(codes) > 1 or args.repeats > 1 else uri
+                            row = {"backend": backend, "code": code, "repeat": rep,
+                                   **in_child(phase, where, endpoint, args.parts, args.records, args.params, folder)}
+                            if server is not None and phase == "scan":
+                                status = Path(f"/proc/{server.proc.pid}/status").read_text()
+                                row["server_rss_mb"] = int(status.split("VmRSS:")[1].split()[0]) / 1024
+                            results.append(row)
                 if backend == "s3" and args.streaming_rounds > 0:
                     # the S3 variant needs this server: measure all variants now, interleaved
                     streaming = streaming_cost(streaming_uris, endpoint, args.streaming_rounds)
@@ -214,8 +218,6 @@ def main() -> None:
         off = out["streaming"]["off"]["mean"]
         for name in streaming:
             out["streaming"][name]["cost"] = 1.0 - out["streaming"][name]["mean"] / off
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"{args.parts} parts x {args.records} records x {args.params} float32 params "
           f"({args.parts * args.records * args.params * 4 / 1e6:.0f} MB of params)")
     print(f"{'backend':8} {'code':18} {'phase':6} {'seconds':>8} {'records/s':>10} {'MB/s':>7} {'RSS peak MB':>12} "
@@ -228,15 +230,21 @@ def main() -> None:
     if args.baseline_rev:
         for backend in args.backends.split(","):
             for phase in ("write", "scan"):
-                rate = {r["code"]: r["records_per_s"] for r in results if (r["backend"], r["phase"]) == (backend, phase)}
+                rate = {code: float(np.median([r["records_per_s"] for r in results
+                                               if (r["backend"], r["phase"], r["code"]) == (backend, phase, code)]))
+                        for code in codes}
                 ratio = rate["this tree"] / rate[f"baseline {args.baseline_rev}"]
-                print(f"{backend} {phase}: records/s of this tree / baseline {args.baseline_rev} = {ratio:.2f}")
+                out.setdefault("ratios", {})[f"{backend} {phase}"] = ratio
+                print(f"{backend} {phase}: median records/s of this tree / baseline {args.baseline_rev} = {ratio:.2f}"
+                      f" over {args.repeats} rounds")
     if streaming:
         print(f"\nstreaming cost on training (one member, {args.streaming_rounds} interleaved checkpoint intervals each)")
         print(f"{'store':8} {'env steps/s':>12} {'1-on/off':>9} {'time in store':>14}  env steps/s per interval")
         for name, r in out["streaming"].items():
             print(f"{name:8} {r['mean']:12.0f} {r['cost']:9.1%} {r['store_fraction_mean']:14.2%}  "
                   + " ".join(f"{x:.0f}" for x in r["steps_per_s"]))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.out}")
 
 
