@@ -1,15 +1,20 @@
 """Throughput benchmark, all in one run on this machine (env steps/s; one env step = one `step()` of
-one env copy with every agent acting):
+one env copy with every agent acting), simple_spread, one torch thread:
 
-  (a) raw PettingZoo loop over E copies with pre-sampled actions (no pgen code);
-  (b) pgen rollout collection with batched policy inference (`PPOLearner.collect`), IPPO and MAPPO;
-  (c) full pgen PPO training (collection + updates), in-process and with env worker processes;
-  (d) RLlib PPO (Ray 2.60, `bench/rllib_ppo.py`), same env, shared policy, same batch sizes.
+  (a)  the raw mpe2 PettingZoo loop over E = 32 copies with pre-sampled actions (no pgen code);
+  (a') the raw batched NumPy backend (`env.backend=vector`) at E = 32, 256 and 1024 copies;
+  (b)  pgen rollout collection with batched policy inference (`PPOLearner.collect`, MAPPO) on the
+       batched backend with the defaults, and on the PettingZoo loop with the previous defaults;
+  (c)  full pgen PPO training (collection + updates): the defaults on the batched backend (one torch
+       thread, and two: the two cores RLlib's two env runners use), and the previous defaults on the PettingZoo loop (in-process and with 2 env worker processes);
+  (d)  RLlib PPO (Ray 2.60, `bench/rllib_ppo.py`), same env, shared policy, the defaults' batch sizes.
 
-Prints the table and the ratios (b)/(a) (goal ≥ 0.8) and (c)/(d) (goal ≥ 3); writes
+The previous defaults (before the batched backend): 32 copies × 50 steps per update, 10 epochs of 2
+minibatches, lr 7e-4. Prints the table and the ratios (a')/(a) (goal ≥ 50), (c)/(d) (goal ≥ 10) and
+(c)/(c on the PettingZoo loop with the previous defaults) (goal ≥ 5); writes
 `bench/results/rollout.json`.
 
-    python bench/rollout.py --seconds 30
+    python bench/rollout.py --seconds 20
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import numpy as np
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+PREVIOUS = ["env.backend=pettingzoo", "algo.num_envs=32", "algo.rollout_steps=50", "algo.update_epochs=10",
+            "algo.num_minibatches=2", "algo.lr=7e-4"]
 
 
 def raw_env_loop(env_cfg, num_envs: int, seconds: float, seed: int = 0) -> float:
@@ -56,45 +63,50 @@ def timed(fn, steps_per_call: int, seconds: float) -> float:
     return calls * steps_per_call / (time.perf_counter() - t0)
 
 
-def learner_rate(overrides: list[str], seconds: float, what: str) -> float:
+def learner_rate(overrides: list[str], seconds: float, what: str, threads: int = 1) -> float:
     from pgen.config import compose_config
     from pgen.learner import PPOLearner
 
     cfg = compose_config("train", overrides)
     learner = PPOLearner(cfg.env, cfg.policy, cfg.algo, 0, max_env_steps=None)
+    torch.set_num_threads(threads)
     try:
         fn = learner.collect if what == "collect" else learner.iterate
         return timed(fn, learner.batch_env_steps, seconds)
     finally:
+        torch.set_num_threads(1)
         learner.close()
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seconds", type=float, default=30.0)
-    p.add_argument("--num-envs", type=int, default=32)
-    p.add_argument("--rollout-steps", type=int, default=50)
-    p.add_argument("--workers", type=int, default=2, help="env worker processes for the (c) variant")
-    p.add_argument("--num-minibatches", type=int, default=4,
-                   help="for (c) and (d) alike; RLlib rejects a minibatch larger than the env-step batch")
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--workers", type=int, default=2, help="env worker processes of the PettingZoo (c) variant")
+    p.add_argument("--vector-envs", default="32,256,1024", help="copies of the raw batched backend (a')")
     p.add_argument("--skip-rllib", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(1)
 
-    from pgen.config import compose_config
+    from mpe_vector import steps_per_s  # bench/mpe_vector.py: the raw batched backend, same method
 
-    # the PettingZoo loop, as (a) and RLlib step it (the batched backend: bench/mpe_vector.py)
-    base = [f"algo.num_envs={a.num_envs}", f"algo.rollout_steps={a.rollout_steps}",
-            f"algo.num_minibatches={a.num_minibatches}", "env.backend=pettingzoo"]
-    env_cfg = compose_config("train", base).env
-    algo = compose_config("train", base).algo
+    from pgen.config import compose_config
+    from pgen.envs import MPEVecEnv
+
+    defaults = compose_config("train", [])
+    env_cfg = defaults.env
     rows: dict[str, float] = {}
-    rows["(a) raw env loop"] = raw_env_loop(env_cfg, a.num_envs, a.seconds)
-    rows["(b) collect, ippo"] = learner_rate(base + ["algo=ippo"], a.seconds, "collect")
-    rows["(b) collect, mappo (state critic)"] = learner_rate(base, a.seconds, "collect")
-    rows["(c) train, mappo, in-process"] = learner_rate(base, a.seconds, "iterate")
-    rows[f"(c) train, mappo, {a.workers} env workers"] = learner_rate(base + [f"algo.env_workers={a.workers}"],
-                                                                     a.seconds, "iterate")
+    rows["(a) raw mpe2 loop, E=32"] = raw_env_loop(env_cfg, 32, a.seconds)
+    for E in (int(x) for x in a.vector_envs.split(",")):
+        rows[f"(a') raw batched backend, E={E}"] = steps_per_s(MPEVecEnv(env_cfg, E, 0, with_state=False),
+                                                              a.seconds / 3, 3)
+    rows["(b) collect, defaults, batched"] = learner_rate([], a.seconds, "collect")
+    rows["(b) collect, previous defaults, PettingZoo"] = learner_rate(PREVIOUS, a.seconds, "collect")
+    rows["(c) train, defaults, batched"] = learner_rate([], a.seconds, "iterate")
+    rows["(c) train, defaults, batched, 2 torch threads"] = learner_rate([], a.seconds, "iterate", threads=2)
+    rows["(c) train, previous defaults, PettingZoo"] = learner_rate(PREVIOUS, a.seconds, "iterate")
+    rows[f"(c) train, previous defaults, PettingZoo, {a.workers} env workers"] = learner_rate(
+        PREVIOUS + [f"algo.env_workers={a.workers}"], a.seconds, "iterate")
+    algo = defaults.algo
     rllib = None
     if not a.skip_rllib:
         import os
@@ -105,32 +117,35 @@ def main() -> None:
         from rllib_ppo import rllib_ppo_throughput
 
         for runners in (0, a.workers):
-            r = rllib_ppo_throughput(num_envs=a.num_envs, rollout_steps=a.rollout_steps, num_epochs=algo.update_epochs,
-                                     num_minibatches=algo.num_minibatches, seconds=a.seconds, num_env_runners=runners)
-            rows[f"(d) RLlib PPO, {runners} env runners"] = r["env_steps_per_s"]
+            r = rllib_ppo_throughput(num_envs=algo.num_envs, rollout_steps=algo.rollout_steps,
+                                     num_epochs=algo.update_epochs, num_minibatches=algo.num_minibatches,
+                                     seconds=a.seconds, num_env_runners=runners)
+            rows[f"(d) RLlib PPO, defaults' batch, {runners} env runners"] = r["env_steps_per_s"]
             rllib = r if rllib is None or r["env_steps_per_s"] > rllib["env_steps_per_s"] else rllib
 
-    raw = rows["(a) raw env loop"]
-    best_train = max(v for k, v in rows.items() if k.startswith("(c)"))
-    ratios = {
-        "(b) ippo / (a)": rows["(b) collect, ippo"] / raw,
-        "(b) mappo / (a)": rows["(b) collect, mappo (state critic)"] / raw,
-        "(c) in-process / (a)": rows["(c) train, mappo, in-process"] / raw,
-    }
-    if rllib:
-        best_rllib = max(v for k, v in rows.items() if k.startswith("(d)"))
-        ratios["(c) in-process / best (d)"] = rows["(c) train, mappo, in-process"] / best_rllib
-        ratios["best (c) / best (d)"] = best_train / best_rllib
-    out = {"env": env_cfg.id, "num_envs": a.num_envs, "rollout_steps": a.rollout_steps, "seconds": a.seconds,
-           "update_epochs": algo.update_epochs, "num_minibatches": algo.num_minibatches,
-           "env_steps_per_s": rows, "ratios": ratios, "rllib": rllib}
+    raw = rows["(a) raw mpe2 loop, E=32"]
+    train = rows["(c) train, defaults, batched"]
+    previous = max(v for k, v in rows.items() if k.startswith("(c) train, previous"))
+    ratios = {"best (a') / (a)": max(v for k, v in rows.items() if k.startswith("(a')")) / raw,
+              "(b) batched / (a)": rows["(b) collect, defaults, batched"] / raw,
+              "(c) / best (c) previous, PettingZoo": train / previous}
+    if rllib:  # the same cores: 1 process against RLlib without env runners, 2 threads against 2 runners
+        ratios["(c) / (d), one core each"] = train / rows["(d) RLlib PPO, defaults' batch, 0 env runners"]
+        ratios[f"(c) 2 torch threads / (d) {a.workers} env runners"] = (
+            rows["(c) train, defaults, batched, 2 torch threads"]
+            / rows[f"(d) RLlib PPO, defaults' batch, {a.workers} env runners"])
+        ratios["best (c) / best (d)"] = max(v for k, v in rows.items() if k.startswith("(c) train, defaults")) / max(
+            v for k, v in rows.items() if k.startswith("(d)"))
+    out = {"env": env_cfg.id, "seconds": a.seconds, "defaults": {k: getattr(algo, k) for k in (
+        "num_envs", "rollout_steps", "update_epochs", "num_minibatches", "lr")}, "previous_defaults": PREVIOUS,
+        "env_steps_per_s": rows, "ratios": ratios, "rllib": rllib}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "rollout.json").write_text(json.dumps(out, indent=1))
-    print(f"\n{env_cfg.id}, E={a.num_envs} copies, T={a.rollout_steps}, {a.seconds:g} s per row")
+    print(f"\n{env_cfg.id}, {a.seconds:g} s per row, defaults {out['defaults']}")
     for name, value in rows.items():
-        print(f"  {name:<40} {value:>9,.0f} env steps/s")
+        print(f"  {name:<58} {value:>10,.0f} env steps/s")
     for name, value in ratios.items():
-        print(f"  {name:<40} {value:>9.2f}")
+        print(f"  {name:<58} {value:>10.2f}")
 
 
 if __name__ == "__main__":

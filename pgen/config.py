@@ -92,12 +92,13 @@ class AlgoConfig:
     """PPO hyper-parameters (CleanRL names). One iteration collects num_envs × rollout_steps env steps."""
 
     name: AlgoName = AlgoName.mappo
-    num_envs: int = 32
+    # defaults chosen by wall-clock time to -40 on simple_spread (bench/learning.py, bench/README.md)
+    num_envs: int = 128
     # pettingzoo backend: 0 steps the env copies in this process, N > 1 in N worker processes;
     # ignored by the vector backend (one vectorised step of all copies in this process)
     env_workers: int = 0
-    rollout_steps: int = 50
-    lr: float = 7e-4
+    rollout_steps: int = 25
+    lr: float = 2e-3
     anneal_lr: bool = True
     gamma: float = 0.99
     gae_lambda: float = 0.95
@@ -105,8 +106,8 @@ class AlgoConfig:
     ent_coef: float = 0.01
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
-    update_epochs: int = 10
-    num_minibatches: int = 2
+    update_epochs: int = 5
+    num_minibatches: int = 4
     value_norm: bool = True
     clip_vloss: bool = False
     critic_input: CriticInput = CriticInput.auto
@@ -399,12 +400,49 @@ class SweepConfig:
     log_every_s: float = 15.0
 
 
+@dataclass
+class LoopSettings:
+    """`pgen loop`: when to retrain, how to gate, when and whom to reseed, and what to serve."""
+
+    loop_id: Optional[str] = None  # default loop-<env>-<utc time>; `resume=true` needs it
+    duration_s: Optional[float] = None  # wall-clock limit
+    max_env_steps: Optional[int] = 5_000_000  # env steps of all members together; null = no limit
+    retrain_every: int = 60  # new checkpoints in the generator's slice between fits
+    # a new version becomes LATEST unless its alignment R² or its normalised score at the top target
+    # is below the served version's (same grid, same episodes) by more than this
+    tolerance: float = 0.05
+    serve: bool = True  # deploy the Serve app (serve.*) on the loop's Ray; false: use `loop.app`, already running
+    app: Optional[str] = None  # the Serve application to seed through; default serve.app_name
+    reseed_every: int = 120  # new checkpoints between reseeds; 0: never reseed (an open-loop population)
+    reseed_fraction: float = 0.25  # the weakest members (latest return) restarted from generated policies
+    reseed_target: str = "best"  # best | best+<δ> | <a number>: the target return of the seed policies
+    reseed_min_env_steps: int = 200_000  # a member is not reseeded before it has trained this long
+    trainer_cpus: float = 1.0  # the generator trainer actor
+    max_trainer_restarts: int = 3  # Ray restarts of a killed trainer (the fit is retried)
+    log_every_s: float = 15.0
+    out_dir: str = "pgen-runs/loop"  # <out_dir>/<loop_id>/: summary JSON, PNG, TensorBoard events
+
+
+@dataclass
+class LoopConfig(LearnerSetup):
+    """`pgen loop`: populations, generator versions behind a promotion gate, Serve and seeding, running
+    until `loop.duration_s`, `loop.max_env_steps` or Ctrl-C / SIGTERM / `ray job stop`."""
+
+    profile: str = "quick"
+    store: StoreConfig = field(default_factory=StoreConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)  # the promotion gate's grid and episodes
+    serve: ServeSettings = field(default_factory=ServeSettings)
+    loop: LoopSettings = field(default_factory=LoopSettings)
+    resume: bool = False  # continue loop `loop.loop_id` from its state in the store
+
+
 SCHEMAS: Dict[str, type] = {"train": TrainConfig, "populate": PopulateConfig, "dataset": DatasetConfig,
                             "train-generator": TrainGeneratorConfig, "generate": GenerateConfig,
                             "evaluate": EvaluateConfig, "pipeline": PipelineConfig, "serve": ServeConfig,
-                            "tune": SweepConfig}
+                            "tune": SweepConfig, "loop": LoopConfig}
 # commands whose config tree is a package of its own (its groups shadow the shared ones, e.g. `profile`)
-CONFIG_MODULES: Dict[str, str] = {"tune": "pgen.conf.tune"}
+CONFIG_MODULES: Dict[str, str] = {"tune": "pgen.conf.tune", "loop": "pgen.conf.loop"}
 
 _cs = ConfigStore.instance()
 for _name, _node in SCHEMAS.items():

@@ -146,7 +146,9 @@ class PPOLearner:
             source = self._critic_source(g)
             critic = critic_net(spec.kind, self._critic_dim(g, source), spec.hidden, spec.activation)
             params = [*actor.parameters(), *critic.parameters()]
-            self.groups[g.name] = GroupLearner(g, actor, critic, torch.optim.Adam(params, lr=algo.lr, eps=1e-5),
+            # foreach: one fused update over all tensors of the group (faster than a loop over them on CPU)
+            self.groups[g.name] = GroupLearner(g, actor, critic, torch.optim.Adam(params, lr=algo.lr, eps=1e-5,
+                                                                                  foreach=True),
                                                RunningMeanStd(), source)
         self._reset_recurrent_state()
         self._eye = {g.name: np.eye(g.size, dtype=np.float32) for g in self.vec.groups}
@@ -283,7 +285,9 @@ class PPOLearner:
         # MLP: minibatches of single samples; GRU: minibatches of whole columns (sequences)
         units = B if recurrent else T * B
         mb_size = max(1, units // algo.num_minibatches)
-        stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "entropy": [], "approx_kl": [], "clipfrac": []}
+        # per minibatch, as tensors: reading each value with .item() costs more than the value itself
+        stats: dict[str, list[torch.Tensor]] = {"policy_loss": [], "value_loss": [], "entropy": [], "approx_kl": [],
+                                                "clipfrac": []}
         params = gl.parameters()
         for _ in range(algo.update_epochs):
             perm = torch.randperm(units, generator=self.rng)
@@ -328,12 +332,12 @@ class PPOLearner:
                 nn.utils.clip_grad_norm_(params, algo.max_grad_norm)  # gradient clipping
                 gl.optimizer.step()
                 with torch.no_grad():
-                    stats["policy_loss"].append(pg_loss.item())
-                    stats["value_loss"].append(v_loss.item())
-                    stats["entropy"].append(entropy.item())
-                    stats["approx_kl"].append((((ratio - 1) - logratio) * m).sum().item() / denom.item())
-                    stats["clipfrac"].append((((ratio - 1).abs() > algo.clip_coef).float() * m).sum().item() / denom.item())
-        out = {k: float(np.mean(v)) for k, v in stats.items()}
+                    stats["policy_loss"].append(pg_loss.detach())
+                    stats["value_loss"].append(v_loss.detach())
+                    stats["entropy"].append(entropy.detach())
+                    stats["approx_kl"].append((((ratio - 1) - logratio) * m).sum() / denom)
+                    stats["clipfrac"].append((((ratio - 1).abs() > algo.clip_coef).float() * m).sum() / denom)
+        out = {k: torch.stack(v).double().mean().item() for k, v in stats.items()}
         out["lr"] = gl.optimizer.param_groups[0]["lr"]
         return out
 

@@ -84,8 +84,9 @@ def write_curve(run_path: Path, curve: list[dict[str, float]], groups: list[str]
                 title=title, ylabel="episode return (sum over the group's agents)")
 
 
-def train(cfg: TrainConfig, on_iteration: Callable[[IterationStats], None] | None = None) -> TrainResult:
-    """Train until `population.max_env_steps` or `population.duration_s`; see the module docstring."""
+def train(cfg: TrainConfig, on_iteration: Callable[[IterationStats], bool | None] | None = None) -> TrainResult:
+    """Train until `population.max_env_steps` or `population.duration_s`, or until `on_iteration`
+    (called after every iteration) returns True; see the module docstring."""
     torch.set_num_threads(cfg.torch_threads)
     run_id = cfg.run_id or default_run_id(cfg)
     run_path = Path(cfg.run_dir).expanduser().resolve() / run_id
@@ -114,8 +115,8 @@ def train(cfg: TrainConfig, on_iteration: Callable[[IterationStats], None] | Non
             curve.append(_curve_row(stats, time.monotonic() - t0))
             for g in groups:
                 recent[g] = (recent[g] + stats.episode_returns[g])[-100:]
-            if on_iteration:
-                on_iteration(stats)
+            if on_iteration and on_iteration(stats):
+                break
             extra = "return " + " ".join(f"{g}={np.mean(r):.1f}" for g, r in recent.items() if r)
             progress.update(learner.env_steps, extra)
             if learner.iteration % STATE_EVERY_ITERATIONS == 0:
