@@ -147,7 +147,7 @@ class PopulationConfig:
     max_restarts: int = 20  # Ray restarts of a crashed worker (each resumes from its saved state)
     # per-member hyper-parameters: algo.<key> drawn from [low, high] (log-uniform when low > 0)
     hparams: Dict[str, List[float]] = field(
-        default_factory=lambda: {"lr": [1.5e-4, 1.5e-3], "ent_coef": [0.002, 0.03], "init_scale": [0.5, 1.5]}
+        default_factory=lambda: {"lr": [4e-4, 4e-3], "ent_coef": [0.002, 0.03], "init_scale": [0.5, 1.5]}
     )
 
 
