@@ -24,6 +24,7 @@ commands:
   pipeline   the main job: populate -> train-generator -> evaluate (profile=quick | full)
   serve      the generator as an HTTP endpoint on Ray Serve (serve/app.py): /v1/generate, /v1/seed
   tune       Ray Tune sweep of the generator's hyper-parameters; registers the best (profile=quick | full)
+  loop       the service: populations, generator versions behind a promotion gate, Serve and seeding, until stopped
 
 Overrides are Hydra's: env=simple_tag algo=ippo policy=gru population.max_env_steps=200000
 env.id=<module with parallel_env> env.kwargs.<k>=<v> seed=1 run_dir=/abs/path ...
@@ -87,9 +88,16 @@ def _tune(cfg) -> int:
     return run(cfg)
 
 
+def _loop(cfg) -> int:
+    from loop.driver import run  # the top-level loop/ package: it deploys serve/, which pgen never imports
+
+    return run(cfg)
+
+
 COMMANDS: dict[str, Callable] = {"train": _train, "populate": _populate, "dataset": _dataset,
                                  "train-generator": _train_generator, "generate": _generate,
-                                 "evaluate": _evaluate, "pipeline": _pipeline, "serve": _serve, "tune": _tune}
+                                 "evaluate": _evaluate, "pipeline": _pipeline, "serve": _serve, "tune": _tune,
+                                 "loop": _loop}
 
 
 def main(argv: list[str] | None = None) -> int:

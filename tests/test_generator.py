@@ -261,6 +261,26 @@ def test_fit_resumes_exactly_from_a_saved_state(tmp_path, return_balance):
         torch.testing.assert_close(a, b, msg=k)
 
 
+def test_a_warm_start_begins_from_the_previous_weights_and_says_so(tmp_path):
+    store = CheckpointStore(str(tmp_path / "store"))
+    fill_store(store)
+    data = load_slice(store, env_key(SPREAD), "agent", SMALL.arch_key, Actor(SMALL).layout.num_params)
+    first = fit(TINY_GEN, data, SMALL, seed=0).generator
+    first.info.update(name="spread", version="v0001")  # as registered
+    # lr 0: the warm-started model is the previous one, weight for weight (AdamW's decay scales with lr)
+    again = fit(replace(TINY_GEN, epochs=1, lr=0.0), data, SMALL, seed=1, warm_start=first).generator
+    for (k, a), b in zip(first.model.state_dict().items(), again.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert again.info["warm_start"] == {"from": first.model_id, "weights": True, "normalizer": "refitted to this data"}
+    cold = fit(replace(TINY_GEN, epochs=1, lr=0.0), data, SMALL, seed=1).generator
+    assert cold.info["warm_start"]["from"] is None
+    assert any(not torch.equal(a, b) for a, b in zip(cold.model.state_dict().values(),
+                                                     first.model.state_dict().values()))
+    other = fit(replace(TINY_GEN, epochs=1, d_model=2 * TINY_GEN.d_model), data, SMALL, seed=1, warm_start=first)
+    assert other.generator.info["warm_start"]["from"] is None
+    assert "another model configuration" in other.generator.info["warm_start"]["why"]
+
+
 def test_versions_round_trip_exactly_and_generation_is_deterministic(tmp_path):
     store_uri = str(tmp_path / "store")
     fill_store(CheckpointStore(store_uri))

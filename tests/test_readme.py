@@ -117,6 +117,10 @@ EXAMPLES: dict[str, Run | Elsewhere] = {
         "tests/test_tune.py::test_sweep_on_s3_storage_with_optuna (store and tune.storage on S3)"),
     "pgen tune tune.name=<name> resume=true": Elsewhere(
         "tests/test_tune.py::test_sweep_survives_a_killed_trial_and_an_interruption_then_registers_the_best"),
+    "pgen loop": Elsewhere("tests/test_loop.py::test_the_loop_runs_itself_through_faults_and_serves_every_promotion"
+                           " (a tiny budget)"),
+    "pgen loop loop.loop_id=<loop_id> resume=true": Elsewhere(
+        "tests/test_loop.py::test_the_loop_runs_itself_through_faults_and_serves_every_promotion (after SIGKILL)"),
     # on a cluster
     "ray up cluster/aws.yaml && ray dashboard cluster/aws.yaml &": Elsewhere(
         "a cloud account; tests/test_cluster.py::test_ray_up_config_passes_rays_validation validates the config"),

@@ -168,18 +168,24 @@ def _version_index(store: CheckpointStore, name: str) -> tuple[list[str], str | 
 
 
 def list_generators(store: CheckpointStore) -> list[dict[str, Any]]:
-    """Every complete version in the store: name, version, latest flag, env, group, arch, return range."""
+    """Every complete version in the store: name, version, latest flag, env, group, arch, return range,
+    and the promotion gate's decision about it when `pgen loop` made one (else None)."""
+    from pgen.gate import gate_records
+
     names = sorted({k.split("/")[1] for k in store.list("generators/") if k.count("/") >= 2})
+    gates = gate_records(store)
     out = []
     for name in names:
         versions, latest = _version_index(store, name)
         for version in versions:
             info = json.loads(store.get(f"generators/{name}/{version}/config.json"))
             ds = info["dataset"]
+            gate = gates.get(f"{name}@{version}")
             out.append({"name": name, "version": version, "latest": version == latest, "env_id": info["env"]["id"],
                         "env_key": info["env_key"], "group": info["group"], "arch": info["arch"],
                         "return_min": ds["return_min"], "return_max": ds["return_max"],
-                        "created_at": info["created_at"]})
+                        "created_at": info["created_at"],
+                        "gate": None if gate is None else {k: gate[k] for k in ("promoted", "why", "metrics", "served")}})
     return out
 
 

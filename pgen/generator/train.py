@@ -78,9 +78,28 @@ def _losses(model: ParamVAE, tokenizer: Tokenizer, masks: list[torch.Tensor], x:
     return reconstruction_loss(pred, tokens, masks), kl_divergence(mu, logvar, *model.prior_params(c), free_bits)
 
 
+def warm_start_plan(cfg: GeneratorConfig, spec: PolicySpec, previous: Generator | None) -> dict[str, Any]:
+    """Whether a fit can start from `previous` (a registered version of the same slice): only when its
+    policy layout and model shape are the ones `cfg` builds. The plan is recorded in the new version's
+    config.json (`warm_start`)."""
+    if previous is None:
+        return {"from": None, "why": "no previous version"}
+    tokenizer = Tokenizer(spec.layout, enum_value(cfg.tokenisation), cfg.chunk_size)
+    if previous.info["layout"] != spec.layout.to_json():
+        return {"from": None, "why": f"{previous.model_id} has another policy layout"}
+    if asdict(model_config(cfg, tokenizer)) != previous.info["model"]:
+        return {"from": None, "why": f"{previous.model_id} has another model configuration"}
+    return {"from": previous.model_id, "weights": True, "normalizer": "refitted to this data"}
+
+
 def fit(cfg: GeneratorConfig, data: ParamDataset, spec: PolicySpec, seed: int, callback: Callback | None = None,
-        resume: Path | None = None, label: str = "generator") -> FitResult:
-    """Train the VAE on `data` (one slice) for `cfg.epochs` epochs; returns the generator and history."""
+        resume: Path | None = None, label: str = "generator", warm_start: Generator | None = None) -> FitResult:
+    """Train the VAE on `data` (one slice) for `cfg.epochs` epochs; returns the generator and history.
+
+    `warm_start`: a previous version of the slice whose model weights the fit starts from where
+    `warm_start_plan` allows it; the normaliser (parameter statistics and return percentiles) is
+    refitted to this data, which has grown and moved (keeping the old statistics standardises the new
+    checkpoints far outside the range the model learnt); the plan is `info["warm_start"]`."""
     if len(data) < 2:
         raise ValueError(f"{label}: need at least 2 checkpoints to train a generator, got {len(data)}")
     if not np.isfinite(data.returns).all() or not np.isfinite(data.params).all():
@@ -91,13 +110,18 @@ def fit(cfg: GeneratorConfig, data: ParamDataset, spec: PolicySpec, seed: int, c
     tokenizer = Tokenizer(layout, enum_value(cfg.tokenisation), cfg.chunk_size)
     train_idx, val_idx = split_by_run(data.run_ids, cfg.val_fraction, seed)
     train, val = data.subset(train_idx), data.subset(val_idx)
+    plan = warm_start_plan(cfg, spec, warm_start)
     normalizer = Normalizer.fit(train.params, train.returns, tokenizer)
     x_train = normalizer.standardise(torch.from_numpy(train.params), tokenizer).to(device)
     c_train = normalizer.condition(torch.from_numpy(train.returns)).float().to(device)
     x_val = normalizer.standardise(torch.from_numpy(val.params), tokenizer).to(device) if len(val) else None
     c_val = normalizer.condition(torch.from_numpy(val.returns)).float().to(device) if len(val) else None
     masks = [m.to(device) for m in tokenizer.masks()]
-    model = ParamVAE(model_config(cfg, tokenizer)).to(device)
+    model = ParamVAE(model_config(cfg, tokenizer))
+    if plan["from"]:
+        model.load_state_dict(warm_start.model.state_dict())
+        log.info(f"{label}: warm start from {plan['from']}")
+    model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = torch.Generator().manual_seed(seed)
     perms = (torch.stack([permutation_index(spec, rng) for _ in range(256)]) if cfg.permute_prob > 0 else None)
@@ -150,7 +174,7 @@ def fit(cfg: GeneratorConfig, data: ParamDataset, spec: PolicySpec, seed: int, c
         progress.update(epoch + 1, shown, force=epoch + 1 == cfg.epochs)
     model.eval()
     info = {"model": asdict(model_config(cfg, tokenizer)), "generator": to_dict(cfg), "policy_spec": spec.to_json(),
-            "layout": layout.to_json(), "arch": spec.arch_key}
+            "layout": layout.to_json(), "arch": spec.arch_key, "warm_start": plan}
     return FitResult(Generator(model, tokenizer, normalizer, info), history,
                      sorted(set(train.run_ids.tolist())), sorted(set(val.run_ids.tolist())))
 
@@ -299,9 +323,13 @@ def open_slice(store: CheckpointStore, env_cfg: EnvConfig, policy_cfg: Any, gen_
     return TrainingSlice(store, env_cfg, key, group, spec, name, data, reference, rescore, learning)
 
 
-def train_generator(cfg: TrainGeneratorConfig, store: CheckpointStore | None = None) -> Generator:
+def train_generator(cfg: TrainGeneratorConfig, store: CheckpointStore | None = None,
+                    warm_start: Generator | None = None, promoted: bool = True) -> Generator:
     """Fit on the store's slice for (env, generator.group, policy), write TensorBoard events and the
-    loss curve to `<out_dir>/<name>/<version>/`, register the version; returns the generator."""
+    loss curve to `<out_dir>/<name>/<version>/`, register the version; returns the generator.
+
+    `warm_start` (a previous version) and `promoted` (False: registered but not what `name` means
+    until `promote` is called — `pgen loop`'s gate decides) are `fit`'s and `save_generator`'s."""
     from tensorboardX import SummaryWriter
 
     store = store or open_store(cfg.store)
@@ -317,13 +345,14 @@ def train_generator(cfg: TrainGeneratorConfig, store: CheckpointStore | None = N
             if k != "epoch":
                 writer.add_scalar(f"generator/{k}", v, metrics["epoch"])
 
-    result = fit(cfg.generator, sl.data, sl.spec, cfg.seed, callback, label=f"train-generator {name}")
+    result = fit(cfg.generator, sl.data, sl.spec, cfg.seed, callback, label=f"train-generator {name}",
+                 warm_start=warm_start)
     writer.close()
     gen = result.generator
     gen.info.update(sl.info(cfg.seed, result.train_runs, result.val_runs))
     final = result.history[-1]
     metrics = {"final": final, "history": result.history}
-    version = save_generator(store, gen, metrics)
+    version = save_generator(store, gen, metrics, promoted=promoted)
     folder = out / version
     if folder.exists():  # the same name and version in another store
         folder = out / f"{version}-{scratch.name.split('-', 1)[1]}"
@@ -332,6 +361,7 @@ def train_generator(cfg: TrainGeneratorConfig, store: CheckpointStore | None = N
                        for k in ("train_recon", "val_recon")}, folder / "loss.png",
                       f"{name}@{version}: reconstruction loss (standardised params)", xlabel="epoch",
                       ylabel="mean squared error", window=1)
-    log.info(f"registered {name}@{version} in {store.uri}: val recon {final.get('val_recon', float('nan')):.4f};"
+    log.info(f"registered {name}@{version}{'' if promoted else ' (not promoted)'} in {store.uri}:"
+             f" val recon {final.get('val_recon', float('nan')):.4f};"
              f" loss curve {png}; TensorBoard: tensorboard --logdir {folder / 'tensorboard'}")
     return gen
