@@ -98,8 +98,9 @@ def run_loop(name: str, overrides: list[str], out: Path, load: dict[str, Any] | 
     from tests.s3server import free_port
 
     port = free_port()
-    args = [*overrides, f"loop.loop_id={name}", f"store.uri={out / 'store'}", f"loop.out_dir={out / 'loops'}",
+    args = [*overrides, f"loop.loop_id={name}", f"store.uri={out / name / 'store'}", f"loop.out_dir={out / 'loops'}",
             f"serve.port={port}", "loop.log_every_s=2"]
+    (out / name).mkdir(parents=True, exist_ok=True)  # its own store: the loop fits on all of its store's data
     log_path = out / f"{name}.log"
     t0 = time.monotonic()
     with open(log_path, "w") as log_file:
@@ -108,7 +109,8 @@ def run_loop(name: str, overrides: list[str], out: Path, load: dict[str, Any] | 
         counts = None
         if load:
             with Load(f"http://127.0.0.1:{port}", load["model"], load["clients"], load["pause_s"]) as lo:
-                while proc.poll() is None:
+                # the load runs while the loop serves: until its budget is reached (then it shuts Serve down)
+                while proc.poll() is None and "reached: finishing" not in log_path.read_text():
                     time.sleep(1.0)
             counts = {"ok": lo.ok, "failed": len(lo.failures), "failures": lo.failures[:10],
                       "regressions": lo.regressions[:10], "versions_seen": sorted(lo.versions)}
@@ -170,6 +172,7 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=2)
     p.add_argument("--client-pause-s", type=float, default=0.2)
     p.add_argument("--out", type=Path, default=Path("/tmp/pgen-bench-loop"))
+    p.add_argument("--tag", default="", help="suffix of the result files: loop<tag>.json / .png")
     p.add_argument("overrides", nargs="*", help="more `pgen loop` overrides for both runs")
     a = p.parse_args()
     os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -201,9 +204,9 @@ def main() -> None:
     slim = [{**r, "open": {k: r["open"][k] for k in ("history", "best_return", "env_steps", "wall_s")},
              "closed": {k: r["closed"][k] for k in ("history", "best_return", "env_steps", "wall_s", "decisions",
                                                     "reseeds", "load")}} for r in results]
-    (RESULTS / "loop.json").write_text(json.dumps({"budget": a.budget, "profile": a.profile,
+    (RESULTS / f"loop{a.tag}.json").write_text(json.dumps({"budget": a.budget, "profile": a.profile,
                                                    "overrides": a.overrides, "runs": slim}, indent=1))
-    plot(results, RESULTS / "loop.png")
+    plot(results, RESULTS / f"loop{a.tag}.png")
     print(f"\n{'seed':>4} {'open best':>10} {'closed best':>11} {'closed steps to open best':>26} {'ratio':>6}"
           f" {'promoted':>8} {'achieved@top non-decr.':>22} {'top target rises':>16} {'failed req':>10}")
     for r in results:
@@ -213,7 +216,7 @@ def main() -> None:
               f" {'never' if reach is None else f'{reach:,}':>26} {r['steps_ratio'] or float('nan'):>6.2f}"
               f" {len(v['promoted']):>8} {str(v['achieved_non_decreasing']):>22} {str(v['top_target_rising']):>16}"
               f" {lo['failed'] + len(lo['regressions']):>10}")
-    print(f"\n{RESULTS / 'loop.json'}, {RESULTS / 'loop.png'}")
+    print(f"\n{RESULTS / f'loop{a.tag}.json'}, {RESULTS / f'loop{a.tag}.png'}")
 
 
 if __name__ == "__main__":

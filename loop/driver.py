@@ -160,6 +160,23 @@ class Loop:
         k = min(len(ready), max(1, round(self.cfg.loop.reseed_fraction * len(self.state.members))))
         return sorted(ready, key=lambda m: m.last_return)[:k] if self.cfg.loop.reseed_fraction > 0 else []
 
+    def _check_cpus(self) -> None:
+        """Log when the loop asks for more CPUs than the cluster has now: what cannot be placed waits
+        (for an autoscaler to add nodes, or forever on a fixed machine), so say what to lower."""
+        import ray
+
+        cfg = self.cfg
+        demand = {"population": cfg.population.size * cfg.population.cpus_per_worker,
+                  "trainer": cfg.loop.trainer_cpus}
+        if cfg.loop.serve:
+            demand["serve"] = cfg.serve.num_cpus * max(1, cfg.serve.min_replicas) + cfg.serve.ingress_num_cpus
+        have = ray.cluster_resources().get("CPU", 0.0)
+        if sum(demand.values()) > have + 1e-9:
+            parts = ", ".join(f"{k} {v:g}" for k, v in demand.items())
+            log.warning(f"loop {self.state.loop_id}: asks for {sum(demand.values()):g} CPUs ({parts}), the cluster"
+                        f" has {have:g} now: what does not fit waits for more nodes. On a fixed machine lower"
+                        " population.cpus_per_worker, loop.trainer_cpus or serve.num_cpus")
+
     # --- the run --------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
@@ -168,6 +185,7 @@ class Loop:
 
         cfg, st = self.cfg, self.state
         init_ray()
+        self._check_cpus()
         if cfg.loop.serve:
             self._deploy()
         self.out.mkdir(parents=True, exist_ok=True)
@@ -372,10 +390,7 @@ class Loop:
 
 def plot_loop(summary: dict[str, Any], path: Path) -> Path:
     """The best checkpoint return over the loop's env steps, promotions and reseeds marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from pgen.plots import plt, save_figure  # matplotlib, headless (Agg)
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     points = [(s, b) for _, s, b in summary["history"] if b is not None]
@@ -393,12 +408,7 @@ def plot_loop(summary: dict[str, Any], path: Path) -> Path:
     ax.plot([], [], marker="v", color="tab:orange", linestyle="none", label="reseed (its target return)")
     ax.set(title=f"pgen loop {summary['loop_id']}: {summary['generator']}", xlabel="env steps (all members)",
            ylabel="return (sum over the group, greedy)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
-    return path
+    return save_figure(fig, ax, path, {"fontsize": 7, "loc": "lower right"})
 
 
 def run(cfg: LoopConfig) -> int:

@@ -44,6 +44,7 @@ from pgen.generator.sample import Generator, load_generator  # noqa: E402
 from pgen.metrics import (NO_LEARNING_ADVICE, action_agreement, alignment_r2, cross_run_nn_median,  # noqa: E402
                           learning_signal, learning_warning, min_relative_l2, nearest, normalised_score, spearman)
 from pgen.fileio import atomic_write  # noqa: E402
+from pgen.plots import save_figure  # noqa: E402
 from pgen.policy import Actor, ParamLayout, PolicySpec  # noqa: E402
 from pgen.progress import Progress, log  # noqa: E402
 from pgen.store import CheckpointStore, open_store  # noqa: E402
@@ -261,12 +262,7 @@ def plot_alignment(result: dict[str, Any], path: Path) -> Path:
     ax.set(title=f"{result['model']}\nR² {result['alignment_r2']:.2f}, Spearman {result['spearman']:.2f},"
                  f" score at top {result['normalised_score_top']:.2f}",
            xlabel="requested return", ylabel=f"achieved return ({result['mode']}, {result['episodes']} episodes)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
-    return path
+    return save_figure(fig, ax, path, {"fontsize": 7, "loc": "lower right"})
 
 
 def format_result(r: dict[str, Any]) -> str:

@@ -11,6 +11,22 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pgen.fileio import atomic_write  # noqa: E402
+
+
+def save_figure(fig: plt.Figure, ax: plt.Axes, path: str | Path, legend: Mapping[str, object] | None = None) -> Path:
+    """Grid, legend (`legend`: its keyword arguments; None: none), tight layout; the PNG written
+    atomically (a reader never sees half a file); the figure closed."""
+    ax.grid(alpha=0.3)
+    if legend is not None:
+        ax.legend(**legend)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return path
+
 
 def smooth(values: Sequence[float], window: int) -> np.ndarray:
     """Trailing moving average that ignores NaNs (iterations with no finished episode)."""
@@ -36,12 +52,4 @@ def plot_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], p
         ax.annotate(label, (0.01, value), xycoords=("axes fraction", "data"), fontsize=8, color="grey",
                     va="bottom")
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    ax.grid(alpha=0.3)
-    if curves:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, ax, path, {"fontsize": 8} if curves else None)
