@@ -392,17 +392,20 @@ def test_grpc_generate_matches_http_and_maps_errors(server):
     from serve import pgen_pb2_grpc
 
     base, _, _, target = server
-    http = post(base, "/v1/generate", {"model": "spread", "target_return": -50.0, "num": 3, "seed": 11}).json()
+    # a pinned version: an earlier test may have registered v0002 and moved LATEST
+    http = post(base, "/v1/generate", {"model": "spread@v0001", "target_return": -50.0, "num": 3, "seed": 11}).json()
     with grpc.insecure_channel(target) as channel:
         stub = pgen_pb2_grpc.PolicyGeneratorStub(channel)
         meta = (("application", "pgen"),)
-        reply = stub.Generate(pb.GenerateRequest(model="spread", target_return=-50.0, num=3, seed=11), metadata=meta)
+        reply = stub.Generate(pb.GenerateRequest(model="spread@v0001", target_return=-50.0, num=3, seed=11),
+                              metadata=meta)
         assert (reply.model_id, reply.seed, reply.num, reply.num_params) == ("spread@v0001", 11, 3, http["num_params"])
         params = np.asarray(reply.params, np.float32).reshape(reply.num, reply.num_params)
         np.testing.assert_allclose(params, np.asarray(http["params"], np.float32), rtol=1e-5, atol=1e-6)
         assert json.loads(reply.layout_json) == http["layout"] and reply.in_range == http["in_range"]
         unset = stub.Generate(pb.GenerateRequest(model="spread", target_return=-50.0), metadata=meta)
         assert unset.num == 1 and unset.temperature == 0.5 and len(unset.params) == unset.num_params
+        assert unset.model_id.startswith("spread@v")  # a bare name resolves to LATEST
         file = stub.Generate(pb.GenerateRequest(model="spread@v0001", target_return=-50.0, num=3, seed=11,
                                                 format=pb.POLICY_FILE), metadata=meta)
         assert file.policy_file[:8] and not file.params
