@@ -764,7 +764,7 @@ def tables(result: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", default=str(RESULTS / "runs" / "serve-store"))
-    ap.add_argument("--levers", nargs="+", default=LEVERS)
+    ap.add_argument("--levers", nargs="*", default=LEVERS, help="none: only batching, the swap, profiles")
     ap.add_argument("--grpc-levers", nargs="*", default=["default", "to+single", "ha+to+single"])
     ap.add_argument("--default-lever", default="ha+to+single", help="what `pgen serve` defaults to")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
