@@ -59,6 +59,16 @@ class CriticInput(str, Enum):
     joint_obs = "joint_obs"
 
 
+class ServeLayout(str, Enum):
+    single = "single"  # one deployment: the HTTP/gRPC ingress, batching and multiplexing in the same replica
+    split = "split"  # an Ingress deployment calls the PolicyGenerator deployment through a DeploymentHandle
+
+
+class ServeProxy(str, Enum):
+    haproxy = "haproxy"  # Ray Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1) in front of the replicas
+    python = "python"  # Ray Serve's Python proxy actor (Ray's default)
+
+
 class EnvBackend(str, Enum):
     auto = "auto"  # vector when it supports env.id and env.kwargs, else pettingzoo (logged once)
     vector = "vector"  # pgen's batched NumPy MPE (pgen/envs/mpe.py), exact against mpe2; an error if unsupported
@@ -308,29 +318,40 @@ class PipelineConfig(LearnerSetup):
 
 @dataclass
 class ServeSettings:
-    """The Serve application (`serve/app.py`): limits, batching, replicas, resources, auth."""
+    """The Serve application (`serve/app.py`): limits, batching, replicas, resources, auth, and how
+    `pgen serve` runs Ray Serve (bench/README.md "Serve" measured each choice)."""
 
     host: str = "127.0.0.1"  # `pgen serve` only; `serve run/deploy` take Serve's http_options
     port: int = 8000  # `pgen serve` only
+    grpc_port: int = 9000  # `pgen serve` only: gRPC ingress (serve/pgen.proto); 0: HTTP only
     app_name: str = "pgen"  # `pgen serve` only
+    # how Serve's processes run, for the local Ray `pgen serve` starts (environment variables read when
+    # Serve starts; on a cluster, its nodes' environment decides: cluster/README.md)
+    proxy: ServeProxy = ServeProxy.haproxy
+    throughput_optimized: bool = True  # RAY_SERVE_THROUGHPUT_OPTIMIZED=1: buffered logs, no stderr (README)
+    layout: ServeLayout = ServeLayout.single
     max_num: int = 64  # policies per /v1/generate request
     max_population: int = 256  # population_size limit of /v1/seed
     max_body_bytes: int = 16384  # larger request bodies get 413
     batching: bool = True  # @serve.batch across requests; false: one forward pass per request
-    max_batch_size: int = 32
+    max_batch_size: int = 32  # requests per batch
     batch_wait_timeout_s: float = 0.002
-    max_ongoing_requests: int = 64  # per generator replica (caps the batch size too)
-    max_queued_requests: int = 256  # per caller of the generator; beyond: 503 + Retry-After
-    ingress_max_ongoing_requests: int = 128  # per ingress replica
-    ingress_max_queued_requests: int = 512  # per HTTP proxy; beyond: 503 + Retry-After
+    max_concurrent_batches: int = 1  # batches a replica decodes at once (each on its own thread)
+    decode_rows: int = 64  # policies per forward pass: a larger batch is decoded in slices of this many
+    max_ongoing_requests: int = 64  # generate requests a replica works on at once (caps the batch size too)
+    max_queued_requests: int = 256  # more wait (per replica; split: per caller); beyond: 503 + Retry-After
+    # what Serve lets into the replica that answers HTTP at once (split: Ingress; single: PolicyGenerator,
+    # at least max_ongoing_requests + max_queued_requests) and queues before it; beyond: 503 + Retry-After
+    ingress_max_ongoing_requests: int = 128
+    ingress_max_queued_requests: int = 512
     retry_after_s: float = 1.0
     min_replicas: int = 1  # generator replicas (autoscaled on ongoing requests)
     max_replicas: int = 2
     target_ongoing_requests: float = 16.0
-    ingress_replicas: int = 1
+    ingress_replicas: int = 1  # split only
     num_cpus: float = 0.5  # per generator replica
     num_gpus: float = 0.0  # per generator replica; > 0 (e.g. 0.25) only where GPUs exist
-    ingress_num_cpus: float = 0.25
+    ingress_num_cpus: float = 0.25  # split only
     device: str = "auto"  # auto: cuda when the replica has a GPU, else cpu
     torch_threads: int = 1
     latest_ttl_s: float = 2.0  # how long a resolved `name` → LATEST version is reused

@@ -15,8 +15,9 @@ import ray
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from pgen.config import compose_config
+from pgen.config import ServeSettings, compose_config
 from pgen.population import check_member_resources
+from serve.app import ray_serve_env
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
@@ -93,6 +94,8 @@ def test_every_node_installs_the_same_pgen_and_ray_and_requires_the_token():
         ray_starts = [cmd for cmd in starts if "ray start" in cmd]
         assert len(ray_starts) == 2 and all("RAY_AUTH_MODE=token" in cmd and "PYTHONPATH=$HOME/pgen" in cmd
                                             for cmd in ray_starts), name
+        # Serve in the mode `pgen serve` starts it in (serve.app.ray_serve_env), on every node
+        assert all(f"{k}={v}" in cmd for cmd in ray_starts for k, v in ray_serve_env(ServeSettings()).items()), name
         images = [c.get("docker", {}).get("image", "")] + [t.get("docker", {}).get("worker_image", "")
                                                           for t in c["available_node_types"].values()]
         assert all(ray.__version__ in image for image in images if image), images
@@ -165,6 +168,12 @@ def test_rayservice_serve_config_is_a_serve_deploy_config_of_the_serve_app():
     config = ServeDeploySchema.model_validate(yaml.safe_load(manifest["spec"]["serveConfigV2"]))
     (app,) = config.applications
     assert app.import_path == "serve.app:app" and app.args["store.uri"].startswith("s3://")
+    assert config.grpc_options.grpc_servicer_functions == ["serve.pgen_pb2_grpc.add_PolicyGeneratorServicer_to_server"]
+    # every pod runs Serve in the mode `pgen serve` starts it in
+    spec = cluster_spec(manifest)
+    for container in [spec["headGroupSpec"]["template"]["spec"]["containers"][0]] + [
+            g["template"]["spec"]["containers"][0] for g in spec["workerGroupSpecs"]]:
+        assert {e["name"]: e["value"] for e in container["env"]} == ray_serve_env(ServeSettings())
 
 
 def test_vendoring_refuses_a_field_the_crd_does_not_define():

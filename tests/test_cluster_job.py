@@ -3,8 +3,8 @@ temp dir and ports, token auth on), `ray job submit --working-dir . -- pgen …`
 the moto S3 server, then `serve deploy serve/config.yaml` and `/v1/generate` (once serve/ exists).
 
 The cluster is started the way cluster/*.yaml start their nodes: RAY_AUTH_MODE=token with a token
-file, the repository on PYTHONPATH, a `population` resource, and node credentials in its own
-environment, not in the jobs'. The jobs get the S3 endpoint only through cluster/job_env.py.
+file, the repository on PYTHONPATH, Serve's HAProxy ingress and throughput-optimised mode, a
+`population` resource, and node credentials in its own environment, not in the jobs'. The jobs get the S3 endpoint only through cluster/job_env.py.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import yaml
 from pgen.generator.sample import load_generator
 from pgen.store import CheckpointStore
 from tests.s3server import free_port, free_ports
+from tests.serving import local_serve_env
 from tests.test_population import TINY, assert_complete_runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,6 +88,7 @@ def start_local_cluster(s3_env: dict[str, str]) -> LocalCluster:
     ports = dict(zip(names, free_ports(len(names))))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_")) and k != "PYTHONPATH"}
     env.update(s3_env, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file), PYTHONPATH=str(REPO))
+    env.update(local_serve_env())  # Serve's mode as cluster/*.yaml set it (side ports free: tests/serving.py)
     cmd = [shutil.which("ray") or "ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
            f"--temp-dir={temp_dir / 'ray'}", "--num-cpus=2", '--resources={"population": 2}',
            "--include-dashboard=true", "--dashboard-host=127.0.0.1", "--min-worker-port=0", "--max-worker-port=0",
@@ -238,6 +240,7 @@ def deploy_serve_config(cluster: LocalCluster, store_uri: str, path: Path) -> in
     config = yaml.safe_load(SERVE_CONFIG.read_text())
     port = free_port()
     config["http_options"] = {**(config.get("http_options") or {}), "host": "127.0.0.1", "port": port}
+    config["grpc_options"] = {**config["grpc_options"], "port": free_port()}
     passthrough = job_env_module().job_runtime_env(environ=cluster.client_env)["env_vars"]
     for app in config["applications"]:
         app["args"] = {**(app.get("args") or {}), "store.uri": store_uri}

@@ -25,6 +25,7 @@ import pytest
 import requests
 
 from tests.s3server import free_port
+from tests.serving import local_serve_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,7 +92,7 @@ EXAMPLES: dict[str, Run | Elsewhere] = {
     "tensorboard --logdir pgen-runs/generators": Run(["--port", "{port}"], ready=r"TensorBoard \S+ at http"),
     # serving
     "pgen serve store.uri=./pgen-store": Run(
-        [*SERVE, "serve.port={port}"], ready="http",
+        [*SERVE, "serve.port={port}", "serve.grpc_port=0"], ready="http",
         while_up=[
             "curl localhost:8000/v1/models",
             f"curl -X POST localhost:8000/v1/generate -H 'Content-Type: application/json' -d '{{\"model\": \"{MODEL}\","
@@ -167,7 +168,7 @@ def user(tmp_path_factory, s3_server):
     folder = tmp_path_factory.mktemp("readme")
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="my-bucket")
-    env = {**os.environ, "PGEN_SERVE_TOKEN": "readme-token", "RAY_DEDUP_LOGS": "0"}
+    env = {**os.environ, **local_serve_env(), "PGEN_SERVE_TOKEN": "readme-token", "RAY_DEDUP_LOGS": "0"}
     return folder, env
 
 

@@ -13,7 +13,8 @@ from pgen.generator.sample import load_generator
 from pgen.generator.train import train_generator
 from pgen.store import CheckpointStore
 from tests.test_generator import fill_store, train_cfg
-from tests.s3server import free_port
+from tests.s3server import free_ports
+from tests.serving import local_serve_env
 
 POPULATE = ["policy.hidden=[8]", "population.size=2", "population.max_env_steps=400", "population.eval_episodes=4",
             "algo.num_envs=4", "algo.rollout_steps=50", "population.checkpoint_every=1",
@@ -21,7 +22,7 @@ POPULATE = ["policy.hidden=[8]", "population.size=2", "population.max_env_steps=
 
 
 @pytest.fixture
-def served_generator(tmp_path):
+def served_generator(tmp_path, monkeypatch):
     import ray
     from ray import serve
 
@@ -30,8 +31,11 @@ def served_generator(tmp_path):
     store_uri = str(tmp_path / "store")
     fill_store(CheckpointStore(store_uri))
     train_generator(train_cfg(store_uri, name="spread", epochs=2))
-    run(compose_config("serve", [f"store.uri={store_uri}", f"serve.port={free_port()}", "serve.max_replicas=1",
-                                 "serve.app_name=gen"]), blocking=False)
+    for key, value in local_serve_env().items():  # free side ports for the HAProxy ingress `run` starts
+        monkeypatch.setenv(key, value)
+    port, grpc_port = free_ports(2)
+    run(compose_config("serve", [f"store.uri={store_uri}", f"serve.port={port}", f"serve.grpc_port={grpc_port}",
+                                 "serve.max_replicas=1", "serve.app_name=gen"]), blocking=False)
     yield store_uri
     serve.shutdown()
     ray.shutdown()

@@ -1,9 +1,12 @@
-"""The Serve application over real HTTP: `serve run` of serve/config.yaml (port and args changed) on
-a local Ray, in a subprocess, against a local store holding a small trained generator.
+"""The Serve application over real HTTP and gRPC: `serve run` of serve/config.yaml (ports and args
+changed) on a local Ray started in the mode `pgen serve` defaults to (`serve.app.ray_serve_env`:
+HAProxy ingress, throughput-optimised Serve), in a subprocess, against a local store holding a
+small trained generator.
 
 Every endpoint, the error cases, a schema-driven fuzz of the request bodies (no 5xx), the bearer
-token, a new generator version under traffic with zero failed requests, and a population seeded by
-/v1/seed that starts at the seed policies' measured return.
+token, a new generator version under traffic with zero failed requests, a population seeded by
+/v1/seed that starts at the seed policies' measured return, the gRPC endpoint, and the split layout
+(Ingress → PolicyGenerator) answering as the single one does.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -28,7 +33,8 @@ from pgen.generator.sample import load_generator
 from pgen.generator.train import train_generator
 from pgen.policy import load_policies, read_policy_file
 from pgen.store import CheckpointStore
-from tests.s3server import free_port
+from tests.s3server import free_port, free_ports
+from tests.serving import local_serve_env
 from tests.test_generator import SMALL, fill_store, pgen, train_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,14 +45,16 @@ SERVE_ARGS = {"serve.max_num": 8, "serve.max_population": 4, "serve.max_body_byt
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """(base URL, store URI, log path) of `serve run` on a store with generator `spread` v0001."""
+    """(base URL, store URI, log paths, gRPC address) of `serve run` on a store with generator
+    `spread` v0001; the log paths are `serve run`'s output and every file of its Ray's logs."""
     tmp = tmp_path_factory.mktemp("serve")
     store_uri = str(tmp / "store")
     fill_store(CheckpointStore(store_uri))
     train_generator(train_cfg(store_uri, name="spread", epochs=3))
-    port = free_port()
+    port, grpc_port = free_ports(2)
     config = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
     config["http_options"] = {"host": "127.0.0.1", "port": port}
+    config["grpc_options"] = {**config["grpc_options"], "port": grpc_port}
     app = config["applications"][0]
     app["args"] = {**app["args"], "store.uri": store_uri, **SERVE_ARGS}
     # beside it, on the same Serve instance: an app whose token variable is unset (/v1/seed closed), and
@@ -57,18 +65,24 @@ def server(tmp_path_factory):
          "args": {**app["args"], **small, "serve.token_env": "PGEN_TEST_UNSET_TOKEN"}},
         {**app, "name": "tight", "route_prefix": "/tight",
          "args": {**app["args"], **small, "serve.batching": False, "serve.max_batch_size": 1,
-                  "serve.max_ongoing_requests": 1, "serve.max_queued_requests": 1}}]
+                  "serve.max_ongoing_requests": 1, "serve.max_queued_requests": 1}},
+        {**app, "name": "split", "route_prefix": "/split", "args": {**app["args"], **small, "serve.layout": "split"}}]
     (tmp / "serve.yaml").write_text(yaml.safe_dump(config))
     log = tmp / "serve.log"
-    env = {**os.environ, "PGEN_SERVE_TOKEN": TOKEN, "RAY_DEDUP_LOGS": "0"}
+    # Ray's own files (where Serve's logs go: throughput-optimised Serve writes none to stderr) in a
+    # short folder of this test's (socket paths have a length limit)
+    ray_tmp = Path(tempfile.mkdtemp(prefix="pgen-ray-"))
+    env = {**os.environ, **local_serve_env(), "PGEN_SERVE_TOKEN": TOKEN, "RAY_DEDUP_LOGS": "0",
+           "RAY_TMPDIR": str(ray_tmp)}
     proc = subprocess.Popen(["serve", "run", str(tmp / "serve.yaml")], cwd=ROOT, env=env,
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
+    # HAProxy marks a replica up after two health checks, and Ray starts slowly on a loaded machine
+    deadline = time.monotonic() + 360
     while True:
         try:
             if all(requests.get(f"{base}{prefix}/healthz", timeout=5).status_code == 200
-                   for prefix in ("", "/open", "/tight")):
+                   for prefix in ("", "/open", "/tight", "/split")):
                 break
         except requests.RequestException:  # not listening yet, or the proxy waits for the app
             pass
@@ -76,8 +90,15 @@ def server(tmp_path_factory):
             stop(proc)
             pytest.fail(f"serve run did not come up:\n{log.read_text()[-4000:]}")
         time.sleep(1)
-    yield base, store_uri, log
+    yield base, store_uri, [log, ray_tmp], f"127.0.0.1:{grpc_port}"
     stop(proc)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def logged_text(paths: list[Path]) -> str:
+    """Everything `serve run` printed and every log file of its Ray."""
+    files = [p for path in paths for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file()]
+    return "\n".join(p.read_text(errors="replace") for p in files)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -102,7 +123,7 @@ def post(base: str, path: str, body, headers: dict | None = None, **kw) -> reque
 
 
 def test_health_models_and_openapi(server):
-    base, store_uri, _ = server
+    base, store_uri, _, _ = server
     assert requests.get(f"{base}/healthz").json() == {"status": "ok"}  # nothing about the store
     models = requests.get(f"{base}/v1/models").json()["models"]
     spread = [m for m in models if m["name"] == "spread"]
@@ -115,7 +136,7 @@ def test_health_models_and_openapi(server):
 
 
 def test_generate_json_and_policy_file(server, tmp_path):
-    base, store_uri, _ = server
+    base, store_uri, _, _ = server
     body = {"model": "spread", "target_return": -50.0, "num": 3, "seed": 11}
     r = post(base, "/v1/generate", body)
     assert r.status_code == 200, r.text
@@ -160,7 +181,7 @@ BAD = [
 
 @pytest.mark.parametrize("body, status, message", BAD, ids=[str(i) for i in range(len(BAD))])
 def test_bad_generate_requests_get_a_4xx_with_a_json_message(server, body, status, message):
-    base, store_uri, _ = server
+    base, store_uri, _, _ = server
     r = post(base, "/v1/generate", body)
     assert r.status_code == status and message in r.json()["error"], r.text
     assert store_uri not in r.text and "127.0.0.1" not in r.text  # where the store is stays in the logs
@@ -222,13 +243,13 @@ def test_fuzzed_request_bodies_never_get_a_5xx(server, body, path):
 
 
 def test_seed_needs_the_bearer_token_and_the_token_is_not_logged(server):
-    base, _, log = server
+    base, _, logs, _ = server
     body = {"model": "spread", "target_return": -50, "population_size": 2}
     r = post(base, "/v1/seed", body)
     assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer"
     assert post(base, "/v1/seed", body, {"Authorization": "Bearer wrong"}).status_code == 403
     assert post(base, "/v1/seed", {**body, "population_size": 5}, {"Authorization": f"Bearer {TOKEN}"}).status_code == 422
-    assert TOKEN not in log.read_text()
+    assert TOKEN not in logged_text(logs)  # serve run's output and the Serve log files (buffered: what is there)
 
 
 def test_seed_is_closed_when_the_server_has_no_token(server):
@@ -269,7 +290,7 @@ def test_overload_gets_503_with_retry_after(server):
 
 
 def test_a_new_version_under_traffic_fails_no_request(server):
-    base, store_uri, _ = server
+    base, store_uri, _, _ = server
     seen, failures, stop = [], [], threading.Event()
 
     def client() -> None:
@@ -298,7 +319,7 @@ def test_a_new_version_under_traffic_fails_no_request(server):
 
 
 def test_seeded_population_starts_at_the_seed_policies_return(server, tmp_path):
-    base, store_uri, _ = server
+    base, store_uri, _, _ = server
     body = {"model": "spread@v0001", "target_return": -45.0, "population_size": 2, "run_id": "seeds-1", "seed": 5}
     r = post(base, "/v1/seed", body, {"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 200, r.text
@@ -322,7 +343,7 @@ def test_seeded_population_starts_at_the_seed_policies_return(server, tmp_path):
 
 
 def test_a_corrupt_version_is_a_404_and_the_replica_keeps_serving(server):
-    base, store_uri, _ = server
+    base, store_uri, _, _ = server
     root = Path(store_uri) / "generators"
     broken = root / "broken" / "v0001"
     broken.mkdir(parents=True)
@@ -342,6 +363,10 @@ def test_pgen_serve_rejects_a_bad_config_with_a_clear_error(tmp_path):
     assert out.returncode == 2 and "nope" in out.stderr
     out = pgen("serve", "serve.max_batch_size=100", cwd=tmp_path)
     assert out.returncode == 2 and "cannot exceed serve.max_ongoing_requests" in out.stderr
+    out = pgen("serve", "serve.layout=triple", cwd=tmp_path)
+    assert out.returncode == 2 and "layout" in out.stderr and "Traceback" not in out.stderr
+    out = pgen("serve", "serve.grpc_port=70000", cwd=tmp_path)
+    assert out.returncode == 2 and "serve.grpc_port" in out.stderr
 
 
 def test_a_batch_decodes_every_job_as_if_it_were_alone(tmp_path):
@@ -352,8 +377,90 @@ def test_a_batch_decodes_every_job_as_if_it_were_alone(tmp_path):
     train_generator(train_cfg(store.uri, name="spread", epochs=2))
     a, b = load_generator(store, "spread@v0001"), load_generator(store, "spread@v0001")  # two models in one batch
     jobs = [DecodeJob(a, -50.0, 2, 1, 1.0), DecodeJob(b, -30.0, 1, 2, 0.5), DecodeJob(a, -40.0, 3, 3, 0.0)]
-    out = decode_jobs(jobs)
-    assert [o.shape[0] for o in out] == [2, 1, 3]
-    for job, params in zip(jobs, out):
-        alone = job.gen.generate(job.target, num=job.num, seed=job.seed, temperature=job.temperature)
-        np.testing.assert_allclose(params, alone, rtol=1e-5, atol=1e-6)
+    for rows in (64, 2):  # one forward pass per model, or slices of two policies (serve.decode_rows)
+        out = decode_jobs(jobs, rows)
+        assert [o.shape[0] for o in out] == [2, 1, 3]
+        for job, params in zip(jobs, out):
+            alone = job.gen.generate(job.target, num=job.num, seed=job.seed, temperature=job.temperature)
+            np.testing.assert_allclose(params, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_grpc_generate_matches_http_and_maps_errors(server):
+    import grpc
+
+    from serve import pgen_pb2 as pb
+    from serve import pgen_pb2_grpc
+
+    base, _, _, target = server
+    # a pinned version: an earlier test may have registered v0002 and moved LATEST
+    http = post(base, "/v1/generate", {"model": "spread@v0001", "target_return": -50.0, "num": 3, "seed": 11}).json()
+    with grpc.insecure_channel(target) as channel:
+        stub = pgen_pb2_grpc.PolicyGeneratorStub(channel)
+        meta = (("application", "pgen"),)
+        reply = stub.Generate(pb.GenerateRequest(model="spread@v0001", target_return=-50.0, num=3, seed=11),
+                              metadata=meta)
+        assert (reply.model_id, reply.seed, reply.num, reply.num_params) == ("spread@v0001", 11, 3, http["num_params"])
+        params = np.asarray(reply.params, np.float32).reshape(reply.num, reply.num_params)
+        np.testing.assert_allclose(params, np.asarray(http["params"], np.float32), rtol=1e-5, atol=1e-6)
+        assert json.loads(reply.layout_json) == http["layout"] and reply.in_range == http["in_range"]
+        unset = stub.Generate(pb.GenerateRequest(model="spread", target_return=-50.0), metadata=meta)
+        assert unset.num == 1 and unset.temperature == 0.5 and len(unset.params) == unset.num_params
+        assert unset.model_id.startswith("spread@v")  # a bare name resolves to LATEST
+        file = stub.Generate(pb.GenerateRequest(model="spread@v0001", target_return=-50.0, num=3, seed=11,
+                                                format=pb.POLICY_FILE), metadata=meta)
+        assert file.policy_file[:8] and not file.params
+        bad = [(pb.GenerateRequest(model="spread", target_return=float("nan")), "INVALID_ARGUMENT", "target_return"),
+               (pb.GenerateRequest(model="spread", target_return=1, num=0), "INVALID_ARGUMENT", "num"),
+               (pb.GenerateRequest(model="spread", target_return=1, num=9), "INVALID_ARGUMENT", "at most 8"),
+               (pb.GenerateRequest(model="spread", target_return=1, seed=2**64 - 1), "INVALID_ARGUMENT", "seed"),
+               (pb.GenerateRequest(model="../etc", target_return=1), "INVALID_ARGUMENT", "model"),
+               (pb.GenerateRequest(model="nope", target_return=1), "NOT_FOUND", "no generator 'nope'")]
+        for request, code, message in bad:
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Generate(request, metadata=meta)
+            assert err.value.code().name == code and message in err.value.details(), err.value.details()
+            assert server[1] not in err.value.details()
+
+
+def test_grpc_stubs_are_generated_from_the_proto(tmp_path):
+    protoc = pytest.importorskip("grpc_tools.protoc")
+    shutil.copytree(ROOT / "serve", tmp_path / "serve", ignore=shutil.ignore_patterns("*.py[co]", "__pycache__"))
+    for stub in ("pgen_pb2.py", "pgen_pb2_grpc.py"):
+        (tmp_path / "serve" / stub).unlink()
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        assert protoc.main(["protoc", "-I.", "--python_out=.", "--grpc_python_out=.", "serve/pgen.proto"]) == 0
+    finally:
+        os.chdir(cwd)
+    for stub in ("pgen_pb2.py", "pgen_pb2_grpc.py"):
+        assert (tmp_path / "serve" / stub).read_text() == (ROOT / "serve" / stub).read_text(), \
+            f"serve/{stub} is stale: regenerate it (the command is at the top of serve/pgen.proto)"
+
+
+def test_the_split_layout_answers_as_the_single_one(server):
+    base = server[0]
+    body = {"model": "spread", "target_return": -50.0, "num": 3, "seed": 11}
+    single, split = post(base, "/v1/generate", body).json(), post(base, "/split/v1/generate", body).json()
+    np.testing.assert_allclose(np.asarray(split["params"], np.float32), np.asarray(single["params"], np.float32),
+                               rtol=1e-5, atol=1e-6)
+    assert {k: v for k, v in split.items() if k != "params"} == {k: v for k, v in single.items() if k != "params"}
+    for body, status in (({"model": "nope", "target_return": -50}, 404), ({"model": "spread", "target_return": -50,
+                                                                            "num": 9}, 422)):
+        r = post(base, "/split/v1/generate", body)
+        assert r.status_code == status and r.json()["error"], r.text
+    assert requests.get(f"{base}/split/healthz").json() == {"status": "ok"}
+
+
+def test_pgen_serve_starts_its_ray_in_the_adopted_mode_and_leaves_the_environment_alone(monkeypatch):
+    from pgen.config import ServeProxy, ServeSettings
+    from serve.app import environment, ray_serve_env
+
+    assert ray_serve_env(ServeSettings()) == {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    assert ray_serve_env(ServeSettings(proxy=ServeProxy.python, throughput_optimized=False)) == {
+        "RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
+    monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY", raising=False)
+    monkeypatch.setenv("RAY_SERVE_THROUGHPUT_OPTIMIZED", "0")
+    with environment(ray_serve_env(ServeSettings())):
+        assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in os.environ and os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "0"

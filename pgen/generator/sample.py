@@ -122,7 +122,8 @@ class Generator:
     def decode(self, returns: np.ndarray, noise: torch.Tensor) -> np.ndarray:
         """Parameter vectors `[n, P]` for n (return, ε) pairs in one forward pass; rows are independent,
         so requests batched together get what each would get alone (up to float rounding)."""
-        self.model.eval()
+        if self.model.training:  # eval() walks every module: not on each request of a server
+            self.model.eval()
         c = self.normalizer.condition(torch.as_tensor(returns, dtype=torch.float64)).float().to(self.device)
         tokens = self.model.decode(self.model.sample_latent(c, noise.to(self.device)), c)
         flat = self.normalizer.unstandardise(self.tokenizer.flat(tokens), self.tokenizer)
