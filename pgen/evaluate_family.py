@@ -190,7 +190,10 @@ def evaluate_arch(gen: FamilyGenerator, base: FamilyBaselines, spec: PolicySpec,
     top_k = len(targets) - 1 - len(s.extra_targets)
     return {
         "arch": spec.arch_key, "hidden": list(spec.hidden), "trained": trained, "num_params": spec.layout.num_params,
-        "transfer_source": best[0], "alignment_r2": alignment_r2(t_in, a_in), "spearman": spearman(t_in, a_in),
+        "transfer_source": best[0], "transfer_checkpoint": {
+            "arch": best[0], "run_id": str(data.parts[best[0]].run_ids[best[1]]),
+            "step": int(data.parts[best[0]].steps[best[1]]), "return": float(data.parts[best[0]].returns[best[1]])},
+        "alignment_r2": alignment_r2(t_in, a_in), "spearman": spearman(t_in, a_in),
         "normalised_score_top": float(np.nanmean(normalised_score(
             np.array([p["achieved"] for p in points if p["k"] == top_k]), r_random, r_top))),
         "transfer": transfer, "transfer_score": float(normalised_score(transfer, r_random, r_top)),

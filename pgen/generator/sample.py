@@ -277,6 +277,7 @@ def list_generators(store: CheckpointStore) -> list[dict[str, Any]]:
             ds = info["dataset"]
             out.append({"name": name, "version": version, "latest": version == latest, "env_id": info["env"]["id"],
                         "env_key": info["env_key"], "group": info["group"], "arch": info["arch"],
+                        "archs": info.get("archs", [info["arch"]]),  # a family version: the trained architectures
                         "return_min": ds["return_min"], "return_max": ds["return_max"],
                         "created_at": info["created_at"]})
     return out
