@@ -87,11 +87,10 @@ def measure(store_path: Path, init: str, seed: int, args: argparse.Namespace) ->
             f"torch_threads={args.threads}", f"out_dir={out_dir}", *args.overrides])
         gen = train_generator(cfg, store)
         train_s = time.perf_counter() - t0
-    heldout = "[" + ",".join("[" + ",".join(map(str, h)) + "]" for h in args.heldout) + "]"
-    ecfg = compose_config("evaluate", [f"store.uri={store_path}", f"model={gen.model_id}",
-                                       f"evaluate.episodes={args.episodes}", f"evaluate.samples={args.samples}",
-                                       f"evaluate.targets={args.targets}", f"evaluate.archs={heldout}",
-                                       f"evaluate.out_dir={out_dir}", f"torch_threads={args.threads}"])
+    settings = {"episodes": args.episodes, "samples": args.samples, "targets": args.targets, "out_dir": out_dir,
+                "archs": "[" + ",".join("[" + ",".join(map(str, h)) + "]" for h in args.heldout) + "]"}
+    ecfg = compose_config("evaluate", [f"store.uri={store_path}", f"model={gen.model_id}", f"torch_threads={args.threads}"]
+                          + [f"evaluate.{k}={v}" for k, v in settings.items()])
     t0 = time.perf_counter()
     result = evaluate_generator(ecfg, store, gen)
     print(format_result(result), flush=True)

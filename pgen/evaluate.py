@@ -28,7 +28,7 @@ import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import matplotlib
 
@@ -234,8 +234,15 @@ def evaluate_generator(cfg: EvaluateConfig, store: CheckpointStore | None = None
         "targets": rows, "points": points,
     }
     result["learned_nothing"] = not result["learning_signal"]["learned"]
-    out = Path(s.out_dir).expanduser().resolve() / gen.model_id
-    result["plot"] = str(plot_alignment(result, out / "alignment.png"))
+    return write_evaluation(result, Path(s.out_dir) / gen.model_id, plot_alignment)
+
+
+def write_evaluation(result: dict[str, Any], folder: Path, plot: Callable[[dict[str, Any], Path], Path]
+                     ) -> dict[str, Any]:
+    """`result` with its `plot` (`folder`/alignment.png, drawn by `plot`) and `json`
+    (`folder`/evaluation.json, written last) paths."""
+    out = folder.expanduser().resolve()
+    result["plot"] = str(plot(result, out / "alignment.png"))
     result["json"] = str(out / "evaluation.json")
     atomic_write(out / "evaluation.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
     return result

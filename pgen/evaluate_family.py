@@ -20,7 +20,6 @@ median cross-run nearest-neighbour distance is over the same set. Writes
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pgen.config import EnvConfig, EvaluateSettings, config_from_dict  # noqa: E402
-from pgen.evaluate import COPY_THRESHOLD, _achieved, target_grid  # noqa: E402
+from pgen.evaluate import COPY_THRESHOLD, _achieved, target_grid, write_evaluation  # noqa: E402
 from pgen.fileio import atomic_write  # noqa: E402
 from pgen.generator.data import condition_returns, reference_actors  # noqa: E402
 from pgen.generator.family_data import FamilyData, load_family  # noqa: E402
@@ -238,11 +237,7 @@ def evaluate_family(gen: FamilyGenerator, base: FamilyBaselines, settings: Evalu
                     "return_min": float(base.data.returns.min()), "return_max": float(base.data.returns.max())},
         "archs": archs,
     }
-    out = Path(settings.out_dir).expanduser().resolve() / gen.model_id
-    result["plot"] = str(plot_family(result, out / "alignment.png"))
-    result["json"] = str(out / "evaluation.json")
-    atomic_write(out / "evaluation.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
-    return result
+    return write_evaluation(result, Path(settings.out_dir) / gen.model_id, plot_family)
 
 
 def plot_family(result: dict[str, Any], path: Path) -> Path:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from pgen.generator.archgraph import ARCH_CODE, ROLES, UNIT_FEATURES, ArchGraph, arch_code, arch_graph
-from pgen.generator.model import FourierCondition, _transformer
+from pgen.generator.model import add_vae_core
 from pgen.policy import PolicySpec
 
 MODEL_TYPE = "arch-family"  # config.json "model.type" of a family version (single-arch versions have none)
@@ -111,16 +111,9 @@ class FamilyVAE(nn.Module):
         self.enc_messages = UnitMessages(roles, d)
         self.centre_messages = UnitMessages(roles, d)
         self.centre_norm = nn.LayerNorm(d)
-        self.cls = nn.Parameter(0.02 * torch.randn(d))
-        self.enc_cond = FourierCondition(cfg.fourier_features, d)
-        self.dec_cond = FourierCondition(cfg.fourier_features, d)
-        self.encoder = _transformer(cfg)
-        self.decoder = _transformer(cfg)
-        self.to_latent = nn.Linear(d, 2 * cfg.latent_dim)
-        self.from_latent = nn.Linear(cfg.latent_dim, d)
-        k_cond = 2 * cfg.fourier_features + 1
-        self.prior = (nn.Sequential(nn.Linear(k_cond + d, d), nn.GELU(), nn.Linear(d, 2 * cfg.latent_dim))
-                      if cfg.conditional_prior else None)
+        add_vae_core(self, cfg)
+        self.prior = (nn.Sequential(nn.Linear(2 * cfg.fourier_features + 1 + d, d), nn.GELU(),
+                                    nn.Linear(d, 2 * cfg.latent_dim)) if cfg.conditional_prior else None)
         k = cfg.readout_dim
         edge_roles = list(self.enc_messages.incoming)
         self.read_rows = nn.ModuleDict({r: nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, k)) for r in edge_roles})
