@@ -132,7 +132,7 @@ def seeding_race(store_path: Path, row: dict, args: argparse.Namespace) -> dict:
     common = [f"store.uri={work}", "env=simple_spread", f"policy.hidden=[{hidden}]", "population.size=1",
               f"population.max_env_steps={args.seed_steps}", "population.checkpoint_every=4",
               "population.cpus_per_worker=0.66", "log_every_s=60"]
-    ray.init(include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)  # its own Ray, never another session's
     runs, t0 = [], time.time()
     top = row["targets"][-1]
     for seed in args.seeds_race:

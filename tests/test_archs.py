@@ -223,3 +223,79 @@ def test_a_mixed_population_spreads_members_over_archs_and_grows_one_base_into_e
     assert not torch.equal(w16n[0::2], w16n[1::2]) and torch.allclose(w16n, w16, atol=0.2)
     independent = replace(cfg, population=replace(cfg.population, arch_init="independent"))
     assert not np.array_equal(shared_initial_actor(independent, group, 0, member_policy(cfg, 1)), wide)
+
+
+def test_mixed_population_to_family_generator_generate_and_evaluate_end_to_end(tmp_path):
+    """The README's "Architectures" commands at a tiny budget: `pgen populate population.archs=…`,
+    `pgen train-generator generator.family=true`, `pgen generate arch=…` / `policy.hidden=…` and
+    `pgen evaluate evaluate.archs=…` over a held-out architecture."""
+    from tests.test_population import TINY as POP_TINY, pgen
+
+    store_dir = tmp_path / "store"
+    common = [f"store.uri={store_dir}"]
+    out = pgen("populate", *common, *POP_TINY, "population.size=4", "population.max_env_steps=400",
+               "population.cpus_per_worker=0.5", "population.archs=[{hidden:[8]},{hidden:[8,8]}]", "run_id=mix",
+               cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    store = CheckpointStore(str(store_dir))
+    runs = {m: json.loads(store.get(f"runs/mix-m00{m}/run.json")) for m in range(4)}
+    assert [runs[m]["arch"]["agent"] for m in range(4)] == ["mlp-18x8x5-tanh", "mlp-18x8x8x5-tanh"] * 2
+    assert [s.arch_key for s in family_archs(store, env_key(describe_env_cfg()), "agent", "mlp-18xHx5-tanh")] == [
+        "mlp-18x8x5-tanh", "mlp-18x8x8x5-tanh"]
+    out = pgen("train-generator", *common, "generator.family=true", "generator.epochs=2", "generator.d_model=16",
+               "generator.n_layers=1", "generator.n_heads=2", "generator.latent_dim=4", "generator.readout_dim=8",
+               "generator.batch_size=4", f"out_dir={tmp_path / 'gen'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    gen = load_generator(store, None)
+    info = gen.info
+    assert isinstance(gen, FamilyGenerator) and gen.name == "simple_spread-agent-mlp-18xHx5-tanh"
+    assert info["arch"] == "mlp-18xHx5-tanh" and info["archs"] == ["mlp-18x8x5-tanh", "mlp-18x8x8x5-tanh"]
+    assert info["model"]["type"] == "arch-family" and info["dataset"]["arch_rows"] == {
+        "mlp-18x8x5-tanh": 6, "mlp-18x8x8x5-tanh": 6}
+    assert set(info["dataset"]["max_step"]) == {f"mix-m00{m}" for m in range(4)}
+    for args, key in [(["arch=mlp-18x12x12x5-tanh"], "mlp-18x12x12x5-tanh"), (["policy.hidden=[16]"], "mlp-18x16x5-tanh")]:
+        out = pgen("generate", *common, "target_return=-60", "num=2", *args, f"out={tmp_path / (key + '.safetensors')}",
+                   cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-3000:]
+        params = load_file(str(tmp_path / f"{key}.safetensors"))
+        assert params["params"].shape == (2, PolicySpec.from_arch_key(key).layout.num_params)
+    out = pgen("generate", *common, "target_return=-60", "policy.hidden=[600]", cwd=tmp_path)
+    assert out.returncode != 0 and "hidden sizes must be at most 512" in out.stderr
+    out = pgen("evaluate", *common, "evaluate.archs=[[12,12]]", "evaluate.episodes=4", "evaluate.samples=1",
+               "evaluate.targets=2", "evaluate.max_top=2", "evaluate.states=2", "evaluate.random_inits=1",
+               f"evaluate.out_dir={tmp_path / 'ev'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(next((tmp_path / "ev").rglob("evaluation.json")).read_text())
+    assert [(a["arch"], a["trained"]) for a in result["archs"]] == [
+        ("mlp-18x8x5-tanh", True), ("mlp-18x8x8x5-tanh", True), ("mlp-18x12x12x5-tanh", False)]
+    held_out = result["archs"][-1]
+    assert held_out["transfer_source"] == "mlp-18x8x8x5-tanh" and held_out["novelty_reference"] == "mlp-18x8x8x5-tanh"
+    assert "held out" in out.stdout and next((tmp_path / "ev").rglob("alignment.png")).stat().st_size > 1000
+
+
+def describe_env_cfg():
+    return compose_config("train-generator").env
+
+
+def test_serve_requests_name_an_architecture_and_one_batch_decodes_several():
+    """/v1/generate and /v1/seed take `arch` or `hidden`/`kind`/`activation` (bounds checked before
+    the model: a 422); a batch of requests for two architectures decodes each as it would alone."""
+    from pydantic import ValidationError
+
+    from serve.app import DecodeJob, GenerateRequest, SeedRequest, decode_jobs
+
+    req = GenerateRequest(model="fam", target_return=-50.0, hidden=[96, 96])
+    assert req.arch_request() == {"arch": None, "hidden": [96, 96], "kind": None, "activation": None}
+    assert SeedRequest(model="fam", target_return=-50.0, population_size=2, arch="mlp-18x96x5-tanh").arch == \
+        "mlp-18x96x5-tanh"
+    for bad in [{"hidden": [MAX_WIDTH + 1]}, {"hidden": [8] * 5}, {"hidden": []}, {"kind": "transformer"},
+                {"activation": "gelu"}, {"hidden": ["8"]}]:
+        with pytest.raises(ValidationError):
+            GenerateRequest(model="fam", target_return=-50.0, **bad)
+    gen = fit(replace(TINY, epochs=1), synthetic_family([spec(8), spec(16, 16)], runs=2, per_run=3), spec(8),
+              seed=0).generator
+    jobs = [DecodeJob(gen, spec(24, 24), -60.0, 2, 1, 1.0), DecodeJob(gen, spec(8), -55.0, 1, 2, 1.0),
+            DecodeJob(gen, spec(24, 24), -50.0, 1, 3, 1.0)]
+    for job, params in zip(jobs, decode_jobs(jobs)):
+        np.testing.assert_allclose(params, gen.generate(job.target, job.num, seed=job.seed, temperature=job.temperature,
+                                                   spec=job.spec), atol=1e-5)

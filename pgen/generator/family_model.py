@@ -101,8 +101,6 @@ class UnitMessages(nn.Module):
 class FamilyVAE(nn.Module):
     def __init__(self, cfg: FamilyModelConfig):
         super().__init__()
-        if cfg.d_model % cfg.n_heads:
-            raise ValueError(f"d_model {cfg.d_model} is not divisible by n_heads {cfg.n_heads}")
         self.cfg = cfg
         d, roles = cfg.d_model, ROLES[cfg.kind]
         self.unit_features = nn.Linear(UNIT_FEATURES, d)

@@ -62,7 +62,10 @@ def _transformer(cfg: ModelConfig) -> nn.TransformerEncoder:
 def add_vae_core(vae: nn.Module, cfg) -> None:
     """The parts every generator VAE has (`cfg`: a model config with d_model, n_heads, n_layers,
     dropout, latent_dim, fourier_features): the CLS token, the encoder's and decoder's condition
-    embeddings, the two transformers and the maps to and from the latent."""
+    embeddings, the two transformers and the maps to and from the latent.
+    ValueError when d_model is not divisible by n_heads."""
+    if cfg.d_model % cfg.n_heads:
+        raise ValueError(f"d_model {cfg.d_model} is not divisible by n_heads {cfg.n_heads}")
     d = cfg.d_model
     vae.cls = nn.Parameter(0.02 * torch.randn(d))
     vae.enc_cond = FourierCondition(cfg.fourier_features, d)
@@ -76,8 +79,6 @@ def add_vae_core(vae: nn.Module, cfg) -> None:
 class ParamVAE(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.d_model % cfg.n_heads:
-            raise ValueError(f"d_model {cfg.d_model} is not divisible by n_heads {cfg.n_heads}")
         self.cfg = cfg
         d = cfg.d_model
         self.token_in = nn.ModuleList(nn.Linear(w, d) for w in cfg.layer_widths)
