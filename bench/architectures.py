@@ -258,12 +258,13 @@ def main() -> None:
                "train_archs": args.train_archs, "heldout": args.heldout, "members": args.members, "steps": args.steps,
                "command": "python bench/architectures.py " + " ".join(sys.argv[1:]), "rows": rows,
                "seeding": previous.get("seeding")}
+    path.write_text(json.dumps(summary, indent=1))  # the measurements survive a race that fails or is stopped
+    plot_summary(rows, RESULTS / "architectures-summary.png")
     if args.seed_arch:
         row = next(r for r in rows if r["init"] == args.inits[0] and r["seed"] == args.seeds[0])
         summary["seeding"] = seeding_race(RESULTS / "runs" / f"arch-{args.inits[0]}", row, args)
         plot_seeding(summary["seeding"], RESULTS / "architectures-seeding.png")
-    path.write_text(json.dumps(summary, indent=1))
-    plot_summary(rows, RESULTS / "architectures-summary.png")
+        path.write_text(json.dumps(summary, indent=1))
     print(f"\n{'init':<12} {'seed':>4} {'architecture':<24} {'':>8} {'R²':>6} {'ρ':>6} {'score':>6} | {'transfer':>8}"
           f" {'R²':>6} | {'retr.+tr. R²':>12} | {'rand.':>6} | {'novelty':>7} {'copies':>6}")
     for r in rows:
