@@ -37,6 +37,11 @@ class Activation(str, Enum):
     relu = "relu"
 
 
+class ArchInit(str, Enum):
+    grown = "grown"  # each arch's shared initial actor is one base network grown into it (pgen/growth.py)
+    independent = "independent"  # each arch draws its own shared initial actor
+
+
 class AlgoName(str, Enum):
     ippo = "ippo"
     mappo = "mappo"
@@ -150,6 +155,13 @@ class PopulationConfig:
     # every member starts from the same initial policy weights (drawn from `seed`), so the population's
     # checkpoints share one basin of weight space and a generator can interpolate between members
     shared_init: bool = True
+    # members spread over these architectures (member m: archs[m mod len]); empty: every member is `policy`
+    archs: List[PolicyConfig] = field(default_factory=list)
+    # with archs and shared_init: grown = the narrowest, shallowest arch's initial network grown into each
+    # arch by a function-preserving map (rank-aligned unit replicas, identity layers), plus noise of
+    # arch_init_noise × each tensor's RMS to break the replicas' symmetry; independent = one draw per arch
+    arch_init: ArchInit = ArchInit.grown
+    arch_init_noise: float = 0.1
     cpus_per_worker: float = 1.0
     # custom Ray resources each member also requests, e.g. {population: 1} so members run only on the
     # node types that offer `population` (cluster/*.yaml); empty: any node with free CPUs (local runs)
@@ -219,6 +231,11 @@ class GeneratorConfig:
 
     name: Optional[str] = None  # store name; default <env.name>-<group>-<arch>
     group: Optional[str] = None  # the env group whose weights it learns; default: every group (pipeline) / the first
+    # an arch-family generator (README "Architectures"): one model for every architecture of the family of
+    # `policy` (its kind and activation; any hidden sizes) in the store, or of `archs` when given
+    family: bool = False
+    archs: List[List[int]] = field(default_factory=list)  # hidden sizes of the architectures to train on
+    readout_dim: int = 64  # family: k of the bilinear read-out of each weight block
     tokenisation: Tokenisation = Tokenisation.neuron
     chunk_size: int = 64  # values per token when tokenisation=chunk
     d_model: int = 64
@@ -263,6 +280,10 @@ class EvaluateSettings:
     max_top: int = 20  # ... at most this many, re-evaluated on the same episodes
     states: int = 20  # episodes whose observations are the fixed states of behavioural agreement
     seed: int = 0
+    # arch-family generators: hidden sizes of more architectures to evaluate beside the trained ones
+    # (held-out ones, e.g. [[96,96],[256,256]]); a single-architecture generator takes only its own
+    archs: List[List[int]] = field(default_factory=list)
+    random_inits: int = 5  # family: freshly initialised policies per architecture (the random-init baseline)
     out_dir: str = "pgen-runs/evaluate"  # <out_dir>/<model>@<version>/{evaluation.json,alignment.png}
 
 
@@ -280,11 +301,22 @@ class TrainGeneratorConfig:
 
 
 @dataclass
+class ArchRequest:
+    """The architecture a request asks an arch-family generator for; unset fields: the generator's default."""
+
+    kind: Optional[PolicyKind] = None
+    hidden: Optional[List[int]] = None
+    activation: Optional[Activation] = None
+
+
+@dataclass
 class GenerateConfig:
     """`pgen generate`: write `num` policies for `target_return` to a policy file."""
 
     store: StoreConfig = field(default_factory=StoreConfig)
     model: Optional[str] = None  # <name> (its LATEST) or <name>@<version>; default: the store's only generator
+    arch: Optional[str] = None  # an arch key (e.g. mlp-18x96x96x5-tanh), or `policy.*` below; default: the generator's
+    policy: ArchRequest = field(default_factory=ArchRequest)
     target_return: Optional[float] = None
     num: int = 1
     seed: int = 0

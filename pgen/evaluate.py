@@ -28,7 +28,7 @@ import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import matplotlib
 
@@ -40,7 +40,8 @@ import torch  # noqa: E402
 from pgen.config import EnvConfig, EvaluateConfig, EvaluateSettings, config_from_dict  # noqa: E402
 from pgen.rollout import HELDOUT_EVAL_SEED, actor_from_flat, evaluate_returns  # noqa: E402
 from pgen.generator.data import ParamDataset, condition_returns, load_slice, reference_actors  # noqa: E402
-from pgen.generator.sample import Generator, load_generator  # noqa: E402
+from pgen.generator.archgraph import ArchNotSupported  # noqa: E402
+from pgen.generator.sample import FamilyGenerator, Generator, load_generator  # noqa: E402
 from pgen.metrics import (NO_LEARNING_ADVICE, action_agreement, alignment_r2, cross_run_nn_median,  # noqa: E402
                           learning_signal, learning_warning, min_relative_l2, nearest, normalised_score, spearman)
 from pgen.fileio import atomic_write  # noqa: E402
@@ -155,6 +156,14 @@ def evaluate_generator(cfg: EvaluateConfig, store: CheckpointStore | None = None
     if gen is None or baselines is None:
         store = store or open_store(cfg.store)
     gen = gen or load_generator(store, cfg.model)
+    if isinstance(gen, FamilyGenerator):  # an arch-family version: every metric per architecture
+        from pgen.evaluate_family import evaluate_family, measure_family_baselines
+
+        base = baselines or measure_family_baselines(store, gen.info, cfg.evaluate, label=f"evaluate {gen.model_id}")
+        return evaluate_family(gen, base, cfg.evaluate)
+    if cfg.evaluate.archs and [list(gen.spec.hidden)] != [list(h) for h in cfg.evaluate.archs]:
+        raise ArchNotSupported(f"evaluate.archs: {gen.model_id} is a single-architecture generator of"
+                               f" {gen.spec.arch_key}; only arch-family generators evaluate other architectures")
     base = baselines or measure_baselines(store, gen.info, cfg.evaluate, label=f"evaluate {gen.model_id}")
     mine = _slice_id(gen.info)
     if (mine if same_slice else mine[:3]) != (base.slice_id if same_slice else base.slice_id[:3]):
@@ -230,8 +239,15 @@ def evaluate_generator(cfg: EvaluateConfig, store: CheckpointStore | None = None
         "targets": rows, "points": points,
     }
     result["learned_nothing"] = not result["learning_signal"]["learned"]
-    out = Path(s.out_dir).expanduser().resolve() / gen.model_id
-    result["plot"] = str(plot_alignment(result, out / "alignment.png"))
+    return write_evaluation(result, Path(s.out_dir) / gen.model_id, plot_alignment)
+
+
+def write_evaluation(result: dict[str, Any], folder: Path, plot: Callable[[dict[str, Any], Path], Path]
+                     ) -> dict[str, Any]:
+    """`result` with its `plot` (`folder`/alignment.png, drawn by `plot`) and `json`
+    (`folder`/evaluation.json, written last) paths."""
+    out = folder.expanduser().resolve()
+    result["plot"] = str(plot(result, out / "alignment.png"))
     result["json"] = str(out / "evaluation.json")
     atomic_write(out / "evaluation.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
     return result
@@ -266,6 +282,10 @@ def plot_alignment(result: dict[str, Any], path: Path) -> Path:
 
 
 def format_result(r: dict[str, Any]) -> str:
+    if "archs" in r:  # an arch-family evaluation
+        from pgen.evaluate_family import format_family_result
+
+        return format_family_result(r)
     warning = learning_warning(r["learning_signal"], f"evaluate {r['model']}")
     lines = ([warning] if warning else []) + [f"{r['model']}: {r['env_id']} group {r['group']} ({r['arch']}), {r['episodes']} {r['mode']} episodes"
              f" per policy, {r['samples']} samples per target; return = group sum, mean per episode",

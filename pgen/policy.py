@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -56,6 +57,17 @@ class PolicySpec:
         out = f"{self.action_dim}{'' if self.discrete else 'c'}"
         sizes = "x".join(str(s) for s in (self.obs_dim, *self.hidden))
         return f"{self.kind}-{sizes}x{out}-{self.activation}"
+
+    @classmethod
+    def from_arch_key(cls, key: str) -> "PolicySpec":
+        """The spec an `arch_key` names (its inverse); ValueError for a string that is not one."""
+        m = re.fullmatch(r"(mlp|gru)-(\d+(?:x\d+)+)(c?)-([a-z]+)", key)
+        if not m:
+            raise ValueError(f"{key!r} is not an arch key such as mlp-18x64x64x5-tanh")
+        sizes = [int(v) for v in m[2].split("x")]
+        if len(sizes) < 3:
+            raise ValueError(f"{key!r} names no hidden layer")
+        return cls(m[1], sizes[0], tuple(sizes[1:-1]), sizes[-1], not m[3], m[4])
 
     @classmethod
     def for_group(cls, group, kind: str, hidden: Sequence[int], activation: str) -> "PolicySpec":

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from pgen.config import AlgoConfig, PopulateConfig, config_from_dict, enum_value, to_dict
+from pgen.config import AlgoConfig, PolicyConfig, PopulateConfig, config_from_dict, enum_value, to_dict
 from pgen.envs import env_key
 from pgen.deployment import generator_handle
 from pgen.ray_runtime import init_ray
@@ -78,6 +78,54 @@ def member_run_id(prefix: str, member: int) -> str:
     return f"{prefix}-m{member:03d}"
 
 
+def member_policy(cfg: PopulateConfig, member: int) -> PolicyConfig:
+    """The policy setting of member `member`: `population.archs[member mod len]`, else `policy`."""
+    archs = cfg.population.archs
+    return archs[member % len(archs)] if archs else cfg.policy
+
+
+def check_archs(cfg: PopulateConfig) -> None:
+    """ValueError naming a `population.archs` entry that cannot be built, or a bad arch_init_noise."""
+    from pgen.policy import PolicySpec
+
+    for i, arch in enumerate(cfg.population.archs):
+        try:
+            PolicySpec(enum_value(arch.kind), 1, tuple(arch.hidden), 1, True, enum_value(arch.activation))
+        except ValueError as err:
+            raise ValueError(f"population.archs[{i}]: {err}") from None
+    if not cfg.population.arch_init_noise >= 0:
+        raise ValueError(f"population.arch_init_noise must be >= 0, got {cfg.population.arch_init_noise}")
+
+
+def shared_initial_actor(cfg: PopulateConfig, group, index: int, policy: PolicyConfig) -> np.ndarray:
+    """The initial actor weights every member of architecture `policy` shares for group `group`
+    (the env's `index`-th): drawn from the population seed with the base `algo.init_scale`; with
+    `population.archs` and `arch_init=grown`, the family's base network (`growth.base_spec` of the
+    archs of the same kind and activation) drawn so and grown into `policy` (pgen/growth.py)."""
+    import torch
+
+    from pgen.growth import base_spec, grow, orthogonal_gain, same_family
+    from pgen.policy import Actor, PolicySpec
+
+    def spec_of(p: PolicyConfig) -> PolicySpec:
+        return PolicySpec.for_group(group, enum_value(p.kind), p.hidden, enum_value(p.activation))
+
+    def draw(spec: PolicySpec) -> np.ndarray:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(np.random.SeedSequence([cfg.seed, index, 0x5EED]).generate_state(1)[0]))
+            return Actor(spec, init_scale=cfg.algo.init_scale).flat_params()
+
+    spec = spec_of(policy)
+    pop = cfg.population
+    if not pop.archs or enum_value(pop.arch_init) != "grown":
+        return draw(spec)
+    family = [s for s in map(spec_of, pop.archs) if same_family(s, spec)]
+    base = base_spec(family)
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, index, 0x6E0, *spec.hidden]))
+    return grow(draw(base), base, spec, noise=pop.arch_init_noise, rng=rng,
+                identity_gain=orthogonal_gain(cfg.algo.init_scale))
+
+
 def seed_params(store: CheckpointStore, run_id: str, member: int) -> tuple[dict[str, np.ndarray], str, dict[str, str]]:
     """Initial weights per group from the checkpoints of run `run_id` (row member mod count).
 
@@ -114,7 +162,8 @@ class PopulationWorker:
         self.hparams = member_hparams(self.cfg.population.hparams, self.cfg.seed, member)
         algo = replace(self.cfg.algo, **self.hparams)
         self.seed = self.cfg.seed * 1000 + member
-        self.learner = PPOLearner(self.cfg.env, self.cfg.policy, algo, self.seed, self.cfg.population.max_env_steps)
+        self.policy = member_policy(self.cfg, member)
+        self.learner = PPOLearner(self.cfg.env, self.policy, algo, self.seed, self.cfg.population.max_env_steps)
         self.env_key = env_key(self.cfg.env)
         self.arch = {name: gl.actor.spec.arch_key for name, gl in self.learner.groups.items()}
         self.checkpoints, self.restarts, self.origin = 0, 0, "trained"
@@ -167,23 +216,20 @@ class PopulationWorker:
         seed = self.cfg.population.seed
         name, version = resolve_model(self.store, seed.model)  # this member's version, even if LATEST moves
         handle = generator_handle(seed.app)
-        request = {"target_return": seed.target_return, "num": 1, "seed": self.seed, "temperature": seed.temperature}
+        arch = {"kind": enum_value(self.policy.kind), "hidden": list(self.policy.hidden),
+                "activation": enum_value(self.policy.activation)}  # this member's architecture
+        request = {"target_return": seed.target_return, "num": 1, "seed": self.seed, "temperature": seed.temperature,
+                   "arch": arch}
         reply = handle.options(multiplexed_model_id=f"{name}@{version}").generate.remote(request).result(
             timeout_s=seed.timeout_s)
         log.info(f"{self.run_id}: seeded from {name}@{version} (target return {seed.target_return})")
         return {reply["group"]: reply["params"][0]}, f"seeded:{name}@{version}", {reply["group"]: reply["arch"]}
 
     def _shared_initial_policies(self) -> None:
-        """Replace each group's actor weights by ones drawn from the population seed (with the base
-        `algo.init_scale`), the same for every member; critics stay per member."""
-        import torch
-
-        from pgen.policy import Actor
-
+        """Replace each group's actor weights by the initial ones every member of this member's
+        architecture shares (`shared_initial_actor`); critics stay per member."""
         for i, (name, gl) in enumerate(sorted(self.learner.groups.items())):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(np.random.SeedSequence([self.cfg.seed, i, 0x5EED]).generate_state(1)[0]))
-                gl.actor.load_flat_params(Actor(gl.actor.spec, init_scale=self.cfg.algo.init_scale).flat_params())
+            gl.actor.load_flat_params(shared_initial_actor(self.cfg, gl.group, i, self.policy))
 
     def _resume(self) -> bool:
         files = load_state(self.store, self._state_prefix(), self.learner, extra=(WORKER_FILE,))
@@ -299,6 +345,7 @@ def populate(cfg: PopulateConfig) -> dict[int, dict[str, Any]]:
     if cfg.population.size < 1:
         raise ValueError(f"population.size must be >= 1, got {cfg.population.size}")
     member_hparams(cfg.population.hparams, cfg.seed, 0)  # fail fast on bad ranges, before Ray starts
+    check_archs(cfg)
     seed = cfg.population.seed
     if seed.model is not None:
         if cfg.population.seed_from:

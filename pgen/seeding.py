@@ -43,9 +43,10 @@ def new_seed_run_id(name: str, version: str) -> str:
 
 def write_seed_run(store: CheckpointStore, info: dict[str, Any], params: np.ndarray, target_return: float,
                    run_id: str | None = None, eval_episodes: int = 20, seed: int = 0,
-                   temperature: float = DEFAULT_TEMPERATURE) -> dict[str, Any]:
+                   temperature: float = DEFAULT_TEMPERATURE, spec: PolicySpec | None = None) -> dict[str, Any]:
     """Store K generated policies (`params` `[K, P]`) of the generator described by `info` (its
-    config.json) as seed run `run_id` (a new id when None); returns a summary with measured returns."""
+    config.json) as seed run `run_id` (a new id when None); returns a summary with measured returns.
+    `spec`: the policies' architecture (an arch-family generator's request; default its `policy_spec`)."""
     name, version, group = info["name"], info["version"], info["group"]
     run_id = run_id or new_seed_run_id(name, version)
     if not RUN_ID_RE.match(run_id):
@@ -53,7 +54,7 @@ def write_seed_run(store: CheckpointStore, info: dict[str, Any], params: np.ndar
     if store.exists(f"runs/{run_id}/run.json"):
         raise RunExists(f"run {run_id!r} already exists in {store.uri}; choose another run_id")
     params = np.asarray(params, np.float32)
-    spec = PolicySpec.from_json(info["policy_spec"])
+    spec = spec or PolicySpec.from_json(info["policy_spec"])
     env_cfg = config_from_dict("train", {"env": info["env"]}).env
     others = reference_actors(store, info, env_cfg)
     origin = seed_origin(name, version)
@@ -63,14 +64,14 @@ def write_seed_run(store: CheckpointStore, info: dict[str, Any], params: np.ndar
     records = []
     for member, (flat, r) in enumerate(zip(params, episodes)):
         records.append({"run_id": run_id, "member": member, "env_id": info["env"]["id"], "env_key": info["env_key"],
-                        "group": group, "arch": info["arch"], "step": 0, "update": 0, "return_mean": returns[member],
+                        "group": group, "arch": spec.arch_key, "step": 0, "update": 0, "return_mean": returns[member],
                         "return_std": float(r.std()), "episodes": int(r.size), "num_params": int(flat.size),
                         "params": flat, "checksum": params_checksum(flat), "created_at": now, "seed": int(seed),
                         "origin": origin})
-    if not store.write_part(records, info["env_key"], group, info["arch"], run_id, 0):
+    if not store.write_part(records, info["env_key"], group, spec.arch_key, run_id, 0):
         raise RunExists(f"run {run_id!r} already has checkpoints in {store.uri}; choose another run_id")
     summary = {"run_id": run_id, "origin": origin, "model": name, "version": version, "group": group,
-               "arch": info["arch"], "env_id": info["env"]["id"], "env_key": info["env_key"],
+               "arch": spec.arch_key, "env_id": info["env"]["id"], "env_key": info["env_key"],
                "target_return": float(target_return), "population_size": len(records), "seed": int(seed),
                "temperature": float(temperature), "returns": returns, "return_mean": float(np.mean(returns)),
                "eval_episodes": eval_episodes}

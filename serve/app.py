@@ -71,8 +71,9 @@ from ray.serve.handle import DeploymentHandle
 
 from pgen.config import (DEFAULT_TEMPERATURE, ConfigError, ServeConfig, ServeLayout, ServeProxy, ServeSettings,
                          compose_config, config_from_dict, to_dict)
-from pgen.generator.sample import (Generator, GeneratorNotFound, check_target, list_generators, load_generator,
-                                   pick_device, resolve_model)
+from pgen.generator.archgraph import MAX_DEPTH, MAX_WIDTH
+from pgen.generator.sample import (BaseGenerator, GeneratorNotFound, check_target, list_generators, load_generator,
+                                   pick_device, requested_spec, resolve_model)
 from pgen.policy import PolicySpec, policy_file_bytes
 from pgen.deployment import GENERATOR_DEPLOYMENT
 from pgen.ray_runtime import init_ray
@@ -92,7 +93,20 @@ GRPC_SERVICER = "serve.pgen_pb2_grpc.add_PolicyGeneratorServicer_to_server"
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
-class GenerateRequest(BaseModel):
+class ArchFields(BaseModel):
+    """The architecture asked of an arch-family generator (unset: the generator's default)."""
+
+    arch: Optional[str] = Field(None, max_length=200, description="an arch key, e.g. mlp-18x96x96x5-tanh")
+    hidden: Optional[list[Annotated[int, Field(ge=1, le=MAX_WIDTH, strict=True)]]] = Field(
+        None, min_length=1, max_length=MAX_DEPTH, description=f"hidden sizes (each ≤ {MAX_WIDTH}, ≤ {MAX_DEPTH} layers)")
+    kind: Optional[Literal["mlp", "gru"]] = None
+    activation: Optional[Literal["tanh", "relu"]] = None
+
+    def arch_request(self) -> dict[str, Any]:
+        return {"arch": self.arch, "hidden": self.hidden, "kind": self.kind, "activation": self.activation}
+
+
+class GenerateRequest(ArchFields):
     """POST /v1/generate: `num` policies for `target_return` from generator `model`."""
 
     model_config = ConfigDict(extra="forbid")
@@ -105,7 +119,7 @@ class GenerateRequest(BaseModel):
     format: Literal["json", "safetensors"] = Field("json", description="safetensors: the DESIGN.md policy file")
 
 
-class SeedRequest(BaseModel):
+class SeedRequest(ArchFields):
     """POST /v1/seed: write `population_size` generated policies as seed checkpoints of a new run."""
 
     model_config = ConfigDict(extra="forbid")
@@ -128,7 +142,8 @@ class Overloaded(Exception):
 class DecodeJob(NamedTuple):
     """One request's share of a batch."""
 
-    gen: Generator
+    gen: BaseGenerator
+    spec: PolicySpec
     target: float
     num: int
     seed: int
@@ -141,18 +156,18 @@ def decode_jobs(jobs: list[DecodeJob], rows: int = 64) -> list[np.ndarray]:
     import torch
 
     out: list[np.ndarray | None] = [None] * len(jobs)
-    by_model: dict[int, list[int]] = {}
+    by_model: dict[tuple[int, PolicySpec], list[int]] = {}
     for i, job in enumerate(jobs):
-        by_model.setdefault(id(job.gen), []).append(i)
+        by_model.setdefault((id(job.gen), job.spec), []).append(i)
     with torch.inference_mode():
         for idx in by_model.values():
             group = [jobs[i] for i in idx]
-            gen = group[0].gen
+            gen, spec = group[0].gen, group[0].spec
             noise = torch.cat([gen.noise(j.num, j.seed, j.temperature) for j in group])
             returns = np.concatenate([np.full(j.num, j.target, np.float64) for j in group])
             # past a few dozen policies a CPU forward pass gets slower per policy (its activations
             # leave the caches: bench/README.md "Serve"), so a large batch goes in slices
-            params = np.concatenate([gen.decode(returns[a:a + rows], noise[a:a + rows])
+            params = np.concatenate([gen.decode(returns[a:a + rows], noise[a:a + rows], spec)
                                      for a in range(0, len(returns), rows)])
             ends = np.cumsum([j.num for j in group])
             for i, chunk in zip(idx, np.split(params, ends[:-1])):
@@ -176,8 +191,9 @@ class Decoder:
     """The generator part of a replica: versions multiplexed by model id `name@version`, requests
     batched across callers. Handle API (what population actors use):
     `handle.options(multiplexed_model_id="name@vNNNN").generate.remote({"target_return": R, "num": K,
-    "seed": S, "temperature": T})` → a dict with `params` (`[K, P]` float32), `model`, `version`,
-    `group`, `arch`, `env_id`, `layout`, `policy_spec`, `return_range`."""
+    "seed": S, "temperature": T, "arch": A})` (A optional: `{"arch": key}` or `{"kind", "hidden",
+    "activation"}` for an arch-family generator) → a dict with `params` (`[K, P]` float32), `model`,
+    `version`, `group`, `arch`, `env_id`, `layout`, `policy_spec`, `return_range`."""
 
     def _start_decoder(self, cfg: ServeConfig) -> None:
         import torch
@@ -196,7 +212,7 @@ class Decoder:
         self._admitted = 0  # generate requests from this replica's edge, working or waiting
 
     @serve.multiplexed(max_num_models_per_replica=MODELS_PER_REPLICA)
-    async def get_model(self, model_id: str) -> Generator:
+    async def get_model(self, model_id: str) -> BaseGenerator:
         return await asyncio.to_thread(load_generator, self.store, model_id, str(self.device))
 
     async def generate(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -210,13 +226,14 @@ class Decoder:
         target, num, seed, temperature = check_request(request, self._limit)
         async with self._working:
             gen = await self.get_model(model_id)
-            job = DecodeJob(gen, target, num, seed, temperature)
+            spec = requested_spec(gen, **(request.get("arch") or {}))
+            job = DecodeJob(gen, spec, target, num, seed, temperature)
             params = await self._batched(job) if self._batching else (await self._decode_batch([job]))[0]
         info = gen.info
         return {"params": params, "model": gen.name, "version": gen.version, "group": info["group"],
-                "arch": info["arch"], "env_id": info["env"]["id"], "layout": info["layout"],
-                "policy_spec": info["policy_spec"], "return_range": [info["dataset"]["return_min"],
-                                                                     info["dataset"]["return_max"]]}
+                "arch": spec.arch_key, "env_id": info["env"]["id"], "layout": spec.layout.to_json(),
+                "policy_spec": spec.to_json(), "return_range": [info["dataset"]["return_min"],
+                                                                info["dataset"]["return_max"]]}
 
     @contextlib.contextmanager
     def _admit(self) -> Iterator[None]:
@@ -433,9 +450,10 @@ class Edge:
             self._latest[name] = (version, time.monotonic())
         return f"{name}@{version}"
 
-    async def _generate(self, model: str, target: float, num: int, seed: int, temperature: float) -> dict[str, Any]:
+    async def _generate(self, model: str, target: float, num: int, seed: int, temperature: float,
+                        arch: dict[str, Any] | None = None) -> dict[str, Any]:
         model_id = await self._resolve(model)
-        request = {"target_return": target, "num": num, "seed": seed, "temperature": temperature}
+        request = {"target_return": target, "num": num, "seed": seed, "temperature": temperature, "arch": arch}
         try:
             return await self._decode(model_id, request)
         except (BackPressureError, Overloaded) as err:
@@ -453,7 +471,7 @@ class Edge:
         if req.num > self.settings.max_num:
             raise HTTPException(422, f"num must be at most {self.settings.max_num} (serve.max_num), got {req.num}")
         seed = secrets.randbelow(2**31) if req.seed is None else req.seed
-        out = await self._generate(req.model, req.target_return, req.num, seed, req.temperature)
+        out = await self._generate(req.model, req.target_return, req.num, seed, req.temperature, req.arch_request())
         low, high = out["return_range"]
         meta = {"model": out["model"], "version": out["version"], "model_id": f"{out['model']}@{out['version']}",
                 "env_id": out["env_id"], "group": out["group"], "arch": out["arch"],
@@ -525,13 +543,14 @@ class Edge:
 
     async def _seed(self, req: SeedRequest) -> dict[str, Any]:
         seed = secrets.randbelow(2**31) if req.seed is None else req.seed
-        out = await self._generate(req.model, req.target_return, req.population_size, seed, req.temperature)
+        out = await self._generate(req.model, req.target_return, req.population_size, seed, req.temperature,
+                                   req.arch_request())
         loop = asyncio.get_running_loop()
         try:
             info = await loop.run_in_executor(self._seed_pool, self._info, out["model"], out["version"])
             summary = await loop.run_in_executor(
                 self._seed_pool, write_seed_run, self.store, info, out["params"], req.target_return, req.run_id,
-                self.settings.seed_eval_episodes, seed, req.temperature)
+                self.settings.seed_eval_episodes, seed, req.temperature, PolicySpec.from_json(out["policy_spec"]))
         except RunExists as err:
             raise HTTPException(409, self._public(str(err))) from None
         except StoreError as err:

@@ -45,6 +45,8 @@ TUNE = ["generator.epochs=2", "generator.rescore_episodes=10", *EVALUATE, "tune.
         "tune.checkpoint_every=1", "log_every_s=2"]
 SERVE = ["serve.seed_eval_episodes=2", "serve.max_replicas=1"]
 MODEL = "simple_spread-agent-mlp-18x64x64x5-tanh"
+# the same commands with two tiny architectures and a tiny budget, in one store
+ARCHS = "tests/test_archs.py::test_mixed_population_to_family_generator_generate_and_evaluate_end_to_end"
 
 
 @dataclass
@@ -90,6 +92,16 @@ EXAMPLES: dict[str, Run | Elsewhere] = {
     f"pgen generate model={MODEL}@v0001 target_return=-50 temperature=1.0": Run(),
     f"pgen evaluate model={MODEL} evaluate.extra_targets=[-30]": Run(EVALUATE),
     "tensorboard --logdir pgen-runs/generators": Run(["--port", "{port}"], ready=r"TensorBoard \S+ at http"),
+    # architectures (one generator for a family)
+    "pgen populate population.size=16 'population.archs=[{hidden:[32,32]},{hidden:[64,64]},{hidden:[128,128]},"
+    "{hidden:[64]}]'": Elsewhere(ARCHS),
+    "pgen train-generator generator.family=true": Elsewhere(ARCHS),
+    "pgen generate model=simple_spread-agent-mlp-18xHx5-tanh target_return=-50 arch=mlp-18x96x96x5-tanh":
+        Elsewhere(ARCHS),
+    "pgen generate model=simple_spread-agent-mlp-18xHx5-tanh target_return=-50 policy.hidden=[256,256]":
+        Elsewhere(ARCHS),
+    "pgen evaluate model=simple_spread-agent-mlp-18xHx5-tanh evaluate.archs=[[96,96],[256,256],[64,64,64]]":
+        Elsewhere(ARCHS),
     # serving
     "pgen serve store.uri=./pgen-store": Run(
         [*SERVE, "serve.port={port}", "serve.grpc_port=0"], ready="http",

@@ -328,7 +328,6 @@ def reference_actors(store: CheckpointStore, info: dict[str, Any], env_cfg: EnvC
     if not ref.get("groups"):
         return {}
     env = describe_env(env_cfg)
-    own = PolicySpec.from_json(info["policy_spec"])
     rows = store.read_records(env_key=info["env_key"], run_id=ref["run_id"],
                               columns=["group", "arch", "step", "params"]).table.to_pylist()
     out = {}
@@ -337,8 +336,9 @@ def reference_actors(store: CheckpointStore, info: dict[str, Any], env_cfg: EnvC
         if row is None:
             raise ValueError(f"reference checkpoint of group {group} (run {ref['run_id']}, step {ref['step']})"
                              f" is missing from {store.uri}")
-        spec = PolicySpec.for_group(env.group(group), own.kind, own.hidden, own.activation)
-        if spec.arch_key != meta["arch"]:
-            raise ValueError(f"reference group {group}: arch {meta['arch']} is not {spec.arch_key}")
+        spec = PolicySpec.from_arch_key(meta["arch"])  # the reference run's own architecture
+        g = env.group(group)
+        if (spec.obs_dim, spec.action_dim, spec.discrete) != (g.obs_dim, g.action_dim, g.discrete):
+            raise ValueError(f"reference group {group}: arch {meta['arch']} does not fit the env's group")
         out[group] = actor_from_flat(spec, np.asarray(row["params"], np.float32))
     return out

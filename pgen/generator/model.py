@@ -59,11 +59,26 @@ def _transformer(cfg: ModelConfig) -> nn.TransformerEncoder:
     return nn.TransformerEncoder(block, cfg.n_layers, norm=nn.LayerNorm(cfg.d_model), enable_nested_tensor=False)
 
 
+def add_vae_core(vae: nn.Module, cfg) -> None:
+    """The parts every generator VAE has (`cfg`: a model config with d_model, n_heads, n_layers,
+    dropout, latent_dim, fourier_features): the CLS token, the encoder's and decoder's condition
+    embeddings, the two transformers and the maps to and from the latent.
+    ValueError when d_model is not divisible by n_heads."""
+    if cfg.d_model % cfg.n_heads:
+        raise ValueError(f"d_model {cfg.d_model} is not divisible by n_heads {cfg.n_heads}")
+    d = cfg.d_model
+    vae.cls = nn.Parameter(0.02 * torch.randn(d))
+    vae.enc_cond = FourierCondition(cfg.fourier_features, d)
+    vae.dec_cond = FourierCondition(cfg.fourier_features, d)
+    vae.encoder = _transformer(cfg)
+    vae.decoder = _transformer(cfg)
+    vae.to_latent = nn.Linear(d, 2 * cfg.latent_dim)
+    vae.from_latent = nn.Linear(cfg.latent_dim, d)
+
+
 class ParamVAE(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.d_model % cfg.n_heads:
-            raise ValueError(f"d_model {cfg.d_model} is not divisible by n_heads {cfg.n_heads}")
         self.cfg = cfg
         d = cfg.d_model
         self.token_in = nn.ModuleList(nn.Linear(w, d) for w in cfg.layer_widths)
@@ -72,15 +87,8 @@ class ParamVAE(nn.Module):
                                                      for i, n in enumerate(cfg.layer_tokens)]), persistent=False)
         self.layer_emb = nn.Embedding(len(cfg.layer_tokens), d)
         self.pos_emb = nn.Parameter(0.02 * torch.randn(sum(cfg.layer_tokens), d))
-        self.cls = nn.Parameter(0.02 * torch.randn(d))
-        self.enc_cond = FourierCondition(cfg.fourier_features, d)
-        self.dec_cond = FourierCondition(cfg.fourier_features, d)
-        self.encoder = _transformer(cfg)
-        self.decoder = _transformer(cfg)
-        self.to_latent = nn.Linear(d, 2 * cfg.latent_dim)
-        self.from_latent = nn.Linear(cfg.latent_dim, d)
-        k_cond = 2 * cfg.fourier_features + 1
-        self.prior = (nn.Sequential(nn.Linear(k_cond, d), nn.GELU(), nn.Linear(d, 2 * cfg.latent_dim))
+        add_vae_core(self, cfg)
+        self.prior = (nn.Sequential(nn.Linear(2 * cfg.fourier_features + 1, d), nn.GELU(), nn.Linear(d, 2 * cfg.latent_dim))
                       if cfg.conditional_prior else None)
         # per-position linear read-out of (z, Fourier features of c): [tokens_l, latent + 2n + 1, width_l]
         k = cfg.latent_dim + 2 * cfg.fourier_features + 1

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
@@ -30,9 +30,13 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from pgen.config import DEFAULT_TEMPERATURE
+from pgen.config import DEFAULT_TEMPERATURE, enum_value
+from pgen.generator.archgraph import ArchNotSupported, check_arch
 from pgen.generator.data import Normalizer, Tokenizer
+from pgen.generator.family_data import FamilyNormalizer
+from pgen.generator.family_model import MODEL_TYPE, ArchInputs, FamilyModelConfig, FamilyVAE, arch_inputs
 from pgen.generator.model import ModelConfig, ParamVAE
+from pgen.growth import transfer_source
 from pgen.policy import ParamLayout, PolicySpec, save_policy_file
 from pgen.store import CheckpointStore, StoreError, open_store
 
@@ -63,14 +67,14 @@ def check_target(value: Any, what: str = "target_return") -> float:
     return target
 
 
-@dataclass
-class Generator:
-    """A VAE with everything needed to turn (target return, z) into policy parameters."""
+class BaseGenerator:
+    """What every generator offers: identity, generation noise and `generate`; subclasses `decode`.
 
-    model: ParamVAE
-    tokenizer: Tokenizer
-    normalizer: Normalizer
+    `spec` is the architecture a generator produces by default; `specs_for` says which one a
+    request means (`ArchNotSupported` when it cannot produce it)."""
+
     info: dict[str, Any]  # config.json: name, version, model, generator, policy_spec, layout, env, dataset …
+    model: torch.nn.Module
 
     @property
     def spec(self) -> PolicySpec:
@@ -96,9 +100,21 @@ class Generator:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def latent_dim(self) -> int:
+        return self.model.cfg.latent_dim
+
+    def check_spec(self, spec: PolicySpec | None) -> PolicySpec:
+        """The architecture to produce for a request (`spec`, None: the default) or ArchNotSupported."""
+        if spec is not None and spec != self.spec:
+            raise ArchNotSupported(f"{self.model_id} generates only {self.spec.arch_key} (a single-architecture"
+                                   f" generator), not {spec.arch_key}")
+        return self.spec
+
     def generate(self, target_returns: float | Sequence[float], num: int = 1, seed: int = 0,
-                 temperature: float = DEFAULT_TEMPERATURE) -> np.ndarray:
-        """`num` parameter vectors per target, `[len(targets) · num, P]` float32, target-major.
+                 temperature: float = DEFAULT_TEMPERATURE, spec: PolicySpec | None = None) -> np.ndarray:
+        """`num` parameter vectors of `spec` (default: `self.spec`) per target, `[len(targets) · num, P]`
+        float32, target-major.
 
         z = μ_p(c) + σ_p(c)·ε with ε ~ N(0, temperature² I) drawn from a CPU generator seeded with
         `seed` (μ_p = 0, σ_p = 1 without a conditional prior), so the same call gives the same
@@ -106,7 +122,7 @@ class Generator:
         """
         targets = [check_target(t) for t in np.atleast_1d(np.asarray(target_returns, dtype=object))]
         noise = self.noise(len(targets) * num, seed, temperature)
-        return self.decode(np.repeat(np.asarray(targets, np.float64), num), noise)
+        return self.decode(np.repeat(np.asarray(targets, np.float64), num), noise, spec)
 
     def noise(self, num: int, seed: int, temperature: float = DEFAULT_TEMPERATURE) -> torch.Tensor:
         """ε for `num` policies: `[num, latent_dim]`, from a CPU generator seeded with `seed`."""
@@ -116,12 +132,26 @@ class Generator:
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         rng = torch.Generator().manual_seed(int(seed))
-        return torch.randn(num, self.model.cfg.latent_dim, generator=rng) * temperature
+        return torch.randn(num, self.latent_dim, generator=rng) * temperature
+
+    def decode(self, returns: np.ndarray, noise: torch.Tensor, spec: PolicySpec | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+
+@dataclass
+class Generator(BaseGenerator):
+    """A single-architecture VAE with everything needed to turn (target return, z) into policy parameters."""
+
+    model: ParamVAE
+    tokenizer: Tokenizer
+    normalizer: Normalizer
+    info: dict[str, Any]
 
     @torch.no_grad()
-    def decode(self, returns: np.ndarray, noise: torch.Tensor) -> np.ndarray:
+    def decode(self, returns: np.ndarray, noise: torch.Tensor, spec: PolicySpec | None = None) -> np.ndarray:
         """Parameter vectors `[n, P]` for n (return, ε) pairs in one forward pass; rows are independent,
         so requests batched together get what each would get alone (up to float rounding)."""
+        self.check_spec(spec)
         if self.model.training:  # eval() walks every module: not on each request of a server
             self.model.eval()
         c = self.normalizer.condition(torch.as_tensor(returns, dtype=torch.float64)).float().to(self.device)
@@ -130,7 +160,76 @@ class Generator:
         return flat.cpu().numpy().astype(np.float32)
 
 
-def build_generator(model: ParamVAE, normalizer: Normalizer, info: dict[str, Any]) -> Generator:
+@dataclass
+class FamilyGenerator(BaseGenerator):
+    """An arch-family VAE (`family_model`): parameters of any architecture of its family, within
+    `archgraph.MAX_WIDTH` / `MAX_DEPTH`, that a trained architecture grows into."""
+
+    model: FamilyVAE
+    normalizer: FamilyNormalizer
+    info: dict[str, Any]
+    _inputs: dict[str, ArchInputs] = field(default_factory=dict, repr=False)
+
+    @property
+    def family(self) -> str:
+        return self.info["arch"]
+
+    @property
+    def trained_specs(self) -> list[PolicySpec]:
+        return [PolicySpec.from_arch_key(k) for k in self.info["archs"]]
+
+    def check_spec(self, spec: PolicySpec | None) -> PolicySpec:
+        spec = spec or self.spec
+        check_arch(spec, self.family)
+        if transfer_source(self.trained_specs, spec) is None:
+            raise ArchNotSupported(f"{spec.arch_key} is narrower or shallower than every architecture"
+                                   f" {self.model_id} was trained on ({', '.join(self.info['archs'])}); it produces"
+                                   " architectures that one of them grows into")
+        return spec
+
+    def inputs(self, spec: PolicySpec) -> ArchInputs:
+        if spec.arch_key not in self._inputs:
+            self._inputs[spec.arch_key] = arch_inputs(spec, self.normalizer.centre_standardised(spec)).to(self.device)
+        return self._inputs[spec.arch_key]
+
+    @torch.no_grad()
+    def decode(self, returns: np.ndarray, noise: torch.Tensor, spec: PolicySpec | None = None) -> np.ndarray:
+        """Parameter vectors `[n, P]` of `spec` for n (return, ε) pairs in one forward pass."""
+        spec = self.check_spec(spec)
+        self.model.eval()
+        a = self.inputs(spec)
+        c = self.normalizer.condition(torch.as_tensor(returns, dtype=torch.float64)).float().to(self.device)
+        blocks = self.model.decode(self.model.sample_latent(c, noise.to(self.device), a), c, a)
+        flat = self.normalizer.unstandardise(a.graph.flat(blocks), spec)
+        return flat.cpu().numpy().astype(np.float32)
+
+
+def requested_spec(gen: BaseGenerator, arch: str | None = None, kind: str | None = None,
+                   hidden: Sequence[int] | None = None, activation: str | None = None) -> PolicySpec:
+    """The architecture a request names for `gen`'s group — an arch key `arch`, or `kind` / `hidden` /
+    `activation` over the generator's default — checked against what it can produce (ArchNotSupported)."""
+    base = gen.spec
+    try:
+        if arch:
+            spec = PolicySpec.from_arch_key(arch)
+            asked = {"kind": kind, "hidden": tuple(hidden) if hidden else None, "activation": activation}
+            clash = [k for k, v in asked.items() if v is not None and v != getattr(spec, k)]
+            if clash:
+                raise ValueError(f"arch={arch} and the {', '.join(clash)} asked beside it disagree")
+            if (spec.obs_dim, spec.action_dim, spec.discrete) != (base.obs_dim, base.action_dim, base.discrete):
+                raise ValueError(f"arch={arch} does not fit group {gen.info['group']}: its policies are"
+                                 f" {base.obs_dim} observations → {base.action_dim} actions ({base.arch_key})")
+        else:
+            spec = PolicySpec(kind or base.kind, base.obs_dim, tuple(hidden) if hidden else base.hidden,
+                              base.action_dim, base.discrete, activation or base.activation)
+    except ValueError as err:
+        raise ArchNotSupported(str(err)) from None
+    return gen.check_spec(spec)
+
+
+def build_generator(model: torch.nn.Module, normalizer: Any, info: dict[str, Any]) -> BaseGenerator:
+    if info["model"].get("type") == MODEL_TYPE:
+        return FamilyGenerator(model, normalizer, info)
     g = info["generator"]
     tokenizer = Tokenizer(ParamLayout.from_json(info["layout"]), g["tokenisation"], g["chunk_size"])
     return Generator(model, tokenizer, normalizer, info)
@@ -184,6 +283,7 @@ def list_generators(store: CheckpointStore) -> list[dict[str, Any]]:
             gate = gates.get(f"{name}@{version}")
             out.append({"name": name, "version": version, "latest": version == latest, "env_id": info["env"]["id"],
                         "env_key": info["env_key"], "group": info["group"], "arch": info["arch"],
+                        "archs": info.get("archs", [info["arch"]]),  # a family version: the trained architectures
                         "return_min": ds["return_min"], "return_max": ds["return_max"],
                         "created_at": info["created_at"],
                         "gate": None if gate is None else {k: gate[k] for k in ("promoted", "why", "metrics", "served")}})
@@ -227,13 +327,18 @@ def resolve_model(store: CheckpointStore, model: str | None) -> tuple[str, str]:
     return name, version
 
 
-def read_generator(read: Callable[[str], bytes], what: str, device: str = "auto") -> Generator:
+def read_generator(read: Callable[[str], bytes], what: str, device: str = "auto") -> BaseGenerator:
     """A generator from the files of a version (`read(file name)` → bytes), safetensors + JSON only."""
     try:
         info = json.loads(read("config.json"))
         weights = load_tensors(read("model.safetensors"))
-        normalizer = Normalizer.from_tensors(load_tensors(read("normalizer.safetensors")))
-        model_obj = ParamVAE(ModelConfig(**info["model"]))
+        norm_tensors = load_tensors(read("normalizer.safetensors"))
+        if info["model"].get("type") == MODEL_TYPE:  # an arch-family version; single-arch ones have no type
+            normalizer = FamilyNormalizer.from_tensors(info["model"]["kind"], norm_tensors)
+            model_obj = FamilyVAE(FamilyModelConfig(**info["model"]))
+        else:
+            normalizer = Normalizer.from_tensors(norm_tensors)
+            model_obj = ParamVAE(ModelConfig(**info["model"]))
         model_obj.load_state_dict(weights, strict=True)
     except StoreError:
         raise
@@ -242,7 +347,7 @@ def read_generator(read: Callable[[str], bytes], what: str, device: str = "auto"
     return build_generator(model_obj.to(pick_device(device)).eval(), normalizer, info)
 
 
-def load_generator(store: CheckpointStore, model: str | None, device: str = "auto") -> Generator:
+def load_generator(store: CheckpointStore, model: str | None, device: str = "auto") -> BaseGenerator:
     """Load a registered version (safetensors + JSON only) onto `device`."""
     name, version = resolve_model(store, model)
     prefix = f"generators/{name}/{version}"
@@ -250,7 +355,7 @@ def load_generator(store: CheckpointStore, model: str | None, device: str = "aut
                           device)
 
 
-def generator_files(generator: Generator, metrics: dict[str, Any]) -> dict[str, bytes]:
+def generator_files(generator: BaseGenerator, metrics: dict[str, Any]) -> dict[str, bytes]:
     """The files of a version, `config.json` (the generator's info) last: what marks it complete."""
     weights = {k: v.detach().to("cpu").contiguous() for k, v in generator.model.state_dict().items()}
     return {"model.safetensors": save_tensors(weights),
@@ -259,7 +364,7 @@ def generator_files(generator: Generator, metrics: dict[str, Any]) -> dict[str, 
             "config.json": json.dumps(generator.info, indent=1).encode()}
 
 
-def save_generator(store: CheckpointStore, generator: Generator, metrics: dict[str, Any],
+def save_generator(store: CheckpointStore, generator: BaseGenerator, metrics: dict[str, Any],
                    promoted: bool = True) -> str:
     """Register `generator` as the next version of its name; returns the version. With `promoted`
     it is then promoted (LATEST moves to it unless a newer version is already promoted); without,
@@ -295,10 +400,14 @@ def generate_file(cfg: Any, store: CheckpointStore | None = None) -> Path:
         raise ValueError(f"num must be between 1 and {cfg.max_num}, got {cfg.num}")
     store = store or open_store(cfg.store)
     gen = load_generator(store, cfg.model)
-    params = gen.generate(target, cfg.num, seed=cfg.seed, temperature=cfg.temperature)
-    out = Path(cfg.out or f"generated-{gen.name}-{gen.version}-{target:g}.safetensors").expanduser().resolve()
+    p = cfg.policy
+    spec = requested_spec(gen, cfg.arch, enum_value(p.kind) if p.kind else None, p.hidden,
+                          enum_value(p.activation) if p.activation else None)
+    params = gen.generate(target, cfg.num, seed=cfg.seed, temperature=cfg.temperature, spec=spec)
+    arch = "" if spec == gen.spec else f"-{spec.arch_key}"
+    out = Path(cfg.out or f"generated-{gen.name}-{gen.version}{arch}-{target:g}.safetensors").expanduser().resolve()
     ds = gen.info["dataset"]
     extra = {"seed": str(cfg.seed), "temperature": repr(float(cfg.temperature)),
              "dataset_return_range": json.dumps([ds["return_min"], ds["return_max"]])}
-    return save_policy_file(out, params, gen.spec, gen.info["env"]["id"], gen.info["group"], gen.name, gen.version,
+    return save_policy_file(out, params, spec, gen.info["env"]["id"], gen.info["group"], gen.name, gen.version,
                             target_return=target, extra=extra)

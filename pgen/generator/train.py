@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -25,10 +25,12 @@ from pgen.config import EnvConfig, GeneratorConfig, TrainGeneratorConfig, enum_v
 from pgen.envs import describe_env, env_key
 from pgen.generator.data import (Normalizer, ParamDataset, Tokenizer, load_slice, permutation_index, reference_actors,
                                  return_balance_weights, split_by_run)
+from pgen.generator.family_data import FamilyData, family_archs, load_family
 from pgen.generator.model import ModelConfig, ParamVAE, kl_divergence, reconstruction_loss
 from pgen.generator.sample import Generator, pick_device, save_generator
 from pgen.plots import plot_curves
 from pgen.fileio import atomic_write
+from pgen.growth import family_key
 from pgen.policy import PolicySpec
 from pgen.progress import Progress, log
 from pgen.metrics import learning_signal, learning_warning
@@ -66,16 +68,17 @@ def _augment(x: torch.Tensor, perms: torch.Tensor | None, cfg: GeneratorConfig, 
     return x
 
 
-def _losses(model: ParamVAE, tokenizer: Tokenizer, masks: list[torch.Tensor], x: torch.Tensor, c: torch.Tensor,
-            rng: torch.Generator | None, use_mean: bool = False, free_bits: float = 0.0
+def _losses(model: torch.nn.Module, tokens: list[torch.Tensor], masks: list[torch.Tensor], c: torch.Tensor,
+            rng: torch.Generator | None, use_mean: bool = False, free_bits: float = 0.0, ctx: tuple = ()
             ) -> tuple[torch.Tensor, torch.Tensor]:
-    tokens = tokenizer.tokens(x)
+    """(reconstruction, KL) of a batch of tokens; `ctx`: what the model's methods take after the
+    condition (an arch-family model: the architecture's `ArchInputs`)."""
     if use_mean:
-        mu, logvar = model.encode(tokens, c)
-        pred = model.decode(mu, c)
+        mu, logvar = model.encode(tokens, c, *ctx)
+        pred = model.decode(mu, c, *ctx)
     else:
-        pred, mu, logvar = model(tokens, c, rng)
-    return reconstruction_loss(pred, tokens, masks), kl_divergence(mu, logvar, *model.prior_params(c), free_bits)
+        pred, mu, logvar = model(tokens, c, *ctx, rng)
+    return reconstruction_loss(pred, tokens, masks), kl_divergence(mu, logvar, *model.prior_params(c, *ctx), free_bits)
 
 
 def warm_start_plan(cfg: GeneratorConfig, spec: PolicySpec, previous: Generator | None) -> dict[str, Any]:
@@ -84,6 +87,8 @@ def warm_start_plan(cfg: GeneratorConfig, spec: PolicySpec, previous: Generator 
     config.json (`warm_start`)."""
     if previous is None:
         return {"from": None, "why": "no previous version"}
+    if not isinstance(previous, Generator):
+        return {"from": None, "why": f"{previous.model_id} is an arch-family version"}
     tokenizer = Tokenizer(spec.layout, enum_value(cfg.tokenisation), cfg.chunk_size)
     if previous.info["layout"] != spec.layout.to_json():
         return {"from": None, "why": f"{previous.model_id} has another policy layout"}
@@ -95,11 +100,20 @@ def warm_start_plan(cfg: GeneratorConfig, spec: PolicySpec, previous: Generator 
 def fit(cfg: GeneratorConfig, data: ParamDataset, spec: PolicySpec, seed: int, callback: Callback | None = None,
         resume: Path | None = None, label: str = "generator", warm_start: Generator | None = None) -> FitResult:
     """Train the VAE on `data` (one slice) for `cfg.epochs` epochs; returns the generator and history.
+    `data` a `FamilyData` (several architectures of one family) trains the arch-family VAE instead
+    (`family_fit.fit_family`; `spec` is then the architecture it generates by default).
 
     `warm_start`: a previous version of the slice whose model weights the fit starts from where
-    `warm_start_plan` allows it; the normaliser (parameter statistics and return percentiles) is
-    refitted to this data, which has grown and moved (keeping the old statistics standardises the new
-    checkpoints far outside the range the model learnt); the plan is `info["warm_start"]`."""
+    `warm_start_plan` allows it (single-architecture versions); the normaliser (parameter statistics
+    and return percentiles) is refitted to this data, which has grown and moved (keeping the old
+    statistics standardises the new checkpoints far outside the range the model learnt); the plan is
+    `info["warm_start"]`."""
+    if isinstance(data, FamilyData):
+        from pgen.generator.family_fit import fit_family
+
+        result = fit_family(cfg, data, spec, seed, callback, resume, label)
+        result.generator.info["warm_start"] = {"from": None, "why": "arch-family versions start cold"}
+        return result
     if len(data) < 2:
         raise ValueError(f"{label}: need at least 2 checkpoints to train a generator, got {len(data)}")
     if not np.isfinite(data.returns).all() or not np.isfinite(data.params).all():
@@ -131,38 +145,71 @@ def fit(cfg: GeneratorConfig, data: ParamDataset, spec: PolicySpec, seed: int, c
                if cfg.return_balance != 0 else None)  # the weights check the value (negative, NaN, inf)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     schedule = lr_schedule(optimizer, cfg.lr, cfg.epochs * steps_per_epoch)
+
+    def batches() -> Iterator[tuple[int, Losses]]:
+        order = (torch.randperm(len(train), generator=rng) if balance is None
+                 else torch.multinomial(balance, len(train), replacement=True, generator=rng))
+        for b in range(steps_per_epoch):
+            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size].to(device)
+            yield len(idx), lambda idx=idx: _losses(model, tokenizer.tokens(_augment(x_train[idx], perms, cfg, rng)),
+                                                    masks, c_train[idx], rng, free_bits=cfg.free_bits)
+
+    validate = (None if x_val is None else
+                lambda: _losses(model, tokenizer.tokens(x_val), masks, c_val, None, use_mean=True))
+    history = train_epochs(cfg, model, optimizer, schedule, rng, EpochPlan(len(train), batches, validate), callback,
+                           resume, label)
+    model.eval()
+    info = {"model": asdict(model_config(cfg, tokenizer)), "generator": to_dict(cfg), "policy_spec": spec.to_json(),
+            "layout": layout.to_json(), "arch": spec.arch_key, "warm_start": plan}
+    return FitResult(Generator(model, tokenizer, normalizer, info), history,
+                     sorted(set(train.run_ids.tolist())), sorted(set(val.run_ids.tolist())))
+
+
+Losses = Callable[[], tuple[torch.Tensor, torch.Tensor]]  # one batch's (reconstruction, KL), computed when called
+
+
+@dataclass
+class EpochPlan:
+    """A generator's training data as `train_epochs` sees it: `batches()` yields each batch of an
+    epoch as (rows, its losses), `validate()` the validation losses (None: no validation rows)."""
+
+    rows: int  # training rows an epoch sees
+    batches: Callable[[], Iterator[tuple[int, Losses]]]
+    validate: Losses | None
+
+
+def train_epochs(cfg: GeneratorConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: LRScheduler,
+                 rng: torch.Generator, plan: EpochPlan, callback: Callback | None, resume: Path | None,
+                 label: str) -> list[dict[str, float]]:
+    """The epoch loop of every generator: β warm-up, AdamW steps with clipping, per-epoch metrics,
+    the callback with a resumable `save`, progress lines; continues from `resume` when given."""
     history: list[dict[str, float]] = []
     start_epoch = 0
     if resume is not None:
         start_epoch, history = _load_fit_state(Path(resume), model, optimizer, schedule, rng)
-
     progress = Progress(label, cfg.epochs, unit="epochs", every_s=cfg.log_every_s, start=start_epoch)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
         beta = cfg.beta * min(1.0, (epoch + 1) / max(1, cfg.kl_warmup_epochs))
-        order = (torch.randperm(len(train), generator=rng) if balance is None
-                 else torch.multinomial(balance, len(train), replacement=True, generator=rng))
         sums = np.zeros(3)
-        for b in range(steps_per_epoch):
+        for rows, losses in plan.batches():
             lr = optimizer.param_groups[0]["lr"]
-            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size].to(device)
-            x = _augment(x_train[idx], perms, cfg, rng)
-            recon, kl = _losses(model, tokenizer, masks, x, c_train[idx], rng, free_bits=cfg.free_bits)
+            recon, kl = losses()
             loss = recon + beta * kl
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             schedule.step()
-            sums += np.array([loss.item(), recon.item(), kl.item()]) * len(idx)
-        train_loss, train_recon, train_kl = sums / len(train)
+            sums += np.array([loss.item(), recon.item(), kl.item()]) * rows
+        train_loss, train_recon, train_kl = sums / plan.rows
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "train_recon": train_recon, "train_kl": train_kl,
                    "beta": beta, "lr": lr}
-        if x_val is not None:
+        if plan.validate is not None:
             model.eval()
             with torch.no_grad():
-                recon, kl = _losses(model, tokenizer, masks, x_val, c_val, None, use_mean=True)
+                recon, kl = plan.validate()
             metrics.update(val_recon=recon.item(), val_kl=kl.item(), val_loss=recon.item() + cfg.beta * kl.item())
         metrics["epoch_s"] = time.perf_counter() - t0
         history.append(metrics)
@@ -172,11 +219,7 @@ def fit(cfg: GeneratorConfig, data: ParamDataset, spec: PolicySpec, seed: int, c
         if "val_recon" in metrics:
             shown += f" | val recon {metrics['val_recon']:.4f}"
         progress.update(epoch + 1, shown, force=epoch + 1 == cfg.epochs)
-    model.eval()
-    info = {"model": asdict(model_config(cfg, tokenizer)), "generator": to_dict(cfg), "policy_spec": spec.to_json(),
-            "layout": layout.to_json(), "arch": spec.arch_key, "warm_start": plan}
-    return FitResult(Generator(model, tokenizer, normalizer, info), history,
-                     sorted(set(train.run_ids.tolist())), sorted(set(val.run_ids.tolist())))
+    return history
 
 
 def lr_schedule(optimizer: torch.optim.Optimizer, lr: float, total_steps: int) -> LRScheduler:
@@ -230,7 +273,40 @@ def generator_name(env_cfg: EnvConfig, policy_cfg: Any, gen_cfg: GeneratorConfig
     if gen_cfg.name:
         return gen_cfg.name
     group, spec = slice_spec(env_cfg, policy_cfg, gen_cfg.group)
-    return f"{env_cfg.name}-{group}-{spec.arch_key}"
+    return f"{env_cfg.name}-{group}-{family_key(spec) if gen_cfg.family else spec.arch_key}"
+
+
+def family_slice(store: CheckpointStore, key: str, group: str, spec: PolicySpec, gen_cfg: GeneratorConfig
+                 ) -> tuple[FamilyData, PolicySpec]:
+    """The checkpoints of `spec`'s family (of `generator.archs` when given, else every architecture of
+    the family in the store), and the architecture the generator produces by default: `spec` when it
+    is among them, else the first."""
+    family = family_key(spec)
+    specs = family_archs(store, key, group, family)
+    if gen_cfg.archs:
+        wanted = [replace(spec, hidden=tuple(h)) for h in gen_cfg.archs]
+        missing = [s.arch_key for s in wanted if s not in specs]
+        if missing:
+            raise ValueError(f"generator.archs: no checkpoints of {missing} in {store.uri} for env={key} group={group};"
+                             f" the store has {[s.arch_key for s in specs] or 'none of the family ' + family}")
+        specs = wanted
+    if not specs:
+        raise ValueError(f"no checkpoints of the family {family} in {store.uri} for env={key} group={group};"
+                         " run `pgen populate population.archs=[...]` or `pgen dataset` to see what is there")
+    data = load_family(store, key, group, specs)
+    return data, spec if spec.arch_key in data.parts else data.specs[sorted(data.parts)[0]]
+
+
+def _rescored(env_cfg: EnvConfig, others: dict[str, Any], group: str, spec: PolicySpec, data: ParamDataset,
+              episodes: int, label: str) -> ParamDataset:
+    """`data` with each checkpoint's return re-measured against the reference over `episodes` episodes."""
+    per_episode = reference_returns(env_cfg, others, group, spec, data.params, episodes, label=label)
+    returns = per_episode.mean(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):  # nan when either side is constant
+        corr = np.corrcoef(returns, data.returns)[0, 1]
+    log.info(f"{label}: returns against the reference {returns.min():.1f} .. {returns.max():.1f}"
+             f" (correlation with the recorded ones {corr:.2f})")
+    return replace(data, returns=returns, return_std=per_episode.std(axis=1), episodes=np.full(len(returns), episodes))
 
 
 def reference_policies(store: CheckpointStore, key: str, group: str, arch: str, data: ParamDataset
@@ -259,7 +335,7 @@ class TrainingSlice:
     group: str
     spec: PolicySpec
     name: str  # the generator's name in the store
-    data: ParamDataset
+    data: ParamDataset | FamilyData
     reference: dict[str, Any]  # the other groups' fixed policies (`reference_policies`)
     rescore_episodes: int = 0  # 0: data.returns are the records' own
     learning: dict[str, Any] = field(default_factory=dict)  # `metrics.learning_signal` of the slice
@@ -281,11 +357,15 @@ class TrainingSlice:
             dataset["rescored"] = {"episodes": self.rescore_episodes, "returns": {
                 r: [[int(st), float(v)] for st, v in zip(data.steps[data.run_ids == r], data.returns[data.run_ids == r])]
                 for r in runs}}
-        return {
+        out = {
             "name": self.name, "env": to_dict(self.env), "env_key": self.key, "group": self.group, "seed": seed,
             "policy_spec": self.spec.to_json(), "layout": self.spec.layout.to_json(), "arch": self.spec.arch_key,
             "dataset": dataset, "reference": self.reference,
         }
+        if isinstance(data, FamilyData):  # the slice is (env, group, arch family): `arch` is the family key
+            out.update(arch=family_key(self.spec), archs=sorted(data.parts))
+            dataset["arch_rows"] = {k: int(len(p)) for k, p in sorted(data.parts.items())}
+        return out
 
 
 def open_slice(store: CheckpointStore, env_cfg: EnvConfig, policy_cfg: Any, gen_cfg: GeneratorConfig,
@@ -297,23 +377,21 @@ def open_slice(store: CheckpointStore, env_cfg: EnvConfig, policy_cfg: Any, gen_
     group, spec = slice_spec(env_cfg, policy_cfg, gen_cfg.group)
     key = env_key(env_cfg)
     name = generator_name(env_cfg, policy_cfg, gen_cfg)
-    data = load_slice(store, key, group, spec.arch_key, spec.layout.num_params)
-    log.info(f"{label} {name}: {len(data)} checkpoints from {len(set(data.run_ids))} runs"
+    if gen_cfg.family:
+        data, spec = family_slice(store, key, group, spec, gen_cfg)
+        archs = ", ".join(f"{k} {len(p)}" for k, p in data.parts.items())
+    else:
+        data = load_slice(store, key, group, spec.arch_key, spec.layout.num_params)
+        archs = spec.arch_key
+    log.info(f"{label} {name}: {len(data)} checkpoints ({archs}) from {len(set(data.run_ids))} runs"
              f" ({data.bad_rows} bad rows skipped), returns {data.returns.min():.1f} .. {data.returns.max():.1f}")
     reference = reference_policies(store, key, group, spec.arch_key, data)
     rescore = gen_cfg.rescore_episodes if reference["groups"] else 0
-    others = reference_actors(store, {"reference": reference, "env_key": key, "policy_spec": spec.to_json()},
-                              env_cfg)
+    others = reference_actors(store, {"reference": reference, "env_key": key}, env_cfg)
     if rescore:
-        episodes = reference_returns(env_cfg, others, group, spec, data.params, rescore,
-                                     label=f"{label} {name}: rescore against {reference['run_id']}@{reference['step']}")
-        returns = episodes.mean(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):  # nan when either side is constant
-            corr = np.corrcoef(returns, data.returns)[0, 1]
-        log.info(f"{label} {name}: returns against the reference {returns.min():.1f} .. {returns.max():.1f}"
-                 f" (correlation with the recorded ones {corr:.2f})")
-        data = replace(data, returns=returns, return_std=episodes.std(axis=1),
-                       episodes=np.full(len(returns), rescore))
+        what = f"{label} {name}: rescore against {reference['run_id']}@{reference['step']}"
+        data = (data.map(lambda k, part: _rescored(env_cfg, others, group, data.specs[k], part, rescore, f"{what} ({k})"))
+                if isinstance(data, FamilyData) else _rescored(env_cfg, others, group, spec, data, rescore, what))
     # is there anything to learn? uniform random play on the episodes the returns were measured on
     n_episodes = int(np.median(data.episodes))
     r_random = float(evaluate_returns(env_cfg, {**others, group: None}, n_episodes)[group].mean())

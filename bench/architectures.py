@@ -1,0 +1,288 @@
+"""Architectures as a condition (issue 17): one arch-family generator, trained on simple_spread
+populations of several architectures, measured on those and on architectures it never saw.
+
+1. Data (skipped when the store exists): `pgen populate` of `--members` members spread over
+   `--train-archs`, for each `--inits` (population.arch_init: `grown` — one base network grown into
+   every architecture — and `independent`), one store each under bench/results/runs/.
+2. Per init and seed, `pgen train-generator generator.family=true` on that store (or, with
+   `--reuse`, the version an earlier run registered), then `pgen evaluate` over the trained and the
+   `--heldout` architectures: per architecture, R², Spearman, score at the top target, novelty, and in
+   the same run on the same held-out fixed-seed episodes random init, Net2Net transfer of the best
+   checkpoint and retrieval + transfer (`pgen/evaluate_family.py`).
+3. With `--seed-arch`, the seeding race for one held-out architecture: populations of it started
+   from random init, from the best trained checkpoint transferred into it, and from the generator's
+   policies for the top target, same PPO hyper-parameters and budget; env steps to each threshold.
+
+Writes bench/results/architectures.json (rows of other settings are kept), one PNG per generator
+(`architectures-<init>-s<seed>.png`), `architectures-summary.png`, `architectures-seeding.png`, and
+prints the tables.
+
+    python bench/architectures.py --inits grown independent --seeds 0 generator.epochs=150
+    python bench/architectures.py --inits grown --reuse --seed-arch 96,96 --seed-steps 300000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT / "bench"))
+from seeding import steps_to  # noqa: E402  (bench/seeding.py: env steps to a threshold)
+
+KEYS = ("alignment_r2", "spearman", "normalised_score_top", "transfer_score", "transfer_alignment_r2",
+        "retrieval_transfer_alignment_r2", "retrieval_transfer_spearman", "retrieval_transfer_score_top",
+        "random_init_score", "novelty_median", "copies", "min_relative_l2", "agreement_mean", "transfer_source",
+        "transfer_checkpoint")
+
+
+def hidden_list(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
+def arch_override(archs: list[list[int]]) -> str:
+    return "population.archs=[" + ",".join("{hidden:[" + ",".join(map(str, h)) + "]}" for h in archs) + "]"
+
+
+def populate(store: Path, init: str, args: argparse.Namespace) -> None:
+    """The training populations of one init, unless the store is there (then it is reused)."""
+    if (store / "checkpoints").exists():
+        print(f"reusing the data in {store}")
+        return
+    cmd = [sys.executable, "-m", "pgen.cli", "populate", "env=simple_spread", f"population.size={args.members}",
+           arch_override(args.train_archs), f"population.arch_init={init}", f"population.max_env_steps={args.steps}",
+           f"population.cpus_per_worker={2.0 / args.members}", "population.checkpoint_every=5", f"run_id=arch-{init}",
+           f"seed={args.data_seed}", f"store.uri={store}", "log_every_s=60"]
+    print(" ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def measure(store_path: Path, init: str, seed: int, args: argparse.Namespace) -> dict:
+    from pgen.config import compose_config
+    from pgen.evaluate import evaluate_generator, format_result
+    from pgen.generator.sample import load_generator
+    from pgen.generator.train import train_generator
+    from pgen.store import CheckpointStore
+
+    store = CheckpointStore(str(store_path))
+    name = f"bench-arch-{init}-s{seed}"
+    out_dir = RESULTS / "runs" / "architectures"
+    t0 = time.perf_counter()
+    if args.reuse:
+        gen, train_s = load_generator(store, name), None
+    else:
+        cfg = compose_config("train-generator", [
+            f"store.uri={store_path}", "generator.family=true", f"generator.name={name}", f"seed={seed}",
+            "generator.archs=[" + ",".join("[" + ",".join(map(str, h)) + "]" for h in args.train_archs) + "]",
+            f"torch_threads={args.threads}", f"out_dir={out_dir}", *args.overrides])
+        gen = train_generator(cfg, store)
+        train_s = time.perf_counter() - t0
+    settings = {"episodes": args.episodes, "samples": args.samples, "targets": args.targets, "out_dir": out_dir,
+                "archs": "[" + ",".join("[" + ",".join(map(str, h)) + "]" for h in args.heldout) + "]"}
+    ecfg = compose_config("evaluate", [f"store.uri={store_path}", f"model={gen.model_id}", f"torch_threads={args.threads}"]
+                          + [f"evaluate.{k}={v}" for k, v in settings.items()])
+    t0 = time.perf_counter()
+    result = evaluate_generator(ecfg, store, gen)
+    print(format_result(result), flush=True)
+    png = RESULTS / f"architectures-{init}-s{seed}.png"
+    shutil.copyfile(result["plot"], png)
+    return {"init": init, "seed": seed, "model": gen.model_id, "train_s": train_s,
+            "evaluate_s": time.perf_counter() - t0, "overrides": args.overrides, "generator": gen.info["generator"],
+            "plot": str(png.relative_to(RESULTS.parent)), "r_random": result["r_random"], "r_top10": result["r_top10"],
+            "best_trained": result["best_trained"], "dataset": result["dataset"], "targets": result["targets"],
+            "archs": [{"arch": a["arch"], "hidden": a["hidden"], "trained": a["trained"],
+                       **{k: a[k] for k in KEYS}, "per_target": a["targets"]} for a in result["archs"]]}
+
+
+def seeding_race(store_path: Path, row: dict, args: argparse.Namespace) -> dict:
+    """Populations of `--seed-arch` from random init, transfer of the best checkpoint, and the generator."""
+    import ray
+
+    from pgen.config import compose_config
+    from pgen.generator.sample import load_generator, requested_spec
+    from pgen.growth import grow
+    from pgen.policy import PolicySpec
+    from pgen.population import populate as run_population
+    from pgen.seeding import write_seed_run
+    from pgen.store import CheckpointStore
+
+    gen = load_generator(CheckpointStore(str(store_path)), row["model"], device="cpu")
+    spec = requested_spec(gen, hidden=args.seed_arch)
+    arch_row = next(a for a in row["archs"] if a["hidden"] == list(spec.hidden))
+    best = arch_row["transfer_checkpoint"]  # the checkpoint `pgen evaluate` transferred: the best that grows into it
+    src = PolicySpec.from_arch_key(best["arch"])
+    data = CheckpointStore(str(store_path)).read_records(env_key=gen.info["env_key"], group=gen.info["group"],
+                                                         arch=src.arch_key, run_id=best["run_id"],
+                                                         columns=["step", "params"]).table.to_pylist()
+    best_params = next(np.asarray(r["params"], np.float32) for r in data if r["step"] == best["step"])
+    work = (RESULTS / "runs" / "architectures-seeding").resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    store = CheckpointStore(str(work))
+    hidden = ",".join(map(str, spec.hidden))
+    common = [f"store.uri={work}", "env=simple_spread", f"policy.hidden=[{hidden}]", "population.size=1",
+              f"population.max_env_steps={args.seed_steps}", "population.checkpoint_every=4",
+              "population.cpus_per_worker=0.66", "log_every_s=60"]
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)  # its own Ray, never another session's
+    runs, t0 = [], time.time()
+    top = row["targets"][-1]
+    for seed in args.seeds_race:
+        cfg = compose_config("populate", common + [f"seed={seed}"])
+        transfer = grow(best_params, src, spec)[None]
+        write_seed_run(store, {**gen.info, "name": "transfer", "version": "v0000"}, transfer, best["return"],
+                       f"transfer-s{seed}", cfg.population.eval_episodes, seed, spec=spec)
+        write_seed_run(store, gen.info, gen.generate(top, 1, seed=seed, spec=spec), top, f"generated-s{seed}",
+                       cfg.population.eval_episodes, seed, spec=spec)
+        arms = {arm: compose_config("populate", common + [f"seed={seed}", f"run_id={arm}-pop-s{seed}"]
+                                    + ([f"population.seed_from={arm}-s{seed}"] if arm != "random" else []))
+                for arm in ("random", "transfer", "generated")}
+        with ThreadPoolExecutor(len(arms)) as pool:  # the three arms on one Ray at the same time
+            list(pool.map(run_population, arms.values()))
+        for arm, arm_cfg in arms.items():
+            rows = store.read_records(run_id=f"{arm_cfg.run_id}-m000", columns=["step", "return_mean"]).table
+            curve = sorted(zip(rows["step"].to_pylist(), rows["return_mean"].to_pylist()))
+            runs.append({"seed": seed, "arm": arm, "curve": curve,
+                         "steps_to": {str(t): steps_to(curve, t) for t in args.thresholds}})
+    ray.shutdown()
+    table = []
+    for t in args.thresholds:
+        entry = {"threshold": t}
+        for arm in ("random", "transfer", "generated"):
+            reached = [r["steps_to"][str(t)] for r in runs if r["arm"] == arm]
+            entry[arm] = {"steps": reached, "mean": float(np.mean([args.seed_steps if s is None else s for s in reached])),
+                          "all_reached": all(s is not None for s in reached)}
+        table.append(entry)
+    return {"model": row["model"], "arch": spec.arch_key, "target": top, "transfer_from": best,
+            "generated_at_top": arch_row["normalised_score_top"],
+            "steps": args.seed_steps, "seeds": args.seeds_race, "wall_s": time.time() - t0, "thresholds": table,
+            "runs": runs}
+
+
+def plot_summary(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), dpi=110)
+    for ax, (key, title) in zip(axes, [("normalised_score_top", "normalised score at the top target"),
+                                       ("alignment_r2", "alignment R² over the target grid")]):
+        labels = [a["arch"].split("-")[1] + ("" if a["trained"] else "*") for a in rows[0]["archs"]]
+        width = 0.8 / (2 * len(rows))
+        for j, row in enumerate(rows):
+            x = np.arange(len(row["archs"])) + (2 * j) * width
+            ax.bar(x, [a[key] for a in row["archs"]], width, label=f"generated ({row['init']} init, seed {row['seed']})")
+            base = "transfer_score" if key == "normalised_score_top" else "retrieval_transfer_alignment_r2"
+            ax.bar(x + width, [a[base] for a in row["archs"]], width, alpha=0.5,
+                   label=f"{'transfer of the best' if base == 'transfer_score' else 'retrieval + transfer'}"
+                         f" ({row['init']}, s{row['seed']})")
+        ax.set_xticks(np.arange(len(labels)) + 0.4 - width, labels, rotation=30, fontsize=8)
+        ax.axhline(1.0 if key == "normalised_score_top" else 0.8, color="grey", ls=":")
+        ax.set_ylim(-0.5 if key == "alignment_r2" else 0, 1.25)
+        ax.set_title(title + "  (* held out)", fontsize=10)
+        ax.legend(fontsize=6)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_seeding(race: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"random": "tab:blue", "transfer": "tab:purple", "generated": "tab:orange"}
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for r in race["runs"]:
+        steps, rets = zip(*r["curve"])
+        ax.plot(steps, rets, color=colours[r["arm"]], alpha=0.8,
+                label=r["arm"] if r["seed"] == race["seeds"][0] else None)
+    for t in race["thresholds"]:
+        ax.axhline(t["threshold"], color="grey", ls=":", lw=1)
+    ax.set(xlabel="env steps", ylabel="greedy group return (sum over agents)",
+           title=f"{race['arch']}: random init vs transfer vs generated (target {race['target']:.1f})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--inits", nargs="+", default=["grown", "independent"])
+    ap.add_argument("--train-archs", nargs="+", type=hidden_list, default=[[32, 32], [64, 64], [128, 128], [64]])
+    ap.add_argument("--heldout", nargs="+", type=hidden_list, default=[[96, 96], [256, 256], [64, 64, 64]])
+    ap.add_argument("--members", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=400_000, help="env steps per population member")
+    ap.add_argument("--data-seed", type=int, default=300)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="generator seeds")
+    ap.add_argument("--episodes", type=int, default=50)
+    ap.add_argument("--samples", type=int, default=5)
+    ap.add_argument("--targets", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reuse", action="store_true", help="evaluate the generators an earlier run registered")
+    ap.add_argument("--seed-arch", type=hidden_list, help="run the seeding race for this held-out architecture")
+    ap.add_argument("--seed-steps", type=int, default=300_000)
+    ap.add_argument("--seeds-race", nargs="+", type=int, default=[0, 1])
+    ap.add_argument("--thresholds", nargs="+", type=float, default=[-50.0, -47.0, -45.0])
+    ap.add_argument("--out", default=str(RESULTS / "architectures.json"))
+    ap.add_argument("overrides", nargs="*", help="generator.* Hydra overrides, e.g. generator.epochs=150")
+    args = ap.parse_args()
+    from pgen.progress import setup_logging
+
+    setup_logging()
+    path = Path(args.out)
+    previous = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    rows = []
+    for init in args.inits:
+        store = RESULTS / "runs" / f"arch-{init}"
+        populate(store, init, args)
+        if args.seed_arch and args.reuse:
+            continue  # the race reuses the rows of the earlier run
+        rows += [measure(store, init, seed, args) for seed in args.seeds]
+    key = lambda r: (r["init"], r["seed"], tuple(r["overrides"]))  # noqa: E731
+    done = {key(r) for r in rows}
+    rows = [r for r in previous["rows"] if key(r) not in done] + rows
+    summary = {"host": platform.node(), "episodes": args.episodes, "samples": args.samples, "targets": args.targets,
+               "train_archs": args.train_archs, "heldout": args.heldout, "members": args.members, "steps": args.steps,
+               "command": "python bench/architectures.py " + " ".join(sys.argv[1:]), "rows": rows,
+               "seeding": previous.get("seeding")}
+    path.write_text(json.dumps(summary, indent=1))  # the measurements survive a race that fails or is stopped
+    plot_summary(rows, RESULTS / "architectures-summary.png")
+    if args.seed_arch:
+        row = next(r for r in rows if r["init"] == args.inits[0] and r["seed"] == args.seeds[0])
+        summary["seeding"] = seeding_race(RESULTS / "runs" / f"arch-{args.inits[0]}", row, args)
+        plot_seeding(summary["seeding"], RESULTS / "architectures-seeding.png")
+        path.write_text(json.dumps(summary, indent=1))
+    print(f"\n{'init':<12} {'seed':>4} {'architecture':<24} {'':>8} {'R²':>6} {'ρ':>6} {'score':>6} | {'transfer':>8}"
+          f" {'R²':>6} | {'retr.+tr. R²':>12} | {'rand.':>6} | {'novelty':>7} {'copies':>6}")
+    for r in rows:
+        for a in r["archs"]:
+            print(f"{r['init']:<12} {r['seed']:>4} {a['arch']:<24} {'trained' if a['trained'] else 'held out':>8}"
+                  f" {a['alignment_r2']:>6.2f} {a['spearman']:>6.2f} {a['normalised_score_top']:>6.2f} |"
+                  f" {a['transfer_score']:>8.2f} {a['transfer_alignment_r2']:>6.2f} |"
+                  f" {a['retrieval_transfer_alignment_r2']:>12.2f} | {a['random_init_score']:>6.2f} |"
+                  f" {a['novelty_median']:>7.2f} {a['copies']:>6}")
+    race = summary.get("seeding")
+    if race:
+        print(f"\nseeding {race['arch']} ({race['steps']:,} env steps per run, seeds {race['seeds']}):")
+        for t in race["thresholds"]:
+            fmt = lambda s: "never" if s is None else f"{s:,}"  # noqa: E731
+            print(f"  {t['threshold']:g}: " + " | ".join(
+                f"{arm} {', '.join(fmt(s) for s in t[arm]['steps'])}" for arm in ("random", "transfer", "generated")))
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
