@@ -476,7 +476,7 @@ def decode_curve(store: str, models: list[str]) -> dict:
         gen = load_generator(CheckpointStore(store), name, device="cpu")
         curve = {}
         for rows in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512):
-            jobs = [DecodeJob(gen, TARGET, rows, 0, 0.5)]
+            jobs = [DecodeJob(gen, gen.spec, TARGET, rows, 0, 0.5)]
             decode_jobs(jobs, rows)
             n, t0 = 0, time.perf_counter()
             while time.perf_counter() - t0 < 1.0 or n < 2:

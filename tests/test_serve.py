@@ -376,7 +376,8 @@ def test_a_batch_decodes_every_job_as_if_it_were_alone(tmp_path):
     fill_store(store)
     train_generator(train_cfg(store.uri, name="spread", epochs=2))
     a, b = load_generator(store, "spread@v0001"), load_generator(store, "spread@v0001")  # two models in one batch
-    jobs = [DecodeJob(a, -50.0, 2, 1, 1.0), DecodeJob(b, -30.0, 1, 2, 0.5), DecodeJob(a, -40.0, 3, 3, 0.0)]
+    jobs = [DecodeJob(a, a.spec, -50.0, 2, 1, 1.0), DecodeJob(b, b.spec, -30.0, 1, 2, 0.5),
+            DecodeJob(a, a.spec, -40.0, 3, 3, 0.0)]
     for rows in (64, 2):  # one forward pass per model, or slices of two policies (serve.decode_rows)
         out = decode_jobs(jobs, rows)
         assert [o.shape[0] for o in out] == [2, 1, 3]
