@@ -56,21 +56,8 @@ class _Arch:
 
 def fit_family(cfg: GeneratorConfig, data: FamilyData, spec: PolicySpec, seed: int, callback: Callback | None = None,
                resume: Path | None = None, label: str = "generator") -> FitResult:
-    """Train the arch-family VAE on every architecture of `data`; `spec` is the one it generates by default.
-
-    Denormal floats are flushed to zero while it trains: the backward pass of the unit messages and
-    bilinear read-outs produces them on CPU, and without the flush an epoch on real checkpoints is
-    ~10× slower (bench/README.md "Architectures")."""
-    flush = torch.set_flush_denormal(True)
-    try:
-        return _fit_family(cfg, data, spec, seed, callback, resume, label)
-    finally:
-        if flush:
-            torch.set_flush_denormal(False)
-
-
-def _fit_family(cfg: GeneratorConfig, data: FamilyData, spec: PolicySpec, seed: int, callback: Callback | None,
-                resume: Path | None, label: str) -> FitResult:
+    """Train the arch-family VAE on every architecture of `data`; `spec` is the one it generates by
+    default (the epochs run in `train_epochs`, which flushes denormals)."""
     if len(data) < 2:
         raise ValueError(f"{label}: need at least 2 checkpoints to train a generator, got {len(data)}")
     if not all(np.isfinite(p.params).all() and np.isfinite(p.returns).all() for p in data.parts.values()):

@@ -182,7 +182,22 @@ def train_epochs(cfg: GeneratorConfig, model: torch.nn.Module, optimizer: torch.
                  rng: torch.Generator, plan: EpochPlan, callback: Callback | None, resume: Path | None,
                  label: str) -> list[dict[str, float]]:
     """The epoch loop of every generator: β warm-up, AdamW steps with clipping, per-epoch metrics,
-    the callback with a resumable `save`, progress lines; continues from `resume` when given."""
+    the callback with a resumable `save`, progress lines; continues from `resume` when given.
+
+    Denormal floats are flushed to zero while it trains: the backward passes produce them on CPU
+    (an arch-family epoch on real checkpoints is ~10× slower without the flush, a single-architecture
+    one ~1.2×; bench/README.md "Architectures")."""
+    flush = torch.set_flush_denormal(True)
+    try:
+        return _train_epochs(cfg, model, optimizer, schedule, rng, plan, callback, resume, label)
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
+
+
+def _train_epochs(cfg: GeneratorConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  schedule: LRScheduler, rng: torch.Generator, plan: EpochPlan, callback: Callback | None,
+                  resume: Path | None, label: str) -> list[dict[str, float]]:
     history: list[dict[str, float]] = []
     start_epoch = 0
     if resume is not None:
