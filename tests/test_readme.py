@@ -253,7 +253,18 @@ def test_readme_example_runs(user, example):
         return
     out = _shell(command, cwd, env)
     assert out.returncode == 0, f"{command!r} exited with {out.returncode}:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
-    assert "Traceback" not in out.stderr, out.stderr[-4000:]
+    assert "Traceback" not in _without_tune_sync_retries(out.stderr), out.stderr[-4000:]
+
+
+# Ray Tune 2.60 copies its driver artifacts to the storage path in a background syncer; when a file
+# there is replaced while it copies (Ray's own temp files, `.<uuid>`), it logs the failed copy with a
+# traceback and syncs again at the next checkpoint. That is Ray's retry, not an error of the command.
+TUNE_SYNC_RETRY = re.compile(r"Saving experiment state to storage at .*? failed with exception: \n"
+                             r"Traceback \(most recent call last\):\n(?:  .*\n)+\S*FileNotFoundError: .*\n?")
+
+
+def _without_tune_sync_retries(stderr: str) -> str:
+    return TUNE_SYNC_RETRY.sub("", stderr)
 
 
 def _taken(port: int) -> bool:

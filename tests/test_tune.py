@@ -257,4 +257,4 @@ def test_tune_profiles_compose():
     full = compose_config("tune", ["profile=full", "tune.space.chunk_size=null"])
     assert full.generator.epochs == 200 and full.tune.space["chunk_size"] is None
     search_space(full.tune.space, full.generator)
-    assert compose_config("pipeline", ["profile=quick"]).population.size == 3  # the pipeline's own profile
+    assert compose_config("pipeline", ["profile=quick"]).population.size == 6  # the pipeline's own profile
