@@ -9,6 +9,9 @@ populations of several architectures, measured on those and on architectures it 
    `--heldout` architectures: per architecture, R², Spearman, score at the top target, novelty, and in
    the same run on the same held-out fixed-seed episodes random init, Net2Net transfer of the best
    checkpoint and retrieval + transfer (`pgen/evaluate_family.py`).
+   With `--single H`, also today's single-architecture generator on the training architecture H's
+   slice of the same store, same generator overrides and evaluation settings (the baseline the
+   family must not be worse than on trained architectures).
 3. With `--seed-arch`, the seeding race for one held-out architecture: populations of it started
    from random init, from the best trained checkpoint transferred into it, and from the generator's
    policies for the top target, same PPO hyper-parameters and budget; env steps to each threshold.
@@ -19,6 +22,7 @@ prints the tables.
 
     python bench/architectures.py --inits grown independent --seeds 0 generator.epochs=150
     python bench/architectures.py --inits grown --reuse --seed-arch 96,96 --seed-steps 300000
+    python bench/architectures.py --inits grown --reuse --single 64,64 generator.epochs=150   # the single-arch baseline
 """
 
 from __future__ import annotations
@@ -102,6 +106,31 @@ def measure(store_path: Path, init: str, seed: int, args: argparse.Namespace) ->
             "best_trained": result["best_trained"], "dataset": result["dataset"], "targets": result["targets"],
             "archs": [{"arch": a["arch"], "hidden": a["hidden"], "trained": a["trained"],
                        **{k: a[k] for k in KEYS}, "per_target": a["targets"]} for a in result["archs"]]}
+
+
+def measure_single(store_path: Path, init: str, seed: int, hidden: list[int], args: argparse.Namespace) -> dict:
+    """Today's single-architecture generator on one training architecture's slice of the same data, same
+    generator overrides and evaluation settings: the "no worse than single-arch" baseline."""
+    from pgen.config import compose_config
+    from pgen.evaluate import evaluate_generator
+    from pgen.generator.train import train_generator
+    from pgen.store import CheckpointStore
+
+    store, arch = CheckpointStore(str(store_path)), "[" + ",".join(map(str, hidden)) + "]"
+    name, out_dir = f"bench-single-{init}-{'x'.join(map(str, hidden))}-s{seed}", RESULTS / "runs" / "architectures"
+    t0 = time.perf_counter()
+    cfg = compose_config("train-generator", [f"store.uri={store_path}", f"policy.hidden={arch}", f"generator.name={name}",
+                                             f"seed={seed}", f"torch_threads={args.threads}", f"out_dir={out_dir}",
+                                             *args.overrides])
+    gen = train_generator(cfg, store)
+    train_s = time.perf_counter() - t0
+    ecfg = compose_config("evaluate", [f"store.uri={store_path}", f"model={gen.model_id}", f"torch_threads={args.threads}",
+                                       f"evaluate.episodes={args.episodes}", f"evaluate.samples={args.samples}",
+                                       f"evaluate.targets={args.targets}", f"evaluate.out_dir={out_dir}"])
+    result = evaluate_generator(ecfg, store, gen)
+    return {"init": init, "seed": seed, "model": gen.model_id, "arch": gen.info["arch"], "hidden": hidden,
+            "overrides": args.overrides, "train_s": train_s, "r_random": result["r_random"], "r_top10": result["r_top10"],
+            **{k: result[k] for k in ("alignment_r2", "spearman", "normalised_score_top", "novelty_median", "copies")}}
 
 
 def seeding_race(store_path: Path, row: dict, args: argparse.Namespace) -> dict:
@@ -231,11 +260,13 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=5)
     ap.add_argument("--targets", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--single", action="append", type=hidden_list, default=[],
+                    help="also fit today's single-architecture generator on this training architecture (repeatable)")
     ap.add_argument("--reuse", action="store_true", help="evaluate the generators an earlier run registered")
     ap.add_argument("--seed-arch", type=hidden_list, help="run the seeding race for this held-out architecture")
     ap.add_argument("--seed-steps", type=int, default=300_000)
     ap.add_argument("--seeds-race", nargs="+", type=int, default=[0, 1])
-    ap.add_argument("--thresholds", nargs="+", type=float, default=[-50.0, -47.0, -45.0])
+    ap.add_argument("--thresholds", nargs="+", type=float, default=[-60.0, -55.0, -50.0, -47.0])
     ap.add_argument("--out", default=str(RESULTS / "architectures.json"))
     ap.add_argument("overrides", nargs="*", help="generator.* Hydra overrides, e.g. generator.epochs=150")
     args = ap.parse_args()
@@ -244,24 +275,29 @@ def main() -> None:
     setup_logging()
     path = Path(args.out)
     previous = json.loads(path.read_text()) if path.exists() else {"rows": []}
-    rows = []
+    rows, singles = [], []
     for init in args.inits:
         store = RESULTS / "runs" / f"arch-{init}"
         populate(store, init, args)
         if args.seed_arch and args.reuse:
             continue  # the race reuses the rows of the earlier run
         rows += [measure(store, init, seed, args) for seed in args.seeds]
+        singles += [measure_single(store, init, seed, h, args) for seed in args.seeds for h in args.single]
     key = lambda r: (r["init"], r["seed"], tuple(r["overrides"]))  # noqa: E731
     done = {key(r) for r in rows}
     rows = [r for r in previous["rows"] if key(r) not in done] + rows
+    single_key = lambda r: (*key(r), tuple(r["hidden"]))  # noqa: E731
+    fresh = {single_key(r) for r in singles}
+    singles = [r for r in previous.get("single", []) if single_key(r) not in fresh] + singles
     summary = {"host": platform.node(), "episodes": args.episodes, "samples": args.samples, "targets": args.targets,
                "train_archs": args.train_archs, "heldout": args.heldout, "members": args.members, "steps": args.steps,
-               "command": "python bench/architectures.py " + " ".join(sys.argv[1:]), "rows": rows,
+               "command": "python bench/architectures.py " + " ".join(sys.argv[1:]), "rows": rows, "single": singles,
                "seeding": previous.get("seeding")}
     path.write_text(json.dumps(summary, indent=1))  # the measurements survive a race that fails or is stopped
     plot_summary(rows, RESULTS / "architectures-summary.png")
     if args.seed_arch:
-        row = next(r for r in rows if r["init"] == args.inits[0] and r["seed"] == args.seeds[0])
+        # the generator of this command's settings (not an earlier row of other overrides)
+        row = next(r for r in rows if key(r) == (args.inits[0], args.seeds[0], tuple(args.overrides)))
         summary["seeding"] = seeding_race(RESULTS / "runs" / f"arch-{args.inits[0]}", row, args)
         plot_seeding(summary["seeding"], RESULTS / "architectures-seeding.png")
         path.write_text(json.dumps(summary, indent=1))
@@ -274,6 +310,10 @@ def main() -> None:
                   f" {a['transfer_score']:>8.2f} {a['transfer_alignment_r2']:>6.2f} |"
                   f" {a['retrieval_transfer_alignment_r2']:>12.2f} | {a['random_init_score']:>6.2f} |"
                   f" {a['novelty_median']:>7.2f} {a['copies']:>6}")
+    for r in singles:
+        print(f"{r['init']:<12} {r['seed']:>4} {r['arch']:<24} {'single':>8} {r['alignment_r2']:>6.2f}"
+              f" {r['spearman']:>6.2f} {r['normalised_score_top']:>6.2f} |   (single-architecture generator,"
+              f" {' '.join(r['overrides'])}; its top 10 % is its own slice's)")
     race = summary.get("seeding")
     if race:
         print(f"\nseeding {race['arch']} ({race['steps']:,} env steps per run, seeds {race['seeds']}):")
