@@ -174,8 +174,9 @@ def serve_main(args) -> None:
     ray.init(include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port},
                 grpc_options={"port": args.grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]})
-    fixed = [f"store.uri={args.store}", "serve.min_replicas=1", "serve.max_replicas=1"]
-    fixed += [f"{k}={v}" for k, v in lever.items()]
+    # one replica per app unless the lever says otherwise (`@min_replicas=2,max_replicas=2`)
+    fixed = [f"store.uri={args.store}"] + [f"{k}={v}" for k, v in
+                                           {"serve.min_replicas": 1, "serve.max_replicas": 1, **lever}.items()]
     apps = json.loads(args.apps)
     for name, overrides in apps.items():
         if name == "floor":
@@ -215,10 +216,32 @@ class Server:
             reader.join(timeout)
             if line and line[0].startswith("{"):
                 self.url = f"http://127.0.0.1:{self.port}"
-                return
+                if self.routes_answer(list(apps)):
+                    return
             self.stop()
             print(f"lever {lever}: the server did not start (attempt {attempt + 1}; {self.log})", flush=True)
         raise RuntimeError(f"lever {lever}: the server did not start; see {self.log}")
+
+    def routes_answer(self, apps: list[str], timeout: float = 120) -> bool:
+        """Every application answers one request through the ingress before any point is measured:
+        `serve.run` returning is not proof that the proxy already routes to the app (on a loaded
+        machine an earlier run's second app failed every request of its first point, fast)."""
+        import requests
+
+        body = {"model": MODEL, "target_return": TARGET, "num": 1, "format": "json", "seed": 1}
+        deadline = time.time() + timeout
+        for app in apps:
+            while True:
+                try:
+                    if requests.post(f"{self.url}/{app}/v1/generate", json=body, timeout=30).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                if time.time() > deadline:
+                    print(f"lever {self.lever}: /{app} does not answer after {timeout:.0f} s", flush=True)
+                    return False
+                time.sleep(0.5)
+        return True
 
     def cpu_seconds(self) -> float:
         return tree_cpu_seconds(self.proc.pid)
@@ -275,7 +298,7 @@ def machine_busy_seconds() -> float:
 async def http_loop(url: str, body: dict, concurrency: int, seconds: float, versions: bool) -> dict:
     import aiohttp
 
-    latencies, errors, seen = [], 0, {}
+    latencies, errors, seen, why = [], 0, {}, {}
     stop = time.perf_counter() + seconds
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -287,8 +310,8 @@ async def http_loop(url: str, body: dict, concurrency: int, seconds: float, vers
                     async with session.post(url, json={**body, "seed": random.randrange(2**31)}) as resp:
                         data = await resp.read()
                         ok = resp.status == 200
-                except (aiohttp.ClientError, asyncio.TimeoutError):
-                    ok, data = False, b""
+                except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                    ok, data = False, repr(e).encode()
                 if ok:
                     latencies.append(time.perf_counter() - t0)
                     if versions:
@@ -297,11 +320,12 @@ async def http_loop(url: str, body: dict, concurrency: int, seconds: float, vers
                         seen[v] = seen.get(v, 0) + 1
                 else:
                     errors += 1
+                    note_error(why, data[:160].decode(errors="replace"))
 
         t0 = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(concurrency)))
         elapsed = time.perf_counter() - t0
-    return summary(latencies, errors, elapsed, seen)
+    return summary(latencies, errors, elapsed, seen, why)
 
 
 async def grpc_loop(target: str, app: str, body: dict, concurrency: int, seconds: float) -> dict:
@@ -310,7 +334,7 @@ async def grpc_loop(target: str, app: str, body: dict, concurrency: int, seconds
     from serve import pgen_pb2 as pb
     from serve import pgen_pb2_grpc
 
-    latencies, errors = [], 0
+    latencies, errors, why = [], 0, {}
     stop = time.perf_counter() + seconds
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pgen_pb2_grpc.PolicyGeneratorStub(channel)
@@ -325,22 +349,31 @@ async def grpc_loop(target: str, app: str, body: dict, concurrency: int, seconds
                                                            num=body["num"], seed=random.randrange(2**31)),
                                         metadata=metadata, timeout=60)
                     latencies.append(time.perf_counter() - t0)
-                except grpc.RpcError:
+                except grpc.RpcError as e:
                     errors += 1
+                    note_error(why, f"{e.code()}: {e.details()}"[:160])
 
         t0 = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(concurrency)))
         elapsed = time.perf_counter() - t0
-    return summary(latencies, errors, elapsed, {})
+    return summary(latencies, errors, elapsed, {}, why)
 
 
-def summary(latencies: list[float], errors: int, elapsed: float, seen: dict) -> dict:
+def note_error(why: dict[str, int], text: str) -> None:
+    """Count an error by what it said (the first few kinds only), so a table's errors can be explained."""
+    if text in why or len(why) < 4:
+        why[text] = why.get(text, 0) + 1
+
+
+def summary(latencies: list[float], errors: int, elapsed: float, seen: dict, why: dict | None = None) -> dict:
     lat = np.asarray(latencies) * 1000
     out = {"requests": len(latencies), "errors": errors, "seconds": elapsed, "throughput": len(latencies) / elapsed,
            "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
            "p99_ms": float(np.percentile(lat, 99)) if lat.size else None}
     if seen:
         out["versions"] = seen
+    if why:
+        out["error_kinds"] = why
     return out
 
 
@@ -456,7 +489,8 @@ def lever_runs(args, store: str) -> list[dict]:
                             print(f"round {rnd} {lever:>13} {protocol:4} {target:5} c={c:<3} {row['throughput']:7.1f}"
                                   f" req/s  p50 {ms(row['p50_ms']):>6}  p99 {ms(row['p99_ms']):>6} ms  errors"
                                   f" {row['errors']}  cpu client {row['client_cpu']:.2f} server {row['server_cpu']:.2f}"
-                                  f" other {row['other_cpu']:.2f}", flush=True)
+                                  f" other {row['other_cpu']:.2f}" + (f" {row.get('error_kinds')}" if row["errors"] else ""),
+                                  flush=True)
             finally:
                 server.stop()
     return rows
@@ -504,7 +538,8 @@ def batching_runs(args, store: str) -> list[dict]:
                     row = {"round": rnd, "model": model, "num": num, "mode": mode, **measure(server, spec)}
                     rows.append(row)
                     print(f"round {rnd} batching {model} num={num} {mode:>9}: {row['throughput']:6.1f} req/s p50"
-                          f" {ms(row['p50_ms'])} p99 {ms(row['p99_ms'])} ms errors {row['errors']}", flush=True)
+                          f" {ms(row['p50_ms'])} p99 {ms(row['p99_ms'])} ms errors {row['errors']}"
+                          + (f" {row.get('error_kinds')}" if row["errors"] else ""), flush=True)
     finally:
         server.stop()
     return rows
@@ -803,18 +838,22 @@ def main() -> None:
                           "loadavg_start": Path("/proc/loadavg").read_text().split()[:3]},
               "command": "python bench/serve.py " + " ".join(sys.argv[1:]), "args": vars(args),
               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    save = lambda: Path(args.out).write_text(json.dumps(result, indent=1))  # noqa: E731  (after every stage)
     result["levers"] = lever_runs(args, str(store))
+    save()
     if not args.skip_batching:
         result["decode_ms_per_policy"] = decode_curve(str(store), sorted({c.split(":")[0] for c in args.batch_cases}))
         result["batching"] = batching_runs(args, str(store))
+        save()
     if not args.skip_swap:
         result["swap"] = swap_run(args, str(store))
+        save()
     if args.profile:
         result["profiles"] = profile_runs(args, str(store))
     result["minutes"] = (time.time() - t0) / 60
     result["machine"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
     text = tables(result)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    save()
     print("\n" + text + f"\n\nwrote {args.out}")
 
 
