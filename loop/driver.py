@@ -199,6 +199,7 @@ class Loop:
         actors = {m.slot: self._start_member(m) for m in st.members}
         inflight = {actors[m.slot].train_interval.remote(): m.slot for m in st.members}
         to_reseed: dict[int, SeedConfig] = {}
+        paused: list[int] = []  # loop.pause_during_fit: members whose next interval waits for the fit
         fit_ref = None
         self._signals()
         t0, last_log, last_save = time.monotonic() - st.elapsed_s, 0.0, time.monotonic()
@@ -207,7 +208,7 @@ class Loop:
                  f" {self.group}), store {self.store.uri}, budget {cfg.loop.max_env_steps or 'none'} env steps"
                  + (f" (resumed at {st.env_steps:,} env steps, {len(st.decisions)} gate decisions)" if cfg.resume else ""))
         try:
-            while inflight:
+            while inflight or (paused and not self.stop_requested):
                 elapsed = time.monotonic() - t0
                 budget = cfg.loop.max_env_steps
                 if not self.stop_requested and ((budget and st.env_steps >= budget)
@@ -215,7 +216,11 @@ class Loop:
                     log.info(f"loop {st.loop_id}: {'budget' if budget and st.env_steps >= budget else 'duration'}"
                              " reached: finishing the intervals in flight")
                     self.stop_requested = True
-                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+                if inflight:
+                    ready = ray.wait(list(inflight), num_returns=1, timeout=1.0)[0]
+                else:  # every member paused: wait for the fit
+                    ray.wait([fit_ref], timeout=1.0)
+                    ready = []
                 for ref in ready:
                     slot = inflight.pop(ref)
                     member = st.members[slot]
@@ -236,7 +241,11 @@ class Loop:
                         seed = to_reseed.pop(slot)
                         self._replace(member, seed)
                         actors[slot] = self._start_member(member, seed)
-                    if not self.stop_requested:
+                    if self.stop_requested:
+                        continue
+                    if fit_ref is not None and cfg.loop.pause_during_fit:
+                        paused.append(slot)
+                    else:
                         inflight[actors[slot].train_interval.remote()] = slot
                 # the generator: a new version whenever the slice has grown enough
                 if fit_ref is None and not self.stop_requested and \
@@ -253,6 +262,9 @@ class Loop:
                                  f" one starts after {cfg.loop.retrain_every} more checkpoints")
                     fit_ref = None
                     st.save(self.store)
+                    for slot in paused:  # the members go on
+                        inflight[actors[slot].train_interval.remote()] = slot
+                    paused.clear()
                 # the seeder
                 if cfg.loop.reseed_every and st.served and not self.stop_requested and not to_reseed and \
                         st.checkpoints - st.checkpoints_at_reseed >= cfg.loop.reseed_every:
@@ -320,7 +332,7 @@ class Loop:
         decision = record_decision(self.store, st.loop_id, {
             "model_id": result["model_id"], "promoted": promoted, "why": why, "metrics": result["metrics"],
             "served": result["served"], "served_metrics": result["served_metrics"], "env_steps": st.env_steps,
-            "checkpoints": st.checkpoints, "warm_start": result["warm_start"], "dataset": result["dataset"],
+            "checkpoints": st.checkpoints, "fit_from_checkpoints": st.checkpoints_at_fit, "warm_start": result["warm_start"], "dataset": result["dataset"],
             "fit_s": result["fit_s"], "gate_s": result["gate_s"]})
         st.decisions.append(decision)
         st.last_version = result["model_id"]

@@ -55,7 +55,9 @@ class GeneratorTrainer:
         candidate = gate_metrics(evaluate_generator(evaluate, self.store, gen, base))
         incumbent = None
         if served is not None:
-            old = load_generator(self.store, served, device=cfg.generator.device)
+            # the fit copied the warm start's weights (load_state_dict): it is still the served version
+            old = warm if warm is not None and served == previous else \
+                load_generator(self.store, served, device=cfg.generator.device)
             incumbent = gate_metrics(evaluate_generator(evaluate, self.store, old, base, same_slice=False))
         ds = gen.info["dataset"]
         log.info(f"gate {gen.model_id}: R² {candidate['alignment_r2']:.3f}, score at the top"

@@ -471,6 +471,9 @@ class LoopSettings:
     reseed_target: str = "best"  # best | best+<δ> | <a number>: the target return of the seed policies
     reseed_min_env_steps: int = 200_000  # a member is not reseeded before it has trained this long
     trainer_cpus: float = 1.0  # the generator trainer actor
+    # members wait while a fit and its gate run: versions arrive after fewer env steps, at the cost of
+    # wall-clock time (on few cores the fit then has them to itself)
+    pause_during_fit: bool = False
     max_trainer_restarts: int = 3  # Ray restarts of a killed trainer (the fit is retried)
     log_every_s: float = 15.0
     out_dir: str = "pgen-runs/loop"  # <out_dir>/<loop_id>/: summary JSON, PNG, TensorBoard events

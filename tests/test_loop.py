@@ -139,16 +139,20 @@ def test_the_loop_runs_itself_through_faults_and_serves_every_promotion(tmp_path
         loop.finish(timeout=60)
         decided_before = [d["model_id"] for d in before.decisions]
         assert len(decided_before) >= 2, loop.output[-4000:]
-        # 3. resume: the same loop continues to its budget
-        resumed = PopulateProcess(*args, "resume=true", command="loop", cwd=tmp_path)
+        # 3. resume: the same loop continues to its budget, now with its members paused during fits
+        # (and fewer of them: paused fits run one after another, each holding the whole population)
+        resumed = PopulateProcess(*args, "resume=true", "loop.pause_during_fit=true", "loop.retrain_every=24",
+                                  command="loop", cwd=tmp_path)
         output = resumed.finish(timeout=600)
     finally:
         stop.set()
         for t in clients:
             t.join(timeout=30)
-        for run in (loop, resumed):
+        for i, run in enumerate((loop, resumed)):
             if run is not None and run.proc.poll() is None:
                 run.proc.kill()
+            if run is not None:  # the drivers' logs, beside the test's store, for reading a failure
+                (tmp_path / f"driver-{i}.log").write_text(run.output)
     assert resumed.proc.returncode == 0, output[-4000:]
     assert "resumed at" in output and "(resumed at" in output
     store = CheckpointStore(store_uri, endpoint_url=s3_server.endpoint_url)
@@ -167,6 +171,12 @@ def test_the_loop_runs_itself_through_faults_and_serves_every_promotion(tmp_path
     folders = {tuple(k.split("/")[1:3]) for k in store.list("generators/") if k.count("/") == 3}
     assert {f for f in folders if store.exists(f"generators/{f[0]}/{f[1]}/config.json")} == listed
     assert {tuple(d["model_id"].split("@")) for d in state.decisions} <= listed
+    # paused during the fits after the resume: at most the intervals in flight when a fit started
+    # (one checkpoint per member, and a reseeded run's first) arrived while it ran
+    after = [d for d in state.decisions if f"loop svc: gate {d['model_id']}:" in output]
+    assert after, output[-3000:]
+    assert all(d["checkpoints"] - d["fit_from_checkpoints"] <= 6 for d in after), \
+        [(d["checkpoints"], d["fit_from_checkpoints"]) for d in after]
     # reseeded members: new runs whose first checkpoint carries the generator's origin
     assert state.reseeds and all(r["model"] in records for r in state.reseeds)
     rows = store.read_records(columns=["run_id", "origin", "step"]).table.to_pylist()

@@ -159,8 +159,8 @@ def test_s3_outage_mid_run_loses_nothing(tmp_path, s3_server, s3_store_uri):
                               f"store.uri={s3_store_uri}", "run_id=outage", env={"AWS_ENDPOINT_URL": proxy.url},
                               cwd=tmp_path)
         pop.wait_for_members("outage", 2)
-        proxy.stop()  # the S3 endpoint refuses connections for 20 s
-        time.sleep(20)
+        proxy.stop()  # the S3 endpoint refuses connections for 12 s
+        time.sleep(12)
         assert pop.proc.poll() is None, pop.output[-3000:]
         proxy.start()
         steps_at_restart = pop.output.count("population outage:")
