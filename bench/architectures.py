@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -54,8 +55,22 @@ def hidden_list(text: str) -> list[int]:
     return [int(v) for v in text.split(",")]
 
 
+def hidden_text(hidden: Sequence[int]) -> str:
+    """`[64,64]`: hidden sizes as a Hydra override value."""
+    return "[" + ",".join(map(str, hidden)) + "]"
+
+
 def arch_override(archs: list[list[int]]) -> str:
-    return "population.archs=[" + ",".join("{hidden:[" + ",".join(map(str, h)) + "]}" for h in archs) + "]"
+    return "population.archs=[" + ",".join("{hidden:" + hidden_text(h) + "}" for h in archs) + "]"
+
+
+def evaluate_config(store_path: Path, model: str, out_dir: Path, args: argparse.Namespace, *extra: str):
+    """`pgen evaluate`'s config for `model` with the bench's episodes, samples and targets."""
+    from pgen.config import compose_config
+
+    return compose_config("evaluate", [f"store.uri={store_path}", f"model={model}", f"torch_threads={args.threads}",
+                                       f"evaluate.episodes={args.episodes}", f"evaluate.samples={args.samples}",
+                                       f"evaluate.targets={args.targets}", f"evaluate.out_dir={out_dir}", *extra])
 
 
 def populate(store: Path, init: str, args: argparse.Namespace) -> None:
@@ -87,14 +102,12 @@ def measure(store_path: Path, init: str, seed: int, args: argparse.Namespace) ->
     else:
         cfg = compose_config("train-generator", [
             f"store.uri={store_path}", "generator.family=true", f"generator.name={name}", f"seed={seed}",
-            "generator.archs=[" + ",".join("[" + ",".join(map(str, h)) + "]" for h in args.train_archs) + "]",
+            "generator.archs=[" + ",".join(map(hidden_text, args.train_archs)) + "]",
             f"torch_threads={args.threads}", f"out_dir={out_dir}", *args.overrides])
         gen = train_generator(cfg, store)
         train_s = time.perf_counter() - t0
-    settings = {"episodes": args.episodes, "samples": args.samples, "targets": args.targets, "out_dir": out_dir,
-                "archs": "[" + ",".join("[" + ",".join(map(str, h)) + "]" for h in args.heldout) + "]"}
-    ecfg = compose_config("evaluate", [f"store.uri={store_path}", f"model={gen.model_id}", f"torch_threads={args.threads}"]
-                          + [f"evaluate.{k}={v}" for k, v in settings.items()])
+    ecfg = evaluate_config(store_path, gen.model_id, out_dir, args,
+                           "evaluate.archs=[" + ",".join(map(hidden_text, args.heldout)) + "]")
     t0 = time.perf_counter()
     result = evaluate_generator(ecfg, store, gen)
     print(format_result(result), flush=True)
@@ -116,18 +129,15 @@ def measure_single(store_path: Path, init: str, seed: int, hidden: list[int], ar
     from pgen.generator.train import train_generator
     from pgen.store import CheckpointStore
 
-    store, arch = CheckpointStore(str(store_path)), "[" + ",".join(map(str, hidden)) + "]"
+    store = CheckpointStore(str(store_path))
     name, out_dir = f"bench-single-{init}-{'x'.join(map(str, hidden))}-s{seed}", RESULTS / "runs" / "architectures"
     t0 = time.perf_counter()
-    cfg = compose_config("train-generator", [f"store.uri={store_path}", f"policy.hidden={arch}", f"generator.name={name}",
-                                             f"seed={seed}", f"torch_threads={args.threads}", f"out_dir={out_dir}",
-                                             *args.overrides])
+    cfg = compose_config("train-generator", [f"store.uri={store_path}", f"policy.hidden={hidden_text(hidden)}",
+                                             f"generator.name={name}", f"seed={seed}", f"torch_threads={args.threads}",
+                                             f"out_dir={out_dir}", *args.overrides])
     gen = train_generator(cfg, store)
     train_s = time.perf_counter() - t0
-    ecfg = compose_config("evaluate", [f"store.uri={store_path}", f"model={gen.model_id}", f"torch_threads={args.threads}",
-                                       f"evaluate.episodes={args.episodes}", f"evaluate.samples={args.samples}",
-                                       f"evaluate.targets={args.targets}", f"evaluate.out_dir={out_dir}"])
-    result = evaluate_generator(ecfg, store, gen)
+    result = evaluate_generator(evaluate_config(store_path, gen.model_id, out_dir, args), store, gen)
     return {"init": init, "seed": seed, "model": gen.model_id, "arch": gen.info["arch"], "hidden": hidden,
             "overrides": args.overrides, "train_s": train_s, "r_random": result["r_random"], "r_top10": result["r_top10"],
             **{k: result[k] for k in ("alignment_r2", "spearman", "normalised_score_top", "novelty_median", "copies")}}
@@ -157,8 +167,7 @@ def seeding_race(store_path: Path, row: dict, args: argparse.Namespace) -> dict:
     work = (RESULTS / "runs" / "architectures-seeding").resolve()
     shutil.rmtree(work, ignore_errors=True)
     store = CheckpointStore(str(work))
-    hidden = ",".join(map(str, spec.hidden))
-    common = [f"store.uri={work}", "env=simple_spread", f"policy.hidden=[{hidden}]", "population.size=1",
+    common = [f"store.uri={work}", "env=simple_spread", f"policy.hidden={hidden_text(spec.hidden)}", "population.size=1",
               f"population.max_env_steps={args.seed_steps}", "population.checkpoint_every=4",
               "population.cpus_per_worker=0.66", "log_every_s=60"]
     ray.init(address="local", include_dashboard=False, log_to_driver=False)  # its own Ray, never another session's

@@ -365,7 +365,7 @@ def note_error(why: dict[str, int], text: str) -> None:
         why[text] = why.get(text, 0) + 1
 
 
-def summary(latencies: list[float], errors: int, elapsed: float, seen: dict, why: dict | None = None) -> dict:
+def summary(latencies: list[float], errors: int, elapsed: float, seen: dict, why: dict[str, int]) -> dict:
     lat = np.asarray(latencies) * 1000
     out = {"requests": len(latencies), "errors": errors, "seconds": elapsed, "throughput": len(latencies) / elapsed,
            "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,

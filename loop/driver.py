@@ -197,6 +197,13 @@ class Loop:
         plain = {**to_dict(cfg), "store": self.store_cfg}
         trainer = trainer_cls.remote(plain, str(self.out))
         actors = {m.slot: self._start_member(m) for m in st.members}
+        if cfg.resume:  # credit what the members committed after the last snapshot, before a fit is due
+            before = st.checkpoints
+            for m, status in zip(st.members, ray.get([actors[m.slot].status.remote() for m in st.members])):
+                self._absorb(m, status)
+            if st.checkpoints > before:
+                log.info(f"loop {st.loop_id}: {st.checkpoints - before} checkpoints committed after the last"
+                         " snapshot are counted")
         inflight = {actors[m.slot].train_interval.remote(): m.slot for m in st.members}
         to_reseed: dict[int, SeedConfig] = {}
         paused: list[int] = []  # loop.pause_during_fit: members whose next interval waits for the fit
@@ -332,8 +339,9 @@ class Loop:
         decision = record_decision(self.store, st.loop_id, {
             "model_id": result["model_id"], "promoted": promoted, "why": why, "metrics": result["metrics"],
             "served": result["served"], "served_metrics": result["served_metrics"], "env_steps": st.env_steps,
-            "checkpoints": st.checkpoints, "fit_from_checkpoints": st.checkpoints_at_fit, "warm_start": result["warm_start"], "dataset": result["dataset"],
-            "fit_s": result["fit_s"], "gate_s": result["gate_s"]})
+            "checkpoints": st.checkpoints, "fit_from_checkpoints": st.checkpoints_at_fit,
+            "warm_start": result["warm_start"], "dataset": result["dataset"], "fit_s": result["fit_s"],
+            "gate_s": result["gate_s"]})
         st.decisions.append(decision)
         st.last_version = result["model_id"]
         name, version = result["model_id"].split("@")
