@@ -172,6 +172,7 @@ class PopulationWorker:
         self.interval_s = self.store_s = 0.0  # wall time of the last interval, and of its store writes
         if self.store is not None and not self._resume():
             self._start()
+        self.start_env_steps = self.learner.env_steps  # where this process began (a resume: its state's)
 
     # --- start / resume -------------------------------------------------------------------------
 
@@ -318,7 +319,7 @@ class PopulationWorker:
         return {"member": self.member, "run_id": self.run_id, "env_steps": self.learner.env_steps,
                 "steps_per_s": self.steps_per_s, "return": dict(self.last_return), "checkpoints": self.checkpoints,
                 "restarts": self.restarts, "done": self.done, "pid": os.getpid(), "origin": self.origin,
-                "interval_s": self.interval_s, "store_s": self.store_s}
+                "interval_s": self.interval_s, "store_s": self.store_s, "start_env_steps": self.start_env_steps}
 
 
 # --- the driver: `pgen populate` ----------------------------------------------------------------
@@ -388,7 +389,7 @@ def populate(cfg: PopulateConfig) -> dict[int, dict[str, Any]]:
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
     statuses: dict[int, dict[str, Any]] = {m: {"member": m, "run_id": member_run_id(prefix, m), "env_steps": 0,
                                                 "steps_per_s": 0.0, "return": {}, "checkpoints": 0, "restarts": 0,
-                                                "done": False} for m in workers}
+                                                "done": False, "start_env_steps": 0} for m in workers}
     failed: dict[int, str] = {}
     inflight = {w.train_interval.remote(): m for m, w in workers.items()}
     deadline = None if cfg.population.duration_s is None else time.monotonic() + cfg.population.duration_s
@@ -414,13 +415,15 @@ def populate(cfg: PopulateConfig) -> dict[int, dict[str, Any]]:
             if time.monotonic() - last_log >= cfg.log_every_s or not inflight:
                 last_log = time.monotonic()
                 total = sum(s["env_steps"] for s in statuses.values())
-                elapsed = time.monotonic() - t0
+                # the rate counts this run's steps only: resumed members' earlier steps are not progress
+                rate = sum(s["env_steps"] - s["start_env_steps"] for s in statuses.values()) / max(
+                    time.monotonic() - t0, 1e-9)
                 eta = ""
-                if cfg.population.max_env_steps and total:
+                if cfg.population.max_env_steps and rate > 0:
                     remaining = cfg.population.max_env_steps * len(workers) - total
-                    eta = f", ETA {format_duration(remaining * elapsed / total)}" if remaining > 0 else ""
-                log.info(f"population {prefix}: {total:,} env steps in {format_duration(elapsed)}"
-                         f" ({total / max(elapsed, 1e-9):,.0f}/s{eta})\n{status_table(statuses, failed)}")
+                    eta = f", ETA {format_duration(remaining / rate)}" if remaining > 0 else ""
+                log.info(f"population {prefix}: {total:,} env steps after {format_duration(time.monotonic() - t0)}"
+                         f" ({rate:,.0f}/s{eta})\n{status_table(statuses, failed)}")
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

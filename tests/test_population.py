@@ -70,10 +70,19 @@ def test_populate_local_store_then_dataset(tmp_path):
     runs = {m: json.loads(store.get(f"runs/pop-m00{m}/run.json")) for m in (0, 1)}
     assert runs[0]["hparams"] != runs[1]["hparams"] and runs[0]["origin"] == "trained"
     assert store.exists("runs/pop-m000/state/latest")
+    # a larger population on the same run id extends it: the finished members resume and stop, the new
+    # one trains, and the progress rate counts this run's env steps only (not the resumed members')
+    more = pgen("populate", *TINY, "population.size=3", "population.max_env_steps=600", f"store.uri={store_dir}",
+                "run_id=pop", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert_complete_runs(store, ["pop-m000", "pop-m001", "pop-m002"], 600)
+    last = re.findall(r"population pop: ([\d,]+) env steps after (\d+)m(\d+)s \(([\d,]+)/s", more.stderr)[-1]
+    total, seconds, rate = int(last[0].replace(",", "")), 60 * int(last[1]) + int(last[2]), int(last[3].replace(",", ""))
+    assert total == 1800 and rate * seconds < 1200, last
     # pgen dataset: counts, return range, histogram
     ds = pgen("dataset", f"store.uri={store_dir}", f"out_dir={tmp_path / 'ds'}", cwd=tmp_path)
     assert ds.returncode == 0, ds.stderr
-    assert "8 checkpoints" in ds.stdout and "pop-m001" in ds.stdout and "0 bad rows" in ds.stdout
+    assert "12 checkpoints" in ds.stdout and "pop-m002" in ds.stdout and "0 bad rows" in ds.stdout
     assert (tmp_path / "ds" / "returns.png").stat().st_size > 1000
     # a corrupted part is skipped and reported, never fatal
     key = "checkpoints/" + next(k.split("checkpoints/", 1)[1] for k in store.list("checkpoints/"))
