@@ -8,7 +8,9 @@ populations of several architectures, measured on those and on architectures it 
    `--reuse`, the version an earlier run registered), then `pgen evaluate` over the trained and the
    `--heldout` architectures: per architecture, R², Spearman, score at the top target, novelty, and in
    the same run on the same held-out fixed-seed episodes random init, Net2Net transfer of the best
-   checkpoint and retrieval + transfer (`pgen/evaluate_family.py`).
+   checkpoint and retrieval + transfer (`pgen/evaluate_family.py`); and per training architecture the
+   fit's reconstruction error on its validation runs beside predicting the centre and copying the
+   nearest training row (`heldout_recon`: does the model generalise to a run it never saw?).
    With `--single H`, also today's single-architecture generator on the training architecture H's
    slice of the same store, same generator overrides and evaluation settings (the baseline the
    family must not be worse than on trained architectures).
@@ -16,9 +18,9 @@ populations of several architectures, measured on those and on architectures it 
    from random init, from the best trained checkpoint transferred into it, and from the generator's
    policies for the top target, same PPO hyper-parameters and budget; env steps to each threshold.
 
-Writes bench/results/architectures.json (rows of other settings are kept), one PNG per generator
-(`architectures-<init>-s<seed>.png`), `architectures-summary.png`, `architectures-seeding.png`, and
-prints the tables.
+Writes bench/results/architectures.json (or `--out`; rows of other settings are kept), one PNG per
+generator (`architectures-<init>-s<seed>.png`), `architectures-summary.png`, `architectures-seeding.png`
+(named after `--out`'s stem), and prints the tables.
 
     python bench/architectures.py --inits grown independent --seeds 0 generator.epochs=150
     python bench/architectures.py --inits grown --reuse --seed-arch 96,96 --seed-steps 300000
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -37,8 +40,12 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pgen.generator.sample import FamilyGenerator
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -73,9 +80,16 @@ def evaluate_config(store_path: Path, model: str, out_dir: Path, args: argparse.
                                        f"evaluate.targets={args.targets}", f"evaluate.out_dir={out_dir}", *extra])
 
 
+def data_store(init: str, args: argparse.Namespace) -> Path:
+    return RESULTS / "runs" / f"arch-{init}{args.data_tag}"
+
+
 def populate(store: Path, init: str, args: argparse.Namespace) -> None:
-    """The training populations of one init, unless the store is there (then it is reused)."""
-    if (store / "checkpoints").exists():
+    """The training populations of one init, unless the store already holds `--members` runs (then it
+    is reused). A store with fewer runs is extended: its members resume, find their budget spent and
+    stop, and the new members train from the same shared initial weights."""
+    runs = store / "runs"
+    if (store / "checkpoints").exists() and runs.exists() and len(list(runs.iterdir())) >= args.members:
         print(f"reusing the data in {store}")
         return
     cmd = [sys.executable, "-m", "pgen.cli", "populate", "env=simple_spread", f"population.size={args.members}",
@@ -84,6 +98,43 @@ def populate(store: Path, init: str, args: argparse.Namespace) -> None:
            f"seed={args.data_seed}", f"store.uri={store}", "log_every_s=60"]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def heldout_recon(store_path: Path, gen: FamilyGenerator) -> dict[str, dict]:
+    """Per training architecture, the fit's reconstruction error (standardised units, layers weighted
+    equally: the `val_recon` of its history) on its validation runs and its training rows, against two
+    references that learn nothing: predicting the centre, and copying the nearest training row."""
+    import torch
+
+    from pgen.generator.family_data import load_family
+    from pgen.generator.model import reconstruction_loss
+    from pgen.generator.train import _losses
+    from pgen.store import CheckpointStore
+
+    ds = gen.info["dataset"]
+    data = load_family(CheckpointStore(str(store_path)), gen.info["env_key"], gen.info["group"], gen.trained_specs)
+    out = {}
+    for key, part in sorted(data.parts.items()):
+        spec = data.specs[key]
+        val, train = np.isin(part.run_ids, ds["val_runs"]), np.isin(part.run_ids, ds["train_runs"])
+        if not val.any():
+            continue
+        x = gen.normalizer.standardise(torch.from_numpy(part.params), spec).to(gen.device)
+        inputs = gen.inputs(spec)
+        blocks, masks = inputs.graph.blocks_of, [torch.ones(t.shape[1:]) for t in inputs.centre]
+
+        def model_recon(rows: np.ndarray) -> float:
+            c = gen.normalizer.condition(torch.from_numpy(part.returns[rows])).float().to(gen.device)
+            with torch.no_grad():
+                return float(_losses(gen.model, blocks(x[rows]), masks, c, None, True, 0.0, (inputs,))[0])
+
+        xv, xt = x[val], x[train]
+        nearest = xt[torch.cdist(xv, xt).argmin(1)]
+        out[key] = {"val_runs": sorted(set(part.run_ids[val].tolist())), "model_val": model_recon(val),
+                    "model_train": model_recon(train),
+                    "centre_val": float(reconstruction_loss(blocks(torch.zeros_like(xv)), blocks(xv), masks)),
+                    "nearest_train_row_val": float(reconstruction_loss(blocks(nearest), blocks(xv), masks))}
+    return out
 
 
 def measure(store_path: Path, init: str, seed: int, args: argparse.Namespace) -> dict:
@@ -111,12 +162,14 @@ def measure(store_path: Path, init: str, seed: int, args: argparse.Namespace) ->
     t0 = time.perf_counter()
     result = evaluate_generator(ecfg, store, gen)
     print(format_result(result), flush=True)
-    png = RESULTS / f"architectures-{init}-s{seed}.png"
+    recon = heldout_recon(store_path, gen)
+    png = Path(args.out).with_name(f"{Path(args.out).stem}-{init}-s{seed}.png")
     shutil.copyfile(result["plot"], png)
     return {"init": init, "seed": seed, "model": gen.model_id, "train_s": train_s,
             "evaluate_s": time.perf_counter() - t0, "overrides": args.overrides, "generator": gen.info["generator"],
-            "plot": str(png.relative_to(RESULTS.parent)), "r_random": result["r_random"], "r_top10": result["r_top10"],
+            "plot": os.path.relpath(png, RESULTS.parent), "r_random": result["r_random"], "r_top10": result["r_top10"],
             "best_trained": result["best_trained"], "dataset": result["dataset"], "targets": result["targets"],
+            "recon": recon,
             "archs": [{"arch": a["arch"], "hidden": a["hidden"], "trained": a["trained"],
                        **{k: a[k] for k in KEYS}, "per_target": a["targets"]} for a in result["archs"]]}
 
@@ -262,6 +315,7 @@ def main() -> None:
     ap.add_argument("--train-archs", nargs="+", type=hidden_list, default=[[32, 32], [64, 64], [128, 128], [64]])
     ap.add_argument("--heldout", nargs="+", type=hidden_list, default=[[96, 96], [256, 256], [64, 64, 64]])
     ap.add_argument("--members", type=int, default=16)
+    ap.add_argument("--data-tag", default="", help="suffix of the data store's folder: runs/arch-<init><tag>")
     ap.add_argument("--steps", type=int, default=400_000, help="env steps per population member")
     ap.add_argument("--data-seed", type=int, default=300)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="generator seeds")
@@ -286,7 +340,7 @@ def main() -> None:
     previous = json.loads(path.read_text()) if path.exists() else {"rows": []}
     rows, singles = [], []
     for init in args.inits:
-        store = RESULTS / "runs" / f"arch-{init}"
+        store = data_store(init, args)
         populate(store, init, args)
         if args.seed_arch and args.reuse:
             continue  # the race reuses the rows of the earlier run
@@ -303,12 +357,12 @@ def main() -> None:
                "command": "python bench/architectures.py " + " ".join(sys.argv[1:]), "rows": rows, "single": singles,
                "seeding": previous.get("seeding")}
     path.write_text(json.dumps(summary, indent=1))  # the measurements survive a race that fails or is stopped
-    plot_summary(rows, RESULTS / "architectures-summary.png")
+    plot_summary(rows, path.with_name(f"{path.stem}-summary.png"))
     if args.seed_arch:
         # the generator of this command's settings (not an earlier row of other overrides)
         row = next(r for r in rows if key(r) == (args.inits[0], args.seeds[0], tuple(args.overrides)))
-        summary["seeding"] = seeding_race(RESULTS / "runs" / f"arch-{args.inits[0]}", row, args)
-        plot_seeding(summary["seeding"], RESULTS / "architectures-seeding.png")
+        summary["seeding"] = seeding_race(data_store(args.inits[0], args), row, args)
+        plot_seeding(summary["seeding"], path.with_name(f"{path.stem}-seeding.png"))
         path.write_text(json.dumps(summary, indent=1))
     print(f"\n{'init':<12} {'seed':>4} {'architecture':<24} {'':>8} {'R²':>6} {'ρ':>6} {'score':>6} | {'transfer':>8}"
           f" {'R²':>6} | {'retr.+tr. R²':>12} | {'rand.':>6} | {'novelty':>7} {'copies':>6}")
@@ -319,6 +373,11 @@ def main() -> None:
                   f" {a['transfer_score']:>8.2f} {a['transfer_alignment_r2']:>6.2f} |"
                   f" {a['retrieval_transfer_alignment_r2']:>12.2f} | {a['random_init_score']:>6.2f} |"
                   f" {a['novelty_median']:>7.2f} {a['copies']:>6}")
+    for r in rows:
+        for arch, c in r.get("recon", {}).items():
+            print(f"{r['init']:<12} {r['seed']:>4} {arch:<24} recon of its validation runs {', '.join(c['val_runs'])}:"
+                  f" model {c['model_val']:.2f} (its training rows {c['model_train']:.2f}) | centre {c['centre_val']:.2f}"
+                  f" | nearest training row {c['nearest_train_row_val']:.2f}")
     for r in singles:
         print(f"{r['init']:<12} {r['seed']:>4} {r['arch']:<24} {'single':>8} {r['alignment_r2']:>6.2f}"
               f" {r['spearman']:>6.2f} {r['normalised_score_top']:>6.2f} |   (single-architecture generator,"
