@@ -16,9 +16,12 @@ Reported per seed: the best greedy checkpoint return in the store over env steps
 loop's history), (a)'s final best, the env steps (b) needs to reach it (goal ≤ 1/2 of the budget (a)
 used) and (b)'s final best (goal: higher); the promoted versions of (b) with their top target and the
 return achieved there (goal: non-decreasing over ≥ 3 promotions, the top target rising); failed
-requests (goal 0). Writes `bench/results/loop.json` and `loop.png`.
+requests (goal 0); per gate decision, the store's best return minus the version's achieved return
+at the top target (`gate_gaps`: what a seed from it can add to the population's best). Writes
+`bench/results/loop<tag>.json` and `loop<tag>.png`.
 
     python bench/loop.py --seeds 0 1 2 --budget 3000000
+    python bench/loop.py --gaps        # gate_gaps of the results already there, no runs
 """
 
 from __future__ import annotations
@@ -138,6 +141,31 @@ def versions_improve(decisions: list[dict[str, Any]]) -> dict[str, Any]:
             "top_target_rising": len(targets) > 1 and targets[-1] > targets[0]}
 
 
+def gate_gaps(history: list[list[float]], decisions: list[dict[str, Any]]) -> list[float]:
+    """Per gate decision: the store's best return when it was made minus the new version's achieved
+    return at the top target (> 0: the version generates below the best member, so a seed from it
+    cannot lift the population's best)."""
+    gaps = []
+    for d in decisions:
+        best = max((b for _, s, b in history if b is not None and s <= d["env_steps"]), default=None)
+        if best is not None:
+            gaps.append(round(best - d["metrics"]["achieved_top"], 2))
+    return gaps
+
+
+def print_gaps() -> None:
+    """`--gaps`: `gate_gaps` of every closed loop in bench/results/loop*.json (no new runs)."""
+    every = []
+    for path in sorted(RESULTS.glob("loop*.json")):
+        for r in json.loads(path.read_text())["runs"]:
+            gaps = gate_gaps(r["closed"]["history"], r["closed"]["decisions"])
+            every += gaps
+            print(f"{path.name:<28} seed {r['seed']}: best − achieved at the top, per decision: {gaps}")
+    if every:
+        print(f"{len(every)} decisions: {min(every):+.1f} … {max(every):+.1f}, above zero in"
+              f" {sum(g > 0 for g in every)}")
+
+
 def plot(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -173,8 +201,12 @@ def main() -> None:
     p.add_argument("--client-pause-s", type=float, default=0.2)
     p.add_argument("--out", type=Path, default=Path("/tmp/pgen-bench-loop"))
     p.add_argument("--tag", default="", help="suffix of the result files: loop<tag>.json / .png")
+    p.add_argument("--gaps", action="store_true", help="only print `gate_gaps` of the results already in bench/results")
     p.add_argument("overrides", nargs="*", help="more `pgen loop` overrides for both runs")
     a = p.parse_args()
+    if a.gaps:
+        print_gaps()
+        return
     os.environ["PYTHONPATH"] = os.pathsep.join(
         x for x in (str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")) if x)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.s3server.free_port
@@ -195,7 +227,8 @@ def main() -> None:
                "open_env_steps": opened["env_steps"], "closed_final_best": closed["best_return"],
                "closed_steps_to_open_final_best": reach,
                "steps_ratio": None if reach is None else reach / opened["env_steps"],
-               "versions": versions_improve(closed["decisions"]), "reseeds": len(closed["reseeds"])}
+               "versions": versions_improve(closed["decisions"]), "reseeds": len(closed["reseeds"]),
+               "gate_gaps": gate_gaps(closed["history"], closed["decisions"])}
         results.append(row)
         print(f"seed {seed}: open best {level:.2f} at {opened['env_steps']:,} steps; closed best"
               f" {closed['best_return']:.2f}, reaches the open best at {reach if reach is None else f'{reach:,}'}"
