@@ -197,13 +197,8 @@ class Loop:
         plain = {**to_dict(cfg), "store": self.store_cfg}
         trainer = trainer_cls.remote(plain, str(self.out))
         actors = {m.slot: self._start_member(m) for m in st.members}
-        if cfg.resume:  # credit what the members committed after the last snapshot, before a fit is due
-            before = st.checkpoints
-            for m, status in zip(st.members, ray.get([actors[m.slot].status.remote() for m in st.members])):
-                self._absorb(m, status)
-            if st.checkpoints > before:
-                log.info(f"loop {st.loop_id}: {st.checkpoints - before} checkpoints committed after the last"
-                         " snapshot are counted")
+        if cfg.resume:
+            self._count_committed(actors)
         inflight = {actors[m.slot].train_interval.remote(): m.slot for m in st.members}
         to_reseed: dict[int, SeedConfig] = {}
         paused: list[int] = []  # loop.pause_during_fit: members whose next interval waits for the fit
@@ -309,6 +304,25 @@ class Loop:
             st.save(self.store)
             writer.close()
         return self._summary()
+
+    def _count_committed(self, actors: dict[int, Any], timeout_s: float = 60.0) -> None:
+        """On a resume, before a fit is due: count what the members committed after the last snapshot.
+        A member not started within `timeout_s` (no place on the cluster yet) or whose start failed is
+        counted, or handled, when its first interval returns, as any member is."""
+        import ray
+
+        st = self.state
+        refs = {actors[m.slot].status.remote(): m for m in st.members}
+        ready = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)[0]
+        before = st.checkpoints
+        for ref in ready:
+            try:
+                self._absorb(refs[ref], ray.get(ref))
+            except ray.exceptions.RayError:
+                pass  # its interval fails too, and the main loop restarts the slot as a new run
+        if st.checkpoints > before:
+            log.info(f"loop {st.loop_id}: {st.checkpoints - before} checkpoints committed after the last"
+                     " snapshot are counted")
 
     def _absorb(self, member: Member, status: dict[str, Any]) -> None:
         """A member's interval is done: count its new checkpoints, note its return."""
