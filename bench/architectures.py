@@ -106,34 +106,31 @@ def heldout_recon(store_path: Path, gen: FamilyGenerator) -> dict[str, dict]:
     references that learn nothing: predicting the centre, and copying the nearest training row."""
     import torch
 
+    from pgen.config import GeneratorConfig
     from pgen.generator.family_data import load_family
+    from pgen.generator.family_fit import _Arch
     from pgen.generator.model import reconstruction_loss
-    from pgen.generator.train import _losses
     from pgen.store import CheckpointStore
 
     ds = gen.info["dataset"]
     data = load_family(CheckpointStore(str(store_path)), gen.info["env_key"], gen.info["group"], gen.trained_specs)
     out = {}
     for key, part in sorted(data.parts.items()):
-        spec = data.specs[key]
         val, train = np.isin(part.run_ids, ds["val_runs"]), np.isin(part.run_ids, ds["train_runs"])
         if not val.any():
             continue
-        x = gen.normalizer.standardise(torch.from_numpy(part.params), spec).to(gen.device)
-        inputs = gen.inputs(spec)
-        blocks, masks = inputs.graph.blocks_of, [torch.ones(t.shape[1:]) for t in inputs.centre]
-
-        def model_recon(rows: np.ndarray) -> float:
-            c = gen.normalizer.condition(torch.from_numpy(part.returns[rows])).float().to(gen.device)
-            with torch.no_grad():
-                return float(_losses(gen.model, blocks(x[rows]), masks, c, None, True, 0.0, (inputs,))[0])
-
-        xv, xt = x[val], x[train]
-        nearest = xt[torch.cdist(xv, xt).argmin(1)]
-        out[key] = {"val_runs": sorted(set(part.run_ids[val].tolist())), "model_val": model_recon(val),
-                    "model_train": model_recon(train),
-                    "centre_val": float(reconstruction_loss(blocks(torch.zeros_like(xv)), blocks(xv), masks)),
-                    "nearest_train_row_val": float(reconstruction_loss(blocks(nearest), blocks(xv), masks))}
+        # the fit's own tensors of this architecture (no augmentation: the default permute_prob 0)
+        a = _Arch(data, key, np.flatnonzero(train), np.flatnonzero(val), gen.normalizer, GeneratorConfig(), None,
+                  gen.device)
+        with torch.no_grad():
+            model_val, model_train = (float(a.losses(gen.model, x, c, None, use_mean=True)[0])
+                                      for x, c in ((a.x_val, a.c_val), (a.x, a.c)))
+        blocks = a.inputs.graph.blocks_of
+        nearest = a.x[torch.cdist(a.x_val, a.x).argmin(1)]
+        out[key] = {"val_runs": sorted(set(part.run_ids[val].tolist())), "model_val": model_val,
+                    "model_train": model_train,
+                    "centre_val": float(reconstruction_loss(blocks(torch.zeros_like(a.x_val)), blocks(a.x_val), a.masks)),
+                    "nearest_train_row_val": float(reconstruction_loss(blocks(nearest), blocks(a.x_val), a.masks))}
     return out
 
 

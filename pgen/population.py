@@ -415,14 +415,14 @@ def populate(cfg: PopulateConfig) -> dict[int, dict[str, Any]]:
             if time.monotonic() - last_log >= cfg.log_every_s or not inflight:
                 last_log = time.monotonic()
                 total = sum(s["env_steps"] for s in statuses.values())
+                elapsed = time.monotonic() - t0
                 # the rate counts this run's steps only: resumed members' earlier steps are not progress
-                rate = sum(s["env_steps"] - s["start_env_steps"] for s in statuses.values()) / max(
-                    time.monotonic() - t0, 1e-9)
+                rate = sum(s["env_steps"] - s["start_env_steps"] for s in statuses.values()) / max(elapsed, 1e-9)
                 eta = ""
                 if cfg.population.max_env_steps and rate > 0:
                     remaining = cfg.population.max_env_steps * len(workers) - total
                     eta = f", ETA {format_duration(remaining / rate)}" if remaining > 0 else ""
-                log.info(f"population {prefix}: {total:,} env steps after {format_duration(time.monotonic() - t0)}"
+                log.info(f"population {prefix}: {total:,} env steps after {format_duration(elapsed)}"
                          f" ({rate:,.0f}/s{eta})\n{status_table(statuses, failed)}")
     finally:
         for s, handler in previous.items():
