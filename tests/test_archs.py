@@ -30,6 +30,7 @@ from pgen.population import member_policy, shared_initial_actor
 from pgen.store import CheckpointStore, params_checksum
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "single-arch-version"
+FAMILY_FIXTURE = FIXTURE.with_name("family-version")
 TINY = GeneratorConfig(family=True, d_model=16, n_layers=1, n_heads=2, latent_dim=4, fourier_features=4, readout_dim=8,
                        epochs=3, batch_size=8, kl_warmup_epochs=2, log_every_s=60)
 SUPPORTED = [PolicySpec("mlp", 18, h, 5, True) for h in [(8,), (32, 32), (64, 64), (96, 96), (256, 256), (64, 64, 64),
@@ -171,6 +172,41 @@ def test_an_old_single_arch_version_loads_and_generates_the_same_parameters():
         check_fixture()
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_family_version_without_the_linear_readout_loads_and_generates_the_same_parameters():
+    """`tests/fixtures/family-version` was written before the family model's linear read-out: its
+    config.json has no `linear_readout`, so it loads without one and generates what it did then."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        gen = read_generator(lambda f: (FAMILY_FIXTURE / f).read_bytes(), "fixture", device="cpu")
+        assert "linear_readout" not in json.loads((FAMILY_FIXTURE / "config.json").read_text())["model"]
+        assert isinstance(gen, FamilyGenerator) and not gen.model.cfg.linear_readout
+        expected = load_file(str(FAMILY_FIXTURE / "expected.safetensors"))["params"].numpy()
+        assert np.array_equal(gen.generate([-70.0, -50.0], num=3, seed=5, spec=spec(12, 12)), expected)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_linear_readout_is_linear_in_the_latent_and_can_be_turned_off():
+    """With the transformer's read-out zeroed, a decoded block is an affine map of z (the family's
+    probabilistic-PCA path); `generator.linear_readout=false` fits a model without it."""
+    data = synthetic_family([spec(8), spec(16, 16)], runs=2, per_run=3)
+    gen = fit(replace(TINY, epochs=1), data, spec(16, 16), seed=0).generator
+    model, a = gen.model, gen.inputs(spec(12, 12))
+    with torch.no_grad():
+        for m in [*model.read_rows.values(), *model.read_units.values()]:
+            for p in m.parameters():
+                p.zero_()
+        c = torch.full((3,), 0.5)
+        z0, z1 = torch.randn(2, 3, model.cfg.latent_dim)
+        lin = lambda z: model.decode(z, c, a)  # noqa: E731
+        for b0, b1, bm in zip(lin(z0), lin(z1), lin((z0 + z1) / 2)):
+            torch.testing.assert_close(bm, (b0 + b1) / 2, atol=1e-5, rtol=1e-4)
+            assert b1.abs().sum() > 0
+    plain = fit(replace(TINY, epochs=1, linear_readout=False), data, spec(16, 16), seed=0).generator
+    assert not plain.model.cfg.linear_readout and not hasattr(plain.model, "lin_rows")
 
 
 def check_fixture() -> None:

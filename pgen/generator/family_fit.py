@@ -29,7 +29,8 @@ from pgen.policy import PolicySpec
 
 def family_model_config(cfg: GeneratorConfig, spec: PolicySpec) -> FamilyModelConfig:
     return FamilyModelConfig(spec.kind, spec.obs_dim, spec.action_dim, cfg.d_model, cfg.n_layers, cfg.n_heads,
-                             cfg.latent_dim, cfg.fourier_features, cfg.readout_dim, cfg.dropout, cfg.conditional_prior)
+                             cfg.latent_dim, cfg.fourier_features, cfg.readout_dim, cfg.dropout, cfg.conditional_prior,
+                             cfg.linear_readout)
 
 
 class _Arch:

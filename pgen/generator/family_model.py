@@ -14,6 +14,14 @@ Decoder: `[z, return, arch, queries...]` → transformer → one vector h per un
 between unit layers r and c is `P_role(h_r) Q_role(h_c)ᵀ / √k`, a per-unit block `w_role · h_r`
 (roles: `archgraph.ROLES`). So any width and depth decodes, and the architecture (`arch_code`,
 embedded by an MLP) conditions encoder, prior and decoder beside the return.
+
+Linear read-out (`linear_readout`, the family's form of the single-architecture model's
+per-position linear path): beside the transformer's read-out, every block gets a part that is
+linear in u = (z, Fourier features of the return), with unit-specific maps computed from each
+unit's context (its embedding plus the centre's messages, which do not depend on z): a weight
+block adds `(A_role(ctx_r)·u)·B_role(ctx_c)ᵀ / √(k·|u|)`, a per-unit block `a_role(ctx_r)·u`. A small
+transformer struggles to express such unit-specific linear maps of a global latent; these are
+what a probabilistic PCA of the checkpoints would be.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ class FamilyModelConfig:
     readout_dim: int = 64  # k of the bilinear read-out of a weight block
     dropout: float = 0.0
     conditional_prior: bool = True
+    linear_readout: bool = True  # versions fitted before it existed have none (`read_generator` says so)
     type: str = MODEL_TYPE
 
 
@@ -117,6 +126,18 @@ class FamilyVAE(nn.Module):
         self.read_rows = nn.ModuleDict({r: nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, k)) for r in edge_roles})
         self.read_cols = nn.ModuleDict({r: nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, k)) for r in edge_roles})
         self.read_units = nn.ModuleDict({r: nn.Linear(d, 1) for r in self.enc_messages.per_unit})
+        if cfg.linear_readout:
+            u = self.linear_inputs
+            self.lin_rows = nn.ModuleDict({r: nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, k * u))
+                                           for r in edge_roles})
+            self.lin_cols = nn.ModuleDict({r: nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, k))
+                                           for r in edge_roles})
+            self.lin_units = nn.ModuleDict({r: nn.Linear(d, u) for r in self.enc_messages.per_unit})
+
+    @property
+    def linear_inputs(self) -> int:
+        """|u|: the latent and the return's Fourier features, what the linear read-out is linear in."""
+        return self.cfg.latent_dim + 2 * self.cfg.fourier_features + 1
 
     def _units(self, a: ArchInputs) -> torch.Tensor:
         return self.unit_features(a.features) + self.unit_ids(a.ids)  # [U, d]
@@ -139,18 +160,30 @@ class FamilyVAE(nn.Module):
         """Latent `[B, latent]` and condition `[B]` → standardised per-block values of `a`'s architecture."""
         batch = z.shape[0]
         head = torch.stack([self.from_latent(z), self.dec_cond(c), self.arch(a.code).expand(batch, -1)], dim=1)
-        queries = self._context(a, self._units(a)) + head.sum(dim=1, keepdim=True)  # [B, U, d]
+        context = self._context(a, self._units(a))  # [1, U, d], the same for every row
+        queries = context + head.sum(dim=1, keepdim=True)  # [B, U, d]
         h = self.decoder(torch.cat([head, queries], dim=1))[:, 3:]
         k = math.sqrt(self.cfg.readout_dim)
+        u = torch.cat([z, self.dec_cond.features(c)], dim=-1) if self.cfg.linear_readout else None  # [B, |u|]
         out = []
         for block in a.graph.blocks:
             key = block.role.replace(".", "_")
-            rows = h[:, a.graph.unit_slice(block.rows)]
+            row_units = a.graph.unit_slice(block.rows)
+            rows = h[:, row_units]
             if block.is_edges:
-                cols = h[:, a.graph.unit_slice(block.cols)]
-                out.append(self.read_rows[key](rows) @ self.read_cols[key](cols).transpose(1, 2) / k)
+                col_units = a.graph.unit_slice(block.cols)
+                cols = h[:, col_units]
+                w = self.read_rows[key](rows) @ self.read_cols[key](cols).transpose(1, 2) / k
+                if u is not None:
+                    maps = self.lin_rows[key](context[0, row_units]).unflatten(-1, (self.cfg.readout_dim, -1))
+                    p = torch.einsum("rkj,bj->brk", maps, u)  # [B, rows, k]: linear in u
+                    w = w + p @ self.lin_cols[key](context[0, col_units]).T / (k * math.sqrt(u.shape[-1]))
+                out.append(w)
             else:
-                out.append(self.read_units[key](rows).squeeze(-1))
+                v = self.read_units[key](rows).squeeze(-1)
+                if u is not None:
+                    v = v + u @ self.lin_units[key](context[0, row_units]).T / math.sqrt(u.shape[-1])
+                out.append(v)
         return out
 
     def prior_params(self, c: torch.Tensor, a: ArchInputs) -> tuple[torch.Tensor, torch.Tensor]:

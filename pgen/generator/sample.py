@@ -335,7 +335,8 @@ def read_generator(read: Callable[[str], bytes], what: str, device: str = "auto"
         norm_tensors = load_tensors(read("normalizer.safetensors"))
         if info["model"].get("type") == MODEL_TYPE:  # an arch-family version; single-arch ones have no type
             normalizer = FamilyNormalizer.from_tensors(info["model"]["kind"], norm_tensors)
-            model_obj = FamilyVAE(FamilyModelConfig(**info["model"]))
+            # versions fitted before the linear read-out have no `linear_readout` key: they had none
+            model_obj = FamilyVAE(FamilyModelConfig(**{"linear_readout": False, **info["model"]}))
         else:
             normalizer = Normalizer.from_tensors(norm_tensors)
             model_obj = ParamVAE(ModelConfig(**info["model"]))
