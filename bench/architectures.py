@@ -10,7 +10,9 @@ populations of several architectures, measured on those and on architectures it 
    the same run on the same held-out fixed-seed episodes random init, Net2Net transfer of the best
    checkpoint and retrieval + transfer (`pgen/evaluate_family.py`); and per training architecture the
    fit's reconstruction error on its validation runs beside predicting the centre and copying the
-   nearest training row (`heldout_recon`: does the model generalise to a run it never saw?).
+   nearest training row (`heldout_recon`: does the model generalise to a run it never saw?); and
+   per held-out architecture of a depth never trained, the same metrics when the model decodes it
+   directly (`direct_depth`) instead of decoding it cut to a trained depth and deepening it.
    With `--single H`, also today's single-architecture generator on the training architecture H's
    slice of the same store, same generator overrides and evaluation settings (the baseline the
    family must not be worse than on trained architectures).
@@ -137,6 +139,7 @@ def heldout_recon(store_path: Path, gen: FamilyGenerator) -> dict[str, dict]:
 def measure(store_path: Path, init: str, seed: int, args: argparse.Namespace) -> dict:
     from pgen.config import compose_config
     from pgen.evaluate import evaluate_generator, format_result
+    from pgen.evaluate_family import measure_family_baselines
     from pgen.generator.sample import load_generator
     from pgen.generator.train import train_generator
     from pgen.store import CheckpointStore
@@ -157,8 +160,10 @@ def measure(store_path: Path, init: str, seed: int, args: argparse.Namespace) ->
     ecfg = evaluate_config(store_path, gen.model_id, out_dir, args,
                            "evaluate.archs=[" + ",".join(map(hidden_text, args.heldout)) + "]")
     t0 = time.perf_counter()
-    result = evaluate_generator(ecfg, store, gen)
+    base = measure_family_baselines(store, gen.info, ecfg.evaluate, label=f"evaluate {gen.model_id}")
+    result = evaluate_generator(ecfg, store, gen, base)
     print(format_result(result), flush=True)
+    direct = direct_depth(gen, base)
     recon = heldout_recon(store_path, gen)
     png = Path(args.out).with_name(f"{Path(args.out).stem}-{init}-s{seed}.png")
     shutil.copyfile(result["plot"], png)
@@ -166,9 +171,23 @@ def measure(store_path: Path, init: str, seed: int, args: argparse.Namespace) ->
             "evaluate_s": time.perf_counter() - t0, "overrides": args.overrides, "generator": gen.info["generator"],
             "plot": os.path.relpath(png, RESULTS.parent), "r_random": result["r_random"], "r_top10": result["r_top10"],
             "best_trained": result["best_trained"], "dataset": result["dataset"], "targets": result["targets"],
-            "recon": recon,
+            "recon": recon, "direct_depth": direct,
             "archs": [{"arch": a["arch"], "hidden": a["hidden"], "trained": a["trained"],
                        **{k: a[k] for k in KEYS}, "per_target": a["targets"]} for a in result["archs"]]}
+
+
+def direct_depth(gen: FamilyGenerator, base) -> dict:
+    """Per held-out architecture of a depth never trained, the metrics of decoding it directly
+    (`grow_unseen_depth=False`) on the same baselines, beside the default (decoded cut and deepened)."""
+    from pgen.evaluate_family import evaluate_arch, evaluation_specs
+
+    deep = [s for s in evaluation_specs(gen, base.settings) if gen.decoded_as(s) != s]
+    gen.grow_unseen_depth = False
+    try:
+        return {s.arch_key: {k: v for k, v in evaluate_arch(gen, base, s, lambda: None).items() if k in KEYS}
+                for s in deep}
+    finally:
+        gen.grow_unseen_depth = True
 
 
 def measure_single(store_path: Path, init: str, seed: int, hidden: list[int], args: argparse.Namespace) -> dict:
@@ -375,6 +394,10 @@ def main() -> None:
             print(f"{r['init']:<12} {r['seed']:>4} {arch:<24} recon of its validation runs {', '.join(c['val_runs'])}:"
                   f" model {c['model_val']:.2f} (its training rows {c['model_train']:.2f}) | centre {c['centre_val']:.2f}"
                   f" | nearest training row {c['nearest_train_row_val']:.2f}")
+    for r in rows:
+        for arch, a in (r.get("direct_depth") or {}).items():
+            print(f"{r['init']:<12} {r['seed']:>4} {arch:<24} decoded directly (not cut and deepened):"
+                  f" R² {a['alignment_r2']:.2f} ρ {a['spearman']:.2f} score {a['normalised_score_top']:.2f}")
     for r in singles:
         print(f"{r['init']:<12} {r['seed']:>4} {r['arch']:<24} {'single':>8} {r['alignment_r2']:>6.2f}"
               f" {r['spearman']:>6.2f} {r['normalised_score_top']:>6.2f} |   (single-architecture generator,"

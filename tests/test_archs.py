@@ -162,6 +162,24 @@ def test_a_generator_trained_on_two_architectures_decodes_a_third_and_round_trip
                               gen.generate([-70.0, -50.0], num=2, seed=1, spec=s))
 
 
+def test_a_depth_never_trained_is_decoded_at_the_deepest_trained_depth_and_deepened():
+    data = synthetic_family([spec(8), spec(16, 16)], runs=2, per_run=3)
+    gen = fit(replace(TINY, epochs=1), data, spec(16, 16), seed=0).generator
+    deep, cut = spec(24, 24, 24), spec(24, 24)
+    assert gen.decoded_as(deep) == cut and gen.decoded_as(cut) == cut and gen.decoded_as(spec(12)) == spec(12)
+    assert gen.decoded_as(spec(8, 8, 8, 8)) == spec(8, 8)
+    grown = gen.generate([-70.0, -50.0], num=2, seed=1, spec=deep)
+    wide = gen.generate([-70.0, -50.0], num=2, seed=1, spec=cut)
+    assert np.array_equal(grown, np.stack([grow(row, cut, deep) for row in wide]))
+    x = torch.randn(3, 4, 18)
+    for g, w in zip(grown, wide):  # the deepened policy acts as the decoded one (deepening is ε·I)
+        torch.testing.assert_close(outputs(deep, g, x), outputs(cut, w, x), atol=0.05, rtol=0)
+    gen.grow_unseen_depth = False
+    assert gen.decoded_as(deep) == deep
+    direct = gen.generate([-70.0, -50.0], num=2, seed=1, spec=deep)
+    assert direct.shape == grown.shape and not np.allclose(direct, grown)
+
+
 def test_an_old_single_arch_version_loads_and_generates_the_same_parameters():
     """`tests/fixtures/single-arch-version` was written by pgen before this issue (its config.json has
     no model type); today's code must give what that code generated, bit for bit (on one thread, as
@@ -191,9 +209,10 @@ def test_a_family_version_without_the_linear_readout_loads_and_generates_the_sam
 
 def test_the_linear_readout_is_linear_in_the_latent_and_can_be_turned_off():
     """With the transformer's read-out zeroed, a decoded block is an affine map of z (the family's
-    probabilistic-PCA path); `generator.linear_readout=false` fits a model without it."""
+    probabilistic-PCA path); without `generator.linear_readout` (the default) the model has none."""
     data = synthetic_family([spec(8), spec(16, 16)], runs=2, per_run=3)
-    gen = fit(replace(TINY, epochs=1), data, spec(16, 16), seed=0).generator
+    gen = fit(replace(TINY, epochs=1, linear_readout=True), data, spec(16, 16), seed=0).generator
+    assert gen.model.cfg.linear_readout and gen.info["model"]["linear_readout"]
     model, a = gen.model, gen.inputs(spec(12, 12))
     with torch.no_grad():
         for m in [*model.read_rows.values(), *model.read_units.values()]:
@@ -205,7 +224,7 @@ def test_the_linear_readout_is_linear_in_the_latent_and_can_be_turned_off():
         for b0, b1, bm in zip(lin(z0), lin(z1), lin((z0 + z1) / 2)):
             torch.testing.assert_close(bm, (b0 + b1) / 2, atol=1e-5, rtol=1e-4)
             assert b1.abs().sum() > 0
-    plain = fit(replace(TINY, epochs=1, linear_readout=False), data, spec(16, 16), seed=0).generator
+    plain = fit(replace(TINY, epochs=1), data, spec(16, 16), seed=0).generator
     assert not plain.model.cfg.linear_readout and not hasattr(plain.model, "lin_rows")
 
 

@@ -52,7 +52,7 @@ class FamilyModelConfig:
     readout_dim: int = 64  # k of the bilinear read-out of a weight block
     dropout: float = 0.0
     conditional_prior: bool = True
-    linear_readout: bool = True  # versions fitted before it existed have none (`read_generator` says so)
+    linear_readout: bool = False  # off in versions fitted before it existed (their config has no key)
     type: str = MODEL_TYPE
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
@@ -36,7 +36,7 @@ from pgen.generator.data import Normalizer, Tokenizer
 from pgen.generator.family_data import FamilyNormalizer
 from pgen.generator.family_model import MODEL_TYPE, ArchInputs, FamilyModelConfig, FamilyVAE, arch_inputs
 from pgen.generator.model import ModelConfig, ParamVAE
-from pgen.growth import transfer_source
+from pgen.growth import can_grow, grow, transfer_source
 from pgen.policy import ParamLayout, PolicySpec, save_policy_file
 from pgen.store import CheckpointStore, StoreError, open_store
 
@@ -168,6 +168,9 @@ class FamilyGenerator(BaseGenerator):
     model: FamilyVAE
     normalizer: FamilyNormalizer
     info: dict[str, Any]
+    # an MLP deeper than every depth it was trained on is decoded cut to the deepest trained depth
+    # and deepened by `growth.grow` (function-preserving; `decoded_as`); False decodes it directly
+    grow_unseen_depth: bool = True
     _inputs: dict[str, ArchInputs] = field(default_factory=dict, repr=False)
 
     @property
@@ -187,6 +190,21 @@ class FamilyGenerator(BaseGenerator):
                                    " architectures that one of them grows into")
         return spec
 
+    def decoded_as(self, spec: PolicySpec) -> PolicySpec:
+        """The architecture the model decodes for `spec`: `spec` itself, or, for an MLP deeper than
+        every depth it was trained on (with `grow_unseen_depth`), `spec` cut to the deepest trained
+        depth that grows into it; `decode` then deepens the result. No checkpoint says what a layer
+        at a new depth holds, and decoding it directly gives policies worse than random
+        (bench/README "Architectures"); the cut keeps the widths the model decodes."""
+        depths = {len(s.hidden) for s in self.trained_specs}
+        if spec.kind != "mlp" or len(spec.hidden) in depths or not self.grow_unseen_depth:
+            return spec
+        for depth in sorted((d for d in depths if d < len(spec.hidden)), reverse=True):
+            cut = replace(spec, hidden=spec.hidden[:depth])
+            if can_grow(cut, spec) and transfer_source(self.trained_specs, cut) is not None:
+                return cut
+        return spec
+
     def inputs(self, spec: PolicySpec) -> ArchInputs:
         if spec.arch_key not in self._inputs:
             self._inputs[spec.arch_key] = arch_inputs(spec, self.normalizer.centre_standardised(spec)).to(self.device)
@@ -196,12 +214,13 @@ class FamilyGenerator(BaseGenerator):
     def decode(self, returns: np.ndarray, noise: torch.Tensor, spec: PolicySpec | None = None) -> np.ndarray:
         """Parameter vectors `[n, P]` of `spec` for n (return, ε) pairs in one forward pass."""
         spec = self.check_spec(spec)
+        at = self.decoded_as(spec)
         self.model.eval()
-        a = self.inputs(spec)
+        a = self.inputs(at)
         c = self.normalizer.condition(torch.as_tensor(returns, dtype=torch.float64)).float().to(self.device)
         blocks = self.model.decode(self.model.sample_latent(c, noise.to(self.device), a), c, a)
-        flat = self.normalizer.unstandardise(a.graph.flat(blocks), spec)
-        return flat.cpu().numpy().astype(np.float32)
+        flat = self.normalizer.unstandardise(a.graph.flat(blocks), at).cpu().numpy().astype(np.float32)
+        return flat if at == spec else np.stack([grow(row, at, spec) for row in flat])
 
 
 def requested_spec(gen: BaseGenerator, arch: str | None = None, kind: str | None = None,
@@ -335,8 +354,7 @@ def read_generator(read: Callable[[str], bytes], what: str, device: str = "auto"
         norm_tensors = load_tensors(read("normalizer.safetensors"))
         if info["model"].get("type") == MODEL_TYPE:  # an arch-family version; single-arch ones have no type
             normalizer = FamilyNormalizer.from_tensors(info["model"]["kind"], norm_tensors)
-            # versions fitted before the linear read-out have no `linear_readout` key: they had none
-            model_obj = FamilyVAE(FamilyModelConfig(**{"linear_readout": False, **info["model"]}))
+            model_obj = FamilyVAE(FamilyModelConfig(**info["model"]))
         else:
             normalizer = Normalizer.from_tensors(norm_tensors)
             model_obj = ParamVAE(ModelConfig(**info["model"]))
