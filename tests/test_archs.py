@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -180,31 +182,34 @@ def test_a_depth_never_trained_is_decoded_at_the_deepest_trained_depth_and_deepe
     assert direct.shape == grown.shape and not np.allclose(direct, grown)
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread inside (the fixtures were generated so), the caller's count restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_an_old_single_arch_version_loads_and_generates_the_same_parameters():
     """`tests/fixtures/single-arch-version` was written by pgen before this issue (its config.json has
     no model type); today's code must give what that code generated, bit for bit (on one thread, as
     then: a forward pass's float rounding depends on the thread count)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         check_fixture()
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_a_family_version_without_the_linear_readout_loads_and_generates_the_same_parameters():
     """`tests/fixtures/family-version` was written before the family model's linear read-out: its
     config.json has no `linear_readout`, so it loads without one and generates what it did then."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         gen = read_generator(lambda f: (FAMILY_FIXTURE / f).read_bytes(), "fixture", device="cpu")
         assert "linear_readout" not in json.loads((FAMILY_FIXTURE / "config.json").read_text())["model"]
         assert isinstance(gen, FamilyGenerator) and not gen.model.cfg.linear_readout
         expected = load_file(str(FAMILY_FIXTURE / "expected.safetensors"))["params"].numpy()
         assert np.array_equal(gen.generate([-70.0, -50.0], num=3, seed=5, spec=spec(12, 12)), expected)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_the_linear_readout_is_linear_in_the_latent_and_can_be_turned_off():
