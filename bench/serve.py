@@ -65,7 +65,6 @@ import platform
 import random
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -77,7 +76,8 @@ from fastapi import Request  # module level: FastAPI resolves the floor's route 
 from fastapi.responses import Response
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # serve/ lives at the repository root
+sys.path.insert(0, str(ROOT))  # serve/ and tests/ live at the repository root
+from tests.s3server import free_ports  # noqa: E402  (after the path; ports outside the ephemeral range)
 RESULTS = ROOT / "bench" / "results"
 LEVERS = ["default", "to", "ha", "ha+to", "single", "to+single", "ha+single", "ha+to+single",
           "ha+to+single@torch_threads=2", "ha+to+single@max_concurrent_batches=2"]
@@ -101,12 +101,6 @@ def lever_settings(lever: str) -> dict[str, str]:
         key, _, value = knob.partition("=")
         out[f"serve.{key}"] = value
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- the server: one Ray instance per lever --------------------------------------------------------
@@ -163,10 +157,9 @@ def serve_main(args) -> None:
     # before Ray starts: its processes inherit these; HAProxy's side ports picked free, so that
     # instances (and other people's) on one machine do not collide
     os.environ.update(ray_serve_env(base.serve))
-    os.environ.update({"RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-                       "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-                       "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
-                       "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
+    stats, metrics, http, grpc = free_ports(4)
+    os.environ.update({"RAY_SERVE_HAPROXY_STATS_PORT": str(stats), "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics),
+                       "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(http), "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(grpc),
                        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"})
     import ray
     from ray import serve
@@ -204,7 +197,7 @@ class Server:
         self.log = RESULTS / "runs" / f"serve-{lever.replace('@', '-').replace(',', '-')}.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         for attempt in range(attempts):
-            self.port, self.grpc_port = free_port(), free_port()
+            self.port, self.grpc_port = free_ports(2)
             cmd = [sys.executable, __file__, "--serve", lever, "--port", str(self.port), "--grpc-port",
                    str(self.grpc_port), "--store", store, "--apps", json.dumps(apps)]
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log.open("w"),

@@ -34,6 +34,7 @@ import argparse
 import base64
 import json
 import os
+import random
 import re
 import socket
 import subprocess
@@ -50,16 +51,44 @@ def free_port() -> int:
 
 
 def free_ports(n: int) -> list[int]:
-    """`n` distinct free ports on 127.0.0.1: all are held open until every one is picked, so the OS
-    cannot hand the same port out twice (as separate `free_port()` calls may)."""
-    sockets = [socket.socket() for _ in range(n)]
+    """`n` distinct free ports on 127.0.0.1, drawn from below the kernel's ephemeral range and above
+    Ray's worker ports (10002–19999): a port picked from the ephemeral range (what binding port 0
+    gives) can be taken, before the test binds it, by any of the outgoing connections a starting Ray
+    cluster opens (a Serve proxy once failed to bind that way). All are held open until every one is
+    picked, so none is handed out twice."""
+    low, high = _PICK_RANGE
+    sockets: list[socket.socket] = []
     try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
+        for port in random.sample(range(low, high), high - low):
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
+            sockets.append(s)
+            if len(sockets) == n:
+                return [s.getsockname()[1] for s in sockets]
+        raise RuntimeError(f"fewer than {n} free ports in {low}..{high - 1} on 127.0.0.1")
     finally:
         for s in sockets:
             s.close()
+
+
+def _pick_range() -> tuple[int, int]:
+    """[low, high) of the ports `free_ports` draws from: 20000 up to the start of the kernel's
+    ephemeral range (Linux's `ip_local_port_range`; 32768 where it cannot be read)."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    if ephemeral_low - 20000 < 1000:
+        raise RuntimeError(f"the ephemeral port range starts at {ephemeral_low}: no room to pick test ports "
+                           "between Ray's worker ports (≤ 19999) and it")
+    return 20000, ephemeral_low
+
+
+_PICK_RANGE = _pick_range()
 
 
 class S3Server:
