@@ -12,7 +12,9 @@ populations of several architectures, measured on those and on architectures it 
    fit's reconstruction error on its validation runs beside predicting the centre and copying the
    nearest training row (`heldout_recon`: does the model generalise to a run it never saw?); and
    per held-out architecture of a depth never trained, the same metrics when the model decodes it
-   directly (`direct_depth`) instead of decoding it cut to a trained depth and deepening it.
+   directly (`direct_depth`) instead of decoding it cut to a trained depth and deepening it; and per
+   architecture whose condition is clipped to its range, the same metrics conditioned on the targets
+   as asked (`unclamped`).
    With `--single H`, also today's single-architecture generator on the training architecture H's
    slice of the same store, same generator overrides and evaluation settings (the baseline the
    family must not be worse than on trained architectures).
@@ -163,7 +165,7 @@ def measure(store_path: Path, init: str, seed: int, args: argparse.Namespace) ->
     base = measure_family_baselines(store, gen.info, ecfg.evaluate, label=f"evaluate {gen.model_id}")
     result = evaluate_generator(ecfg, store, gen, base)
     print(format_result(result), flush=True)
-    direct = direct_depth(gen, base)
+    direct, asked = direct_depth(gen, base), unclamped(gen, base)
     recon = heldout_recon(store_path, gen)
     png = Path(args.out).with_name(f"{Path(args.out).stem}-{init}-s{seed}.png")
     shutil.copyfile(result["plot"], png)
@@ -171,23 +173,43 @@ def measure(store_path: Path, init: str, seed: int, args: argparse.Namespace) ->
             "evaluate_s": time.perf_counter() - t0, "overrides": args.overrides, "generator": gen.info["generator"],
             "plot": os.path.relpath(png, RESULTS.parent), "r_random": result["r_random"], "r_top10": result["r_top10"],
             "best_trained": result["best_trained"], "dataset": result["dataset"], "targets": result["targets"],
-            "recon": recon, "direct_depth": direct,
+            "recon": recon, "direct_depth": direct, "unclamped": asked,
             "archs": [{"arch": a["arch"], "hidden": a["hidden"], "trained": a["trained"],
                        **{k: a[k] for k in KEYS}, "per_target": a["targets"]} for a in result["archs"]]}
 
 
-def direct_depth(gen: FamilyGenerator, base) -> dict:
-    """Per held-out architecture of a depth never trained, the metrics of decoding it directly
-    (`grow_unseen_depth=False`) on the same baselines, beside the default (decoded cut and deepened)."""
-    from pgen.evaluate_family import evaluate_arch, evaluation_specs
+def variant(gen: FamilyGenerator, base, switch: str, specs: list) -> dict:
+    """The metrics of `specs` with the generator's boolean `switch` turned off, on the same baselines
+    (every other setting the default's)."""
+    from pgen.evaluate_family import evaluate_arch
 
-    deep = [s for s in evaluation_specs(gen, base.settings) if gen.decoded_as(s) != s]
-    gen.grow_unseen_depth = False
+    setattr(gen, switch, False)
     try:
         return {s.arch_key: {k: v for k, v in evaluate_arch(gen, base, s, lambda: None).items() if k in KEYS}
-                for s in deep}
+                for s in specs}
     finally:
-        gen.grow_unseen_depth = True
+        setattr(gen, switch, True)
+
+
+def direct_depth(gen: FamilyGenerator, base) -> dict:
+    """Per held-out architecture of a depth never trained, the metrics of decoding it directly
+    (`grow_unseen_depth=False`), beside the default (decoded cut and deepened)."""
+    from pgen.evaluate_family import evaluation_specs
+
+    return variant(gen, base, "grow_unseen_depth", [s for s in evaluation_specs(gen, base.settings) if gen.decoded_as(s) != s])
+
+
+def unclamped(gen: FamilyGenerator, base) -> dict:
+    """Per architecture whose condition the default clips (a target of the grid outside its
+    `return_range`), the metrics of conditioning on every target as asked
+    (`clamp_to_arch_range=False`), beside the default."""
+    from pgen.evaluate_family import evaluation_specs
+
+    def clipped(s) -> bool:
+        low, high = gen.return_range(s)
+        return gen.clips_condition and not all(low <= t <= high for t in base.targets)
+
+    return variant(gen, base, "clamp_to_arch_range", [s for s in evaluation_specs(gen, base.settings) if clipped(s)])
 
 
 def measure_single(store_path: Path, init: str, seed: int, hidden: list[int], args: argparse.Namespace) -> dict:
@@ -398,6 +420,10 @@ def main() -> None:
         for arch, a in (r.get("direct_depth") or {}).items():
             print(f"{r['init']:<12} {r['seed']:>4} {arch:<24} decoded directly (not cut and deepened):"
                   f" R² {a['alignment_r2']:.2f} ρ {a['spearman']:.2f} score {a['normalised_score_top']:.2f}")
+    for r in rows:
+        for arch, a in (r.get("unclamped") or {}).items():
+            print(f"{r['init']:<12} {r['seed']:>4} {arch:<24} conditioned on the targets as asked (not clipped to its"
+                  f" range): R² {a['alignment_r2']:.2f} ρ {a['spearman']:.2f} score {a['normalised_score_top']:.2f}")
     for r in singles:
         print(f"{r['init']:<12} {r['seed']:>4} {r['arch']:<24} {'single':>8} {r['alignment_r2']:>6.2f}"
               f" {r['spearman']:>6.2f} {r['normalised_score_top']:>6.2f} |   (single-architecture generator,"

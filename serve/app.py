@@ -232,8 +232,7 @@ class Decoder:
         info = gen.info
         return {"params": params, "model": gen.name, "version": gen.version, "group": info["group"],
                 "arch": spec.arch_key, "env_id": info["env"]["id"], "layout": spec.layout.to_json(),
-                "policy_spec": spec.to_json(), "return_range": [info["dataset"]["return_min"],
-                                                                info["dataset"]["return_max"]]}
+                "policy_spec": spec.to_json(), "return_range": list(gen.return_range(spec))}
 
     @contextlib.contextmanager
     def _admit(self) -> Iterator[None]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from pgen.config import GeneratorConfig, compose_config
@@ -182,6 +183,25 @@ def test_a_depth_never_trained_is_decoded_at_the_deepest_trained_depth_and_deepe
     assert direct.shape == grown.shape and not np.allclose(direct, grown)
 
 
+def test_the_condition_is_clipped_to_the_range_of_the_architecture_it_is_decoded_from():
+    data = synthetic_family([spec(8), spec(16, 16)], runs=2, per_run=3)
+    data.parts["mlp-18x8x5-tanh"].returns[:] -= 10.0  # [8] spans −90 … −82, [16, 16] −80 … −72
+    gen = fit(replace(TINY, epochs=1), data, spec(16, 16), seed=0).generator
+    assert gen.info["arch_return_range"] == {"mlp-18x16x16x5-tanh": [-80.0, -72.0], "mlp-18x8x5-tanh": [-90.0, -82.0]}
+    # trained: its own rows; held out: those of its transfer source; a new depth: of what it is decoded as
+    for s, bounds in ((spec(8), (-90.0, -82.0)), (spec(12, 12), (-90.0, -82.0)), (spec(24, 24), (-80.0, -72.0)),
+                      (spec(16, 16, 16), (-80.0, -72.0))):
+        assert gen.return_range(s) == bounds
+        low, high = bounds
+        at = lambda target: gen.generate(target, num=2, seed=4, spec=s)  # noqa: E731  (the same ε each call)
+        assert np.array_equal(at(low - 30.0), at(low)) and np.array_equal(at(high + 30.0), at(high))
+        assert not np.array_equal(at(low), at(high))  # within the range the target still matters
+    gen.clamp_to_arch_range = False
+    assert not gen.clips_condition and gen.return_range(spec(8)) == (-90.0, -82.0)
+    assert not np.array_equal(gen.generate(-82.0, num=2, seed=4, spec=spec(8)),
+                              gen.generate(-52.0, num=2, seed=4, spec=spec(8)))
+
+
 @contextmanager
 def one_thread() -> Iterator[None]:
     """torch on one thread inside (the fixtures were generated so), the caller's count restored after."""
@@ -319,6 +339,11 @@ def test_mixed_population_to_family_generator_generate_and_evaluate_end_to_end(t
         assert out.returncode == 0, out.stderr[-3000:]
         params = load_file(str(tmp_path / f"{key}.safetensors"))
         assert params["params"].shape == (2, PolicySpec.from_arch_key(key).layout.num_params)
+        # the range reported is that of the trained architecture it is decoded from (what the condition is clipped to)
+        with safe_open(str(tmp_path / f"{key}.safetensors"), "np") as f:
+            reported = json.loads(f.metadata()["dataset_return_range"])
+        source = {"mlp-18x12x12x5-tanh": "mlp-18x8x8x5-tanh", "mlp-18x16x5-tanh": "mlp-18x8x5-tanh"}[key]
+        assert reported == info["arch_return_range"][source]
     out = pgen("generate", *common, "target_return=-60", "policy.hidden=[600]", cwd=tmp_path)
     assert out.returncode != 0 and "hidden sizes must be at most 512" in out.stderr
     out = pgen("evaluate", *common, "evaluate.archs=[[12,12]]", "evaluate.episodes=4", "evaluate.samples=1",

@@ -111,6 +111,12 @@ class BaseGenerator:
                                    f" generator), not {spec.arch_key}")
         return self.spec
 
+    def return_range(self, spec: PolicySpec | None = None) -> tuple[float, float]:
+        """The returns the training rows behind `spec` span: the dataset's (a single-architecture
+        generator); replies report a target outside them as not `in_range`."""
+        ds = self.info["dataset"]
+        return float(ds["return_min"]), float(ds["return_max"])
+
     def generate(self, target_returns: float | Sequence[float], num: int = 1, seed: int = 0,
                  temperature: float = DEFAULT_TEMPERATURE, spec: PolicySpec | None = None) -> np.ndarray:
         """`num` parameter vectors of `spec` (default: `self.spec`) per target, `[len(targets) · num, P]`
@@ -171,6 +177,9 @@ class FamilyGenerator(BaseGenerator):
     # an MLP deeper than every depth it was trained on is decoded cut to the deepest trained depth
     # and deepened by `growth.grow` (function-preserving; `decoded_as`); False decodes it directly
     grow_unseen_depth: bool = True
+    # the return a policy is conditioned on is clipped to the range its architecture's training rows
+    # span (`return_range`); False conditions on the target as asked
+    clamp_to_arch_range: bool = True
     _inputs: dict[str, ArchInputs] = field(default_factory=dict, repr=False)
 
     @property
@@ -205,6 +214,26 @@ class FamilyGenerator(BaseGenerator):
                 return cut
         return spec
 
+    @property
+    def clips_condition(self) -> bool:
+        """Whether `decode` clips the return it conditions on to `return_range(spec)`: with
+        `clamp_to_arch_range`, for versions that recorded their architectures' ranges."""
+        return self.clamp_to_arch_range and "arch_return_range" in self.info
+
+    def return_range(self, spec: PolicySpec | None = None) -> tuple[float, float]:
+        """The returns the training rows of the trained architecture `spec` is decoded from span:
+        `spec` itself when trained, else its transfer source (the largest trained architecture that
+        grows into what it decodes); the dataset's for versions fitted before these were recorded.
+        Asked for a return beyond an architecture's own best, the model extrapolates the condition
+        and its policies play worse than at that best (bench/README "Architectures"), so `decode`
+        clips the condition to this range (`clips_condition`)."""
+        ranges = self.info.get("arch_return_range")
+        if not ranges:
+            return super().return_range(spec)
+        source = transfer_source(self.trained_specs, self.decoded_as(self.check_spec(spec)))
+        low, high = ranges[source.arch_key]
+        return float(low), float(high)
+
     def inputs(self, spec: PolicySpec) -> ArchInputs:
         if spec.arch_key not in self._inputs:
             self._inputs[spec.arch_key] = arch_inputs(spec, self.normalizer.centre_standardised(spec)).to(self.device)
@@ -217,6 +246,7 @@ class FamilyGenerator(BaseGenerator):
         at = self.decoded_as(spec)
         self.model.eval()
         a = self.inputs(at)
+        returns = np.clip(returns, *self.return_range(spec)) if self.clips_condition else np.asarray(returns, np.float64)
         c = self.normalizer.condition(torch.as_tensor(returns, dtype=torch.float64)).float().to(self.device)
         blocks = self.model.decode(self.model.sample_latent(c, noise.to(self.device), a), c, a)
         flat = self.normalizer.unstandardise(a.graph.flat(blocks), at).cpu().numpy().astype(np.float32)
@@ -425,8 +455,7 @@ def generate_file(cfg: Any, store: CheckpointStore | None = None) -> Path:
     params = gen.generate(target, cfg.num, seed=cfg.seed, temperature=cfg.temperature, spec=spec)
     arch = "" if spec == gen.spec else f"-{spec.arch_key}"
     out = Path(cfg.out or f"generated-{gen.name}-{gen.version}{arch}-{target:g}.safetensors").expanduser().resolve()
-    ds = gen.info["dataset"]
     extra = {"seed": str(cfg.seed), "temperature": repr(float(cfg.temperature)),
-             "dataset_return_range": json.dumps([ds["return_min"], ds["return_max"]])}
+             "dataset_return_range": json.dumps(list(gen.return_range(spec)))}
     return save_policy_file(out, params, spec, gen.info["env"]["id"], gen.info["group"], gen.name, gen.version,
                             target_return=target, extra=extra)
