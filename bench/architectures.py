@@ -14,7 +14,9 @@ populations of several architectures, measured on those and on architectures it 
    per held-out architecture of a depth never trained, the same metrics when the model decodes it
    directly (`direct_depth`) instead of decoding it cut to a trained depth and deepening it; and per
    architecture whose condition is clipped to its range, the same metrics conditioned on the targets
-   as asked (`unclamped`).
+   as asked (`unclamped`); and per held-out architecture of widths never trained, the same metrics
+   with the other handling of new widths than the version's (`other_widths`: decoded as the trained
+   architecture it is widened from, or decoded directly).
    With `--single H`, also today's single-architecture generator on the training architecture H's
    slice of the same store, same generator overrides and evaluation settings (the baseline the
    family must not be worse than on trained architectures).
@@ -159,13 +161,14 @@ def measure(store_path: Path, init: str, seed: int, args: argparse.Namespace) ->
             f"torch_threads={args.threads}", f"out_dir={out_dir}", *args.overrides])
         gen = train_generator(cfg, store)
         train_s = time.perf_counter() - t0
+    set_unseen_widths(gen, args)
     ecfg = evaluate_config(store_path, gen.model_id, out_dir, args,
                            "evaluate.archs=[" + ",".join(map(hidden_text, args.heldout)) + "]")
     t0 = time.perf_counter()
     base = measure_family_baselines(store, gen.info, ecfg.evaluate, label=f"evaluate {gen.model_id}")
     result = evaluate_generator(ecfg, store, gen, base)
     print(format_result(result), flush=True)
-    direct, asked = direct_depth(gen, base), unclamped(gen, base)
+    direct, asked, widths = direct_depth(gen, base), unclamped(gen, base), other_widths(gen, base)
     recon = heldout_recon(store_path, gen)
     png = Path(args.out).with_name(f"{Path(args.out).stem}-{init}-s{seed}.png")
     shutil.copyfile(result["plot"], png)
@@ -174,21 +177,29 @@ def measure(store_path: Path, init: str, seed: int, args: argparse.Namespace) ->
             "plot": os.path.relpath(png, RESULTS.parent), "r_random": result["r_random"], "r_top10": result["r_top10"],
             "best_trained": result["best_trained"], "dataset": result["dataset"], "targets": result["targets"],
             "recon": recon, "direct_depth": direct, "unclamped": asked,
+            "unseen_widths": "grown" if gen.grow_unseen_width else "decoded", "other_widths": widths,
             "archs": [{"arch": a["arch"], "hidden": a["hidden"], "trained": a["trained"],
                        **{k: a[k] for k in KEYS}, "per_target": a["targets"]} for a in result["archs"]]}
 
 
-def variant(gen: FamilyGenerator, base, switch: str, specs: list) -> dict:
-    """The metrics of `specs` with the generator's boolean `switch` turned off, on the same baselines
-    (every other setting the default's)."""
+def set_unseen_widths(gen: FamilyGenerator, args: argparse.Namespace) -> None:
+    """`--unseen-widths grown|decoded` over the version's own handling of widths never trained."""
+    if args.unseen_widths != "version":
+        gen.grow_unseen_width = args.unseen_widths == "grown"
+
+
+def variant(gen: FamilyGenerator, base, switch: str, specs: list, value: bool = False) -> dict:
+    """The metrics of `specs` with the generator's boolean `switch` set to `value`, on the same
+    baselines (every other setting the version's; the switch is restored after)."""
     from pgen.evaluate_family import evaluate_arch
 
-    setattr(gen, switch, False)
+    before = getattr(gen, switch)
+    setattr(gen, switch, value)
     try:
         return {s.arch_key: {k: v for k, v in evaluate_arch(gen, base, s, lambda: None).items() if k in KEYS}
                 for s in specs}
     finally:
-        setattr(gen, switch, True)
+        setattr(gen, switch, before)
 
 
 def direct_depth(gen: FamilyGenerator, base) -> dict:
@@ -196,7 +207,8 @@ def direct_depth(gen: FamilyGenerator, base) -> dict:
     (`grow_unseen_depth=False`), beside the default (decoded cut and deepened)."""
     from pgen.evaluate_family import evaluation_specs
 
-    return variant(gen, base, "grow_unseen_depth", [s for s in evaluation_specs(gen, base.settings) if gen.decoded_as(s) != s])
+    deeper = [s for s in evaluation_specs(gen, base.settings) if len(gen.decoded_as(s).hidden) != len(s.hidden)]
+    return variant(gen, base, "grow_unseen_depth", deeper)
 
 
 def unclamped(gen: FamilyGenerator, base) -> dict:
@@ -210,6 +222,24 @@ def unclamped(gen: FamilyGenerator, base) -> dict:
         return gen.clips_condition and not all(low <= t <= high for t in base.targets)
 
     return variant(gen, base, "clamp_to_arch_range", [s for s in evaluation_specs(gen, base.settings) if clipped(s)])
+
+
+def other_widths(gen: FamilyGenerator, base) -> dict:
+    """Per held-out architecture of widths never trained, the metrics with the other handling of
+    new widths than the version's (`grow_unseen_width`: decoded as its transfer source and widened,
+    or decoded directly), beside the version's own: {"setting": "grown" | "decoded", "archs": {...}}."""
+    from pgen.evaluate_family import evaluation_specs
+
+    other = not gen.grow_unseen_width
+    specs = evaluation_specs(gen, base.settings)
+    before = [gen.decoded_as(s) for s in specs]
+    gen.grow_unseen_width = other
+    try:
+        changed = [s for s, b in zip(specs, before) if gen.decoded_as(s) != b]
+    finally:
+        gen.grow_unseen_width = not other
+    return {"setting": "grown" if other else "decoded",
+            "archs": variant(gen, base, "grow_unseen_width", changed, value=other)}
 
 
 def measure_single(store_path: Path, init: str, seed: int, hidden: list[int], args: argparse.Namespace) -> dict:
@@ -247,6 +277,7 @@ def seeding_race(store_path: Path, row: dict, args: argparse.Namespace) -> dict:
     from pgen.store import CheckpointStore
 
     gen = load_generator(CheckpointStore(str(store_path)), row["model"], device="cpu")
+    set_unseen_widths(gen, args)
     spec = requested_spec(gen, hidden=args.seed_arch)
     arch_row = next(a for a in row["archs"] if a["hidden"] == list(spec.hidden))
     best = arch_row["transfer_checkpoint"]  # the checkpoint `pgen evaluate` transferred: the best that grows into it
@@ -290,10 +321,21 @@ def seeding_race(store_path: Path, row: dict, args: argparse.Namespace) -> dict:
             entry[arm] = {"steps": reached, "mean": float(np.mean([args.seed_steps if s is None else s for s in reached])),
                           "all_reached": all(s is not None for s in reached)}
         table.append(entry)
-    return {"model": row["model"], "arch": spec.arch_key, "target": top, "transfer_from": best,
-            "generated_at_top": arch_row["normalised_score_top"],
+    return {"model": row["model"], "arch": spec.arch_key, "unseen_widths": "grown" if gen.grow_unseen_width else "decoded",
+            "decoded_as": gen.decoded_as(spec).arch_key, "target": top, "transfer_from": best,
+            "generated_at_top": measured_as(row, gen, arch_row)["normalised_score_top"],
             "steps": args.seed_steps, "seeds": args.seeds_race, "wall_s": time.time() - t0, "thresholds": table,
             "runs": runs}
+
+
+def measured_as(row: dict, gen: FamilyGenerator, arch_row: dict) -> dict:
+    """`arch_row`'s metrics as `gen` decodes it now: the row's own, or those of its other handling
+    of new widths (`other_widths`) when `--unseen-widths` chose that one."""
+    setting = "grown" if gen.grow_unseen_width else "decoded"
+    other = row.get("other_widths") or {}
+    if setting != row.get("unseen_widths", "decoded") and arch_row["arch"] in other.get("archs", {}):
+        return other["archs"][arch_row["arch"]]
+    return arch_row
 
 
 def plot_summary(rows: list[dict], path: Path) -> None:
@@ -364,6 +406,9 @@ def main() -> None:
     ap.add_argument("--single", action="append", type=hidden_list, default=[],
                     help="also fit today's single-architecture generator on this training architecture (repeatable)")
     ap.add_argument("--reuse", action="store_true", help="evaluate the generators an earlier run registered")
+    ap.add_argument("--unseen-widths", choices=["version", "grown", "decoded"], default="version",
+                    help="how held-out widths are decoded: as the version says, or grown from their transfer"
+                         " source's decoded policy, or decoded directly (FamilyGenerator.grow_unseen_width)")
     ap.add_argument("--seed-arch", type=hidden_list, help="run the seeding race for this held-out architecture")
     ap.add_argument("--seed-steps", type=int, default=300_000)
     ap.add_argument("--seeds-race", nargs="+", type=int, default=[0, 1])
@@ -424,6 +469,12 @@ def main() -> None:
         for arch, a in (r.get("unclamped") or {}).items():
             print(f"{r['init']:<12} {r['seed']:>4} {arch:<24} conditioned on the targets as asked (not clipped to its"
                   f" range): R² {a['alignment_r2']:.2f} ρ {a['spearman']:.2f} score {a['normalised_score_top']:.2f}")
+    for r in rows:
+        other = r.get("other_widths") or {}
+        for arch, a in other.get("archs", {}).items():
+            print(f"{r['init']:<12} {r['seed']:>4} {arch:<24} new widths {other['setting']} (this run's:"
+                  f" {r['unseen_widths']}): R² {a['alignment_r2']:.2f} ρ {a['spearman']:.2f}"
+                  f" score {a['normalised_score_top']:.2f}")
     for r in singles:
         print(f"{r['init']:<12} {r['seed']:>4} {r['arch']:<24} {'single':>8} {r['alignment_r2']:>6.2f}"
               f" {r['spearman']:>6.2f} {r['normalised_score_top']:>6.2f} |   (single-architecture generator,"

@@ -150,10 +150,13 @@ def test_a_generator_trained_on_two_architectures_decodes_a_third_and_round_trip
     data = synthetic_family([spec(8), spec(16, 16)])
     gen = fit(TINY, data, spec(16, 16), seed=0).generator
     assert isinstance(gen, FamilyGenerator) and gen.info["archs"] == ["mlp-18x16x16x5-tanh", "mlp-18x8x5-tanh"]
-    for s in (spec(12, 12), spec(16, 16, 16), spec(8), spec(40)):
-        params = gen.generate([-70.0, -50.0], num=2, seed=1, spec=s)
-        assert params.shape == (4, s.layout.num_params) and np.isfinite(params).all()
-        Actor(s).load_flat_params(params[0])  # a policy of that architecture
+    for grown in (True, False):  # new widths widened from a trained architecture, or decoded by the model
+        gen.grow_unseen_width = grown
+        for s in (spec(12, 12), spec(16, 16, 16), spec(8), spec(40)):
+            params = gen.generate([-70.0, -50.0], num=2, seed=1, spec=s)
+            assert params.shape == (4, s.layout.num_params) and np.isfinite(params).all()
+            Actor(s).load_flat_params(params[0])  # a policy of that architecture
+    gen.grow_unseen_width = True
     assert gen.generate(-60.0, seed=3).shape == (1, spec(16, 16).layout.num_params)  # the default architecture
     gen.info.update(name="fam", group="agent", dataset={"return_min": -80.0, "return_max": -52.0})
     store = CheckpointStore(str(tmp_path / "store"))
@@ -168,6 +171,7 @@ def test_a_generator_trained_on_two_architectures_decodes_a_third_and_round_trip
 def test_a_depth_never_trained_is_decoded_at_the_deepest_trained_depth_and_deepened():
     data = synthetic_family([spec(8), spec(16, 16)], runs=2, per_run=3)
     gen = fit(replace(TINY, epochs=1), data, spec(16, 16), seed=0).generator
+    gen.grow_unseen_width = False  # the depth alone (widths: the next test)
     deep, cut = spec(24, 24, 24), spec(24, 24)
     assert gen.decoded_as(deep) == cut and gen.decoded_as(cut) == cut and gen.decoded_as(spec(12)) == spec(12)
     assert gen.decoded_as(spec(8, 8, 8, 8)) == spec(8, 8)
@@ -181,6 +185,37 @@ def test_a_depth_never_trained_is_decoded_at_the_deepest_trained_depth_and_deepe
     assert gen.decoded_as(deep) == deep
     direct = gen.generate([-70.0, -50.0], num=2, seed=1, spec=deep)
     assert direct.shape == grown.shape and not np.allclose(direct, grown)
+
+
+def test_widths_never_trained_are_decoded_as_their_transfer_source_and_widened(tmp_path):
+    data = synthetic_family([spec(8), spec(16, 16)], runs=2, per_run=3)
+    gen = fit(replace(TINY, epochs=1), data, spec(16, 16), seed=0).generator
+    assert gen.info["unseen_widths"] == "grown" and gen.grow_unseen_width
+    # trained: itself; a new width: the largest trained architecture that grows into it; a new depth: its cut's
+    for s, at in ((spec(16, 16), spec(16, 16)), (spec(8), spec(8)), (spec(24, 24), spec(16, 16)),
+                  (spec(12, 12), spec(8)), (spec(12), spec(8)), (spec(24, 24, 24), spec(16, 16)),
+                  (spec(8, 8, 8, 8), spec(8))):
+        assert gen.decoded_as(s) == at, s.arch_key
+    wide, src = spec(24, 24), spec(16, 16)
+    assert gen.return_range(wide) == gen.return_range(src)
+    widened = gen.generate([-70.0, -50.0], num=2, seed=1, spec=wide)
+    decoded = gen.generate([-70.0, -50.0], num=2, seed=1, spec=src)
+    assert np.array_equal(widened, np.stack([grow(row, src, wide) for row in decoded]))
+    x = torch.randn(3, 4, 18)
+    for w, d in zip(widened, decoded):  # widening is exact: the policy acts as the decoded one
+        torch.testing.assert_close(outputs(wide, w, x), outputs(src, d, x), atol=1e-5, rtol=0)
+    gen.info.update(name="fam", group="agent", dataset={"return_min": -80.0, "return_max": -52.0})
+    store = CheckpointStore(str(tmp_path / "store"))
+    save_generator(store, gen, {"final": {}})
+    loaded = load_generator(store, "fam")
+    assert loaded.grow_unseen_width and np.array_equal(loaded.generate([-70.0, -50.0], num=2, seed=1, spec=wide), widened)
+    gen.grow_unseen_width = False  # decoded directly by the model
+    assert gen.decoded_as(wide) == wide
+    direct = gen.generate([-70.0, -50.0], num=2, seed=1, spec=wide)
+    assert direct.shape == widened.shape and not np.allclose(direct, widened)
+    # versions fitted before this was recorded decode new widths directly (as they did)
+    del loaded.info["unseen_widths"]
+    assert not FamilyGenerator(loaded.model, loaded.normalizer, loaded.info).grow_unseen_width
 
 
 def test_the_condition_is_clipped_to_the_range_of_the_architecture_it_is_decoded_from():

@@ -102,6 +102,8 @@ def fit_family(cfg: GeneratorConfig, data: FamilyData, spec: PolicySpec, seed: i
     info = {"model": asdict(family_model_config(cfg, spec)), "generator": to_dict(cfg), "policy_spec": spec.to_json(),
             "layout": spec.layout.to_json(), "arch": family_key(spec), "archs": sorted(train.parts),
             # the returns each architecture's training rows span: what it conditions on (FamilyGenerator.return_range)
-            "arch_return_range": {k: [float(p.returns.min()), float(p.returns.max())] for k, p in sorted(train.parts.items())}}
+            "arch_return_range": {k: [float(p.returns.min()), float(p.returns.max())] for k, p in sorted(train.parts.items())},
+            # widths never trained are decoded as their transfer source and widened (FamilyGenerator.decoded_as)
+            "unseen_widths": "grown"}
     runs = lambda idx: sorted({r for k, p in data.parts.items() for r in p.run_ids[idx[k]].tolist()})  # noqa: E731
     return FitResult(FamilyGenerator(model, normalizer, info), history, runs(train_idx), runs(val_idx))

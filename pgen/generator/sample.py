@@ -177,10 +177,19 @@ class FamilyGenerator(BaseGenerator):
     # an MLP deeper than every depth it was trained on is decoded cut to the deepest trained depth
     # and deepened by `growth.grow` (function-preserving; `decoded_as`); False decodes it directly
     grow_unseen_depth: bool = True
+    # an architecture of widths never trained (at its, or its cut's, depth) is decoded as its transfer
+    # source, the largest trained architecture that grows into it, and widened by `growth.grow`
+    # (function-preserving; `decoded_as`); False decodes the new widths directly. None: as the
+    # version's config says (`unseen_widths`: "grown" or "decoded"; versions without it decode them)
+    grow_unseen_width: bool | None = None
     # the return a policy is conditioned on is clipped to the range its architecture's training rows
     # span (`return_range`); False conditions on the target as asked
     clamp_to_arch_range: bool = True
     _inputs: dict[str, ArchInputs] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.grow_unseen_width is None:
+            self.grow_unseen_width = self.info.get("unseen_widths", "decoded") == "grown"
 
     @property
     def family(self) -> str:
@@ -200,19 +209,26 @@ class FamilyGenerator(BaseGenerator):
         return spec
 
     def decoded_as(self, spec: PolicySpec) -> PolicySpec:
-        """The architecture the model decodes for `spec`: `spec` itself, or, for an MLP deeper than
-        every depth it was trained on (with `grow_unseen_depth`), `spec` cut to the deepest trained
-        depth that grows into it; `decode` then deepens the result. No checkpoint says what a layer
-        at a new depth holds, and decoding it directly gives policies worse than random
-        (bench/README "Architectures"); the cut keeps the widths the model decodes."""
-        depths = {len(s.hidden) for s in self.trained_specs}
-        if spec.kind != "mlp" or len(spec.hidden) in depths or not self.grow_unseen_depth:
-            return spec
-        for depth in sorted((d for d in depths if d < len(spec.hidden)), reverse=True):
-            cut = replace(spec, hidden=spec.hidden[:depth])
-            if can_grow(cut, spec) and transfer_source(self.trained_specs, cut) is not None:
-                return cut
-        return spec
+        """The architecture the model decodes for `spec`; `decode` grows the result into `spec`
+        (`growth.grow`, function-preserving). `spec` itself when trained; an MLP deeper than every
+        depth it was trained on (with `grow_unseen_depth`) is cut to the deepest trained depth that
+        grows into it (no checkpoint says what a layer at a new depth holds, and decoding it directly
+        gives policies worse than random); widths no trained architecture has (with
+        `grow_unseen_width`) are decoded as the transfer source of that architecture, so a held-out
+        width plays as the trained one it is widened from (decoded directly by the model, `[96, 96]`
+        and `[256, 256]` had lower alignment and score on average: bench/README "Architectures")."""
+        trained = self.trained_specs
+        at = spec
+        depths = {len(s.hidden) for s in trained}
+        if spec.kind == "mlp" and len(spec.hidden) not in depths and self.grow_unseen_depth:
+            for depth in sorted((d for d in depths if d < len(spec.hidden)), reverse=True):
+                cut = replace(spec, hidden=spec.hidden[:depth])
+                if can_grow(cut, spec) and transfer_source(trained, cut) is not None:
+                    at = cut
+                    break
+        if self.grow_unseen_width and at not in trained and (at.kind != "mlp" or len(at.hidden) in depths):
+            at = transfer_source(trained, at) or at
+        return at
 
     @property
     def clips_condition(self) -> bool:
