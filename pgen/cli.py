@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"pgen: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
+    if any(o in ("-h", "--help") for o in overrides):
+        print(f"{USAGE}\n`pgen {command} --cfg` prints the config `pgen {command}` runs with: every key it takes.")
+        return 0
     show = "--cfg" in overrides
     overrides = [o for o in overrides if o != "--cfg"]
     setup_logging()

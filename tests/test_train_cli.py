@@ -54,3 +54,5 @@ def test_unknown_env_id_fails_clearly(tmp_path):
 def test_help_lists_train():
     out = pgen("--help")
     assert out.returncode == 0 and "train" in out.stdout
+    out = pgen("pipeline", "--help")  # a command's --help is the usage, not a Hydra override error
+    assert out.returncode == 0 and "pgen pipeline --cfg" in out.stdout and not out.stderr
