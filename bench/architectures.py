@@ -58,6 +58,8 @@ RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT / "bench"))
 from seeding import steps_to  # noqa: E402  (bench/seeding.py: env steps to a threshold)
 
+from pgen.config import DEFAULT_TEMPERATURE  # noqa: E402
+
 KEYS = ("alignment_r2", "spearman", "normalised_score_top", "transfer_score", "transfer_alignment_r2",
         "retrieval_transfer_alignment_r2", "retrieval_transfer_spearman", "retrieval_transfer_score_top",
         "random_init_score", "novelty_median", "copies", "min_relative_l2", "agreement_mean", "transfer_source",
@@ -83,7 +85,8 @@ def evaluate_config(store_path: Path, model: str, out_dir: Path, args: argparse.
 
     return compose_config("evaluate", [f"store.uri={store_path}", f"model={model}", f"torch_threads={args.threads}",
                                        f"evaluate.episodes={args.episodes}", f"evaluate.samples={args.samples}",
-                                       f"evaluate.targets={args.targets}", f"evaluate.out_dir={out_dir}", *extra])
+                                       f"evaluate.targets={args.targets}", f"evaluate.temperature={args.temperature}",
+                                       f"evaluate.out_dir={out_dir}", *extra])
 
 
 def data_store(init: str, args: argparse.Namespace) -> Path:
@@ -173,7 +176,8 @@ def measure(store_path: Path, init: str, seed: int, args: argparse.Namespace) ->
     png = Path(args.out).with_name(f"{Path(args.out).stem}-{init}-s{seed}.png")
     shutil.copyfile(result["plot"], png)
     return {"init": init, "seed": seed, "model": gen.model_id, "train_s": train_s,
-            "evaluate_s": time.perf_counter() - t0, "overrides": args.overrides, "generator": gen.info["generator"],
+            "evaluate_s": time.perf_counter() - t0, "overrides": args.overrides, "temperature": args.temperature,
+            "generator": gen.info["generator"],
             "plot": os.path.relpath(png, RESULTS.parent), "r_random": result["r_random"], "r_top10": result["r_top10"],
             "best_trained": result["best_trained"], "dataset": result["dataset"], "targets": result["targets"],
             "recon": recon, "direct_depth": direct, "unclamped": asked,
@@ -403,6 +407,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=5)
     ap.add_argument("--targets", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="τ of the generated policies evaluated")
     ap.add_argument("--single", action="append", type=hidden_list, default=[],
                     help="also fit today's single-architecture generator on this training architecture (repeatable)")
     ap.add_argument("--reuse", action="store_true", help="evaluate the generators an earlier run registered")
