@@ -1,0 +1,102 @@
+"""The main job end to end (issue 15): `pgen pipeline` run as a user runs it — a fresh process, a fresh
+local store and local Ray per run — with its arms interleaved in one run, so that the load of a shared
+machine falls on each alike and the ratios mean something.
+
+Arms (each a list of overrides on `pgen pipeline profile=quick`):
+  previous   the quick profile as it was before the batched env backend (the PettingZoo loop, 3 members,
+             a checkpoint every 4 updates, 0.66 CPU each, the PPO defaults and member lr range of then):
+             the run that took 6 min 06 s;
+  quick      today's profile, as the README's first command runs it;
+  --lever NAME=OVERRIDES   today's profile with more overrides (space-separated), e.g.
+             --lever "epochs80=generator.epochs=80".
+Repeat r runs every arm with `seed=r` (`previous` only in its first `--previous-repeats` repeats).
+Per run: wall time from process start to exit, the pipeline's own stage timings and its table (R²,
+Spearman, retrieval R², score at the top, copies). Prints one row per run and per arm the median wall
+time and its ratio to `previous`'s; writes bench/results/pipeline.json (or `--out`).
+
+    python3 bench/pipeline.py --repeats 3 --previous-repeats 1 --lever "epochs80=generator.epochs=80"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT / "bench"))
+from rollout import PREVIOUS  # noqa: E402  (the PPO defaults before the batched backend)
+
+PREVIOUS_PROFILE = [*PREVIOUS, "population.size=3", "population.checkpoint_every=4", "population.cpus_per_worker=0.66",
+                    "population.hparams.lr=[0.00015,0.0015]"]
+TABLE = ("alignment_r2", "spearman", "retrieval_alignment_r2", "normalised_score_top", "copies")
+
+
+def run_pipeline(arm: str, overrides: list[str], seed: int) -> dict:
+    """One `pgen pipeline profile=quick` in a fresh directory; its summary, wall time and command."""
+    with tempfile.TemporaryDirectory(prefix=f"pgen-bench-pipeline-{arm}-") as tmp:
+        cmd = [sys.executable, "-m", "pgen.cli", "pipeline", "profile=quick", f"store.uri={tmp}/store",
+               f"out_dir={tmp}/runs", f"seed={seed}", *overrides]
+        print(f"\n[{arm}, seed {seed}] " + " ".join(cmd[2:]), flush=True)
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, cwd=tmp)
+        wall = time.perf_counter() - t0
+        summary = json.loads(next(Path(tmp, "runs").glob("pipeline-*.json")).read_text())
+    (group, table), = summary["groups"].items()
+    return {"arm": arm, "seed": seed, "overrides": overrides, "wall_s": wall, "timings": summary["timings"],
+            "group": group, **{k: table[k] for k in TABLE}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--previous-repeats", type=int, help="repeats that run `previous` too (default: all)")
+    ap.add_argument("--no-previous", action="store_true", help="skip the `previous` arm")
+    ap.add_argument("--lever", action="append", default=[], metavar="NAME=OVERRIDES")
+    ap.add_argument("--out", default=str(RESULTS / "pipeline.json"))
+    args = ap.parse_args()
+    levers = {}
+    for text in args.lever:
+        name, _, overrides = text.partition("=")
+        if not name or not overrides:
+            ap.error(f"--lever {text!r}: expected NAME=OVERRIDES")
+        levers[name] = overrides.split()
+    previous_repeats = 0 if args.no_previous else (args.repeats if args.previous_repeats is None else args.previous_repeats)
+    runs = []
+    for seed in range(args.repeats):
+        arms = ({"previous": PREVIOUS_PROFILE} if seed < previous_repeats else {}) | {"quick": []} | levers
+        for arm, overrides in arms.items():
+            runs.append(run_pipeline(arm, overrides, seed))
+            Path(args.out).write_text(json.dumps({"host": platform.node(), "runs": runs}, indent=1))
+    print(f"\n{'arm':<12} {'seed':>4} {'wall':>8} {'populate':>9} {'fit':>7} {'evaluate':>9} | {'R²':>6} {'ρ':>6}"
+          f" {'retr. R²':>8} {'score':>6} {'copies':>6}")
+    for r in runs:
+        t, group = r["timings"], r["group"]
+        fit_s, evaluate_s = t[f"train_generator_{group}_s"], t[f"evaluate_{group}_s"]
+        print(f"{r['arm']:<12} {r['seed']:>4} {r['wall_s']:>7.0f}s {t['populate_s']:>8.0f}s"
+              f" {fit_s:>6.0f}s {evaluate_s:>8.0f}s |"
+              f" {r['alignment_r2']:>6.3f} {r['spearman']:>6.3f} {r['retrieval_alignment_r2']:>8.3f}"
+              f" {r['normalised_score_top']:>6.2f} {r['copies']:>6}")
+    medians = {arm: statistics.median(r["wall_s"] for r in runs if r["arm"] == arm)
+               for arm in dict.fromkeys(r["arm"] for r in runs)}
+    base = medians.get("previous")
+    print()
+    for arm, wall in medians.items():
+        ratio = f"  {base / wall:.2f}× faster than previous (goal ≥ 2)" if base and arm != "previous" else ""
+        print(f"{arm:<12} median wall {wall:.0f} s{ratio}")
+    summary = {"host": platform.node(), "command": "python3 bench/pipeline.py " + " ".join(sys.argv[1:]),
+               "arms": {"previous": PREVIOUS_PROFILE, "quick": [], **levers}, "median_wall_s": medians,
+               "speedup_vs_previous": {a: base / w for a, w in medians.items() if base and a != "previous"}, "runs": runs}
+    Path(args.out).write_text(json.dumps(summary, indent=1))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
