@@ -8,13 +8,14 @@ Arms (each a list of overrides on `pgen pipeline profile=quick`):
              the run that took 6 min 06 s;
   quick      today's profile, as the README's first command runs it;
   --lever NAME=OVERRIDES   today's profile with more overrides (space-separated), e.g.
-             --lever "epochs80=generator.epochs=80".
-Repeat r runs every arm with `seed=r` (`previous` only in its first `--previous-repeats` repeats).
+             --lever "epochs120=generator.epochs=120".
+Repeat r runs every arm with `seed=r` (`previous` only in its first `--previous-repeats` repeats;
+`--seeds` names the seeds instead).
 Per run: wall time from process start to exit, the pipeline's own stage timings and its table (R²,
 Spearman, retrieval R², score at the top, copies). Prints one row per run and per arm the median wall
 time and its ratio to `previous`'s; writes bench/results/pipeline.json (or `--out`).
 
-    python3 bench/pipeline.py --repeats 3 --previous-repeats 1 --lever "epochs80=generator.epochs=80"
+    python3 bench/pipeline.py --repeats 3 --previous-repeats 1 --lever "epochs120=generator.epochs=120"
 """
 
 from __future__ import annotations
@@ -57,8 +58,11 @@ def run_pipeline(arm: str, overrides: list[str], seed: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--seeds", type=int, nargs="+", help="run these seeds instead of 0 … repeats − 1")
     ap.add_argument("--previous-repeats", type=int, help="repeats that run `previous` too (default: all)")
     ap.add_argument("--no-previous", action="store_true", help="skip the `previous` arm")
+    ap.add_argument("--no-quick", action="store_true",
+                    help="skip the `quick` arm (its table is deterministic per seed; its time is then from another run)")
     ap.add_argument("--lever", action="append", default=[], metavar="NAME=OVERRIDES")
     ap.add_argument("--out", default=str(RESULTS / "pipeline.json"))
     args = ap.parse_args()
@@ -68,10 +72,12 @@ def main() -> None:
         if not name or not overrides:
             ap.error(f"--lever {text!r}: expected NAME=OVERRIDES")
         levers[name] = overrides.split()
-    previous_repeats = 0 if args.no_previous else (args.repeats if args.previous_repeats is None else args.previous_repeats)
+    seeds = args.seeds if args.seeds is not None else list(range(args.repeats))
+    previous_repeats = 0 if args.no_previous else (len(seeds) if args.previous_repeats is None else args.previous_repeats)
     runs = []
-    for seed in range(args.repeats):
-        arms = ({"previous": PREVIOUS_PROFILE} if seed < previous_repeats else {}) | {"quick": []} | levers
+    for i, seed in enumerate(seeds):
+        arms = (({"previous": PREVIOUS_PROFILE} if i < previous_repeats else {}) | ({} if args.no_quick else {"quick": []})
+                | levers)
         for arm, overrides in arms.items():
             runs.append(run_pipeline(arm, overrides, seed))
             Path(args.out).write_text(json.dumps({"host": platform.node(), "runs": runs}, indent=1))
