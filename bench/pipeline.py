@@ -74,11 +74,12 @@ def main() -> None:
         levers[name] = overrides.split()
     seeds = args.seeds if args.seeds is not None else list(range(args.repeats))
     previous_repeats = 0 if args.no_previous else (len(seeds) if args.previous_repeats is None else args.previous_repeats)
+    arms = ({"previous": PREVIOUS_PROFILE} if previous_repeats else {}) | ({} if args.no_quick else {"quick": []}) | levers
     runs = []
     for i, seed in enumerate(seeds):
-        arms = (({"previous": PREVIOUS_PROFILE} if i < previous_repeats else {}) | ({} if args.no_quick else {"quick": []})
-                | levers)
         for arm, overrides in arms.items():
+            if arm == "previous" and i >= previous_repeats:
+                continue
             runs.append(run_pipeline(arm, overrides, seed))
             Path(args.out).write_text(json.dumps({"host": platform.node(), "runs": runs}, indent=1))
     print(f"\n{'arm':<12} {'seed':>4} {'wall':>8} {'populate':>9} {'fit':>7} {'evaluate':>9} | {'R²':>6} {'ρ':>6}"
@@ -98,7 +99,7 @@ def main() -> None:
         ratio = f"  {base / wall:.2f}× faster than previous (goal ≥ 2)" if base and arm != "previous" else ""
         print(f"{arm:<12} median wall {wall:.0f} s{ratio}")
     summary = {"host": platform.node(), "command": "python3 bench/pipeline.py " + " ".join(sys.argv[1:]),
-               "arms": {"previous": PREVIOUS_PROFILE, "quick": [], **levers}, "median_wall_s": medians,
+               "arms": arms, "median_wall_s": medians,
                "speedup_vs_previous": {a: base / w for a, w in medians.items() if base and a != "previous"}, "runs": runs}
     Path(args.out).write_text(json.dumps(summary, indent=1))
     print(f"\nwrote {args.out}")
