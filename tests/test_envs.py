@@ -94,3 +94,31 @@ def test_grouping_pursuit_flattens_image_observations():
     spec = describe_env(EnvConfig("pursuit", "pettingzoo.sisl.pursuit_v5", {"max_cycles": 50}))
     (group,) = spec.groups
     assert group.name == "pursuer" and group.size == 8 and group.obs_dim == 7 * 7 * 3 and group.discrete
+
+
+THREADED_BUILDS = """
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pgen.config import EnvConfig
+from pgen.envs import MPEVecEnv, VecEnv
+cfg = EnvConfig("simple_spread", "mpe2.simple_spread_v3", {"N": 3, "max_cycles": 25})
+together = threading.Barrier(4)
+def build_and_close(worker):
+    for i in range(25):
+        together.wait(timeout=30)  # all four threads build at the same moment
+        (VecEnv if (worker + i) % 2 else MPEVecEnv)(cfg, 2, 0).close()
+with ThreadPoolExecutor(4) as pool:
+    list(pool.map(build_and_close, range(4)))
+print("built and closed")
+"""
+
+
+def test_envs_built_and_closed_from_many_threads_at_once_do_not_crash_the_process():
+    import subprocess
+    import sys
+
+    # mpe2's envs start pygame's freetype when built and quit pygame when closed; without the lock in
+    # pgen.envs.loading, four threads doing that at once abort the process (heap corruption) or raise
+    # "Failed to load font", as two /v1/seed calls on one Serve replica did
+    out = subprocess.run([sys.executable, "-c", THREADED_BUILDS], capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0 and "built and closed" in out.stdout, (out.returncode, out.stderr[-2000:])

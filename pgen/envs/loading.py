@@ -12,6 +12,7 @@ import importlib
 import inspect
 import json
 import re
+import threading
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -24,6 +25,12 @@ from pgen.config import EnvConfig
 
 class EnvError(ValueError):
     """An env that cannot be loaded or used; the message says what and why."""
+
+
+# mpe2's envs start pygame's freetype and load a font when built and call pygame.quit() when closed;
+# neither is thread-safe: two threads building envs at once corrupt the heap and abort the process
+# (two /v1/seed calls on one Serve replica did). Every build and close of a ParallelEnv holds this lock.
+_ENV_LIFECYCLE = threading.RLock()
 
 
 def env_key(env_cfg: EnvConfig) -> str:
@@ -60,9 +67,16 @@ def make_parallel_env(env_cfg: EnvConfig) -> Any:
     except ValueError:  # no introspectable signature: let the call decide
         pass
     try:
-        return module.parallel_env(**kwargs)
+        with _ENV_LIFECYCLE:
+            return module.parallel_env(**kwargs)
     except Exception as err:  # deprecated envs, bad values: the env's own words, with context
         raise EnvError(f"{env_cfg.id}.parallel_env(**{kwargs}) failed: {type(err).__name__}: {err}") from err
+
+
+def close_parallel_env(env: Any) -> None:
+    """`env.close()` under the lock `make_parallel_env` builds under (see `_ENV_LIFECYCLE`)."""
+    with _ENV_LIFECYCLE:
+        env.close()
 
 
 def _agent_prefix(agent: str) -> str:
@@ -167,5 +181,5 @@ def describe_env(env_cfg: EnvConfig) -> EnvSpec:
     spec = EnvSpec(env_cfg.id, group_agents(env, env_cfg.id), None)
     state = global_state(env)
     spec.state_dim = None if state is None else int(state.size)
-    env.close()
+    close_parallel_env(env)
     return spec

@@ -33,7 +33,7 @@ from gymnasium.utils import seeding
 
 from pgen.config import EnvConfig
 from pgen.envs.base import GroupStep, VecStep, copy_seeds, episode_summaries
-from pgen.envs.loading import EnvError, group_agents, load_env_module, make_parallel_env
+from pgen.envs.loading import EnvError, close_parallel_env, group_agents, load_env_module, make_parallel_env
 
 MPE2_VERSION = "1.1.1"  # the mpe2 release this backend is verified against (another may change the rules)
 
@@ -288,7 +288,7 @@ class MPEVecEnv:
         probe = make_parallel_env(env_cfg)
         self.groups = group_agents(probe, env_cfg.id)
         agents = list(probe.possible_agents)
-        probe.close()
+        close_parallel_env(probe)
         arguments = inspect.signature(load_env_module(env_cfg.id).raw_env).bind(**env_cfg.kwargs)
         arguments.apply_defaults()
         params = arguments.arguments

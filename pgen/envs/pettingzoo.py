@@ -12,7 +12,7 @@ from gymnasium import spaces
 
 from pgen.config import EnvConfig
 from pgen.envs.base import GroupStep, VecStep, copy_seeds, episode_summaries
-from pgen.envs.loading import AgentGroup, EnvError, global_state, group_agents, make_parallel_env
+from pgen.envs.loading import AgentGroup, EnvError, close_parallel_env, global_state, group_agents, make_parallel_env
 
 
 def _flat_obs(space: spaces.Space, value: Any) -> np.ndarray:
@@ -149,7 +149,7 @@ class VecEnv:
 
     def close(self) -> None:
         for env in self.envs:
-            env.close()
+            close_parallel_env(env)
 
 
 def _merge_steps(parts: list[VecStep]) -> VecStep:
@@ -201,7 +201,9 @@ class SubprocVecEnv:
 
         num_workers = max(1, min(num_workers, num_envs))
         self.num_envs, self.env_id, self.with_state = num_envs, env_cfg.id, with_state
-        self.groups = group_agents(make_parallel_env(env_cfg), env_cfg.id)
+        probe = make_parallel_env(env_cfg)
+        self.groups = group_agents(probe, env_cfg.id)
+        close_parallel_env(probe)
         bounds = np.linspace(0, num_envs, num_workers + 1).astype(int)
         self._slices = [(int(a), int(b)) for a, b in zip(bounds, bounds[1:])]
         ctx = mp.get_context("forkserver")
