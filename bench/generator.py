@@ -10,9 +10,10 @@ training are repeated with `--seeds`; `--reuse` evaluates the generator an earli
 settings registered (e.g. at another `--temperatures`) instead of training it again.
 
 The data comes from `pgen populate` (the `profile=full` setting; the exact commands are in
-bench/README.md). Writes `bench/results/generator.json` (rows of other envs/seeds from earlier
-runs are kept), copies each alignment plot to
-`bench/results/generator-<env>-<group>-s<seed>.png` and prints the table.
+bench/README.md). Writes `bench/results/generator.json` or `--out` (rows of other envs/seeds from
+earlier runs are kept), copies each alignment plot beside it as
+`<out name>-<env>-<group>-s<seed>[-<settings>]-t<τ>.png` (`bench/results/generator-simple_spread-agent-s0-t0.5.png`)
+and prints the table.
 
     python bench/generator.py generator.epochs=200 --envs simple_spread simple_tag --seeds 0
 """
@@ -60,6 +61,7 @@ def main() -> None:
     setup_logging()
     store = CheckpointStore(args.store)
     out_dir = RESULTS / "runs" / "generator"
+    out = Path(args.out).resolve()
     rows = []
     # settings beyond the epochs name the generator and the plots: bench-simple_spread-s0-return_balance1
     tag = "".join("-" + re.sub(r"[^A-Za-z0-9_]", "", o.split(".", 1)[-1]) for o in args.overrides if "epochs" not in o)
@@ -86,16 +88,17 @@ def main() -> None:
                 result = evaluate_generator(ecfg, store, gen)
                 eval_s = time.perf_counter() - t0
                 print(format_result(result), flush=True)
-                png = RESULTS / f"generator-{env}-{SLICES[env]}-s{seed}{tag}-t{temperature:g}.png"
+                # beside the results JSON, named after it: another --out never overwrites these plots
+                png = out.parent / f"{out.stem}-{env}-{SLICES[env]}-s{seed}{tag}-t{temperature:g}.png"
                 shutil.copyfile(result["plot"], png)
                 rows.append({"env": env, "group": SLICES[env], "seed": seed, "temperature": temperature,
                              "model": gen.model_id, "checkpoints": gen.info["dataset"]["rows"],
                              "runs": len(gen.info["dataset"]["runs"]), "train_s": train_s, "evaluate_s": eval_s,
-                             "plot": str(png.relative_to(RESULTS.parent)), "overrides": args.overrides,
+                             "plot": str(png.relative_to(RESULTS.parent) if png.is_relative_to(RESULTS.parent) else png),
+                             "overrides": args.overrides,
                              "generator": gen.info["generator"], "targets": result["targets"],
                              **{k: result[k] for k in KEYS}})
-    path = Path(args.out)
-    previous = json.loads(path.read_text())["rows"] if path.exists() else []
+    previous = json.loads(out.read_text())["rows"] if out.exists() else []
 
     def key(r: dict) -> tuple:
         return r["env"], r["seed"], r["temperature"], tuple(r["overrides"])
@@ -104,7 +107,7 @@ def main() -> None:
     rows = [r for r in previous if key(r) not in done] + rows
     summary = {"host": platform.node(), "store": store.uri, "episodes": args.episodes, "samples": args.samples,
                "targets": args.targets, "rows": rows}
-    path.write_text(json.dumps(summary, indent=1))
+    out.write_text(json.dumps(summary, indent=1))
     print(f"\n{'env / group':<26} {'seed':>4} {'τ':>4} {'ckpts':>5} {'R²':>6} {'(retr.)':>7} {'ρ':>6} {'score@top':>9}"
           f" {'(retr.)':>7} {'novelty':>7} {'copies':>6} {'agree':>5} {'train s':>7}")
     for r in rows:
@@ -114,7 +117,7 @@ def main() -> None:
               f" {r['retrieval_normalised_score_top']:>7.2f} {r['novelty_median']:>7.2f} {r['copies']:>6}"
               f" {r['agreement_mean']:>5.2f} {train:>7}"
               f"  {' '.join(r['overrides'])}")
-    print(f"\nwrote {path}")
+    print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":
