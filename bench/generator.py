@@ -28,7 +28,7 @@ import shutil
 import time
 from pathlib import Path
 
-from pgen.config import DEFAULT_TEMPERATURE, compose_config
+from pgen.config import DEFAULT_TEMPERATURE, compose_config, to_dict
 from pgen.evaluate import evaluate_generator, format_result
 from pgen.generator.sample import load_generator
 from pgen.generator.train import train_generator
@@ -40,6 +40,17 @@ SLICES = {"simple_spread": "agent", "simple_tag": "adversary"}
 KEYS = ("alignment_r2", "spearman", "retrieval_alignment_r2", "retrieval_spearman", "normalised_score_top",
         "retrieval_normalised_score_top", "r_random", "r_top10", "best_trained", "novelty_median", "copies",
         "min_relative_l2", "agreement_mean")
+
+
+def check_reused(model_id: str, fitted: dict, wanted: dict) -> None:
+    """SystemExit naming the settings in which the generator --reuse found differs from this run's
+    (the name carries the overrides but not the epochs, so an earlier run's version can be another fit)."""
+    ignored = {"device", "log_every_s"}  # where and how chattily it ran, not what was fitted
+    differ = {k: (fitted.get(k), v) for k, v in wanted.items() if k not in ignored and fitted.get(k) != v}
+    if differ:
+        raise SystemExit(f"--reuse: {model_id} was fitted with other settings than this run asks for "
+                         f"({', '.join(f'generator.{k}: {a!r} there, {b!r} here' for k, (a, b) in differ.items())});"
+                         " run without --reuse to fit it")
 
 
 def main() -> None:
@@ -54,7 +65,8 @@ def main() -> None:
     ap.add_argument("--temperatures", nargs="+", type=float, default=[DEFAULT_TEMPERATURE],
                     help="evaluate each trained generator at these sampling temperatures (evaluate.temperature)")
     ap.add_argument("--reuse", action="store_true",
-                    help="evaluate the generator these settings registered before (its LATEST) instead of training it again")
+                    help="evaluate the generator these settings registered before (its LATEST) instead of training it"
+                         " again; an error if that version was fitted with other generator.* settings")
     ap.add_argument("--out", default=str(RESULTS / "generator.json"), help="results JSON (rows of other settings are kept)")
     ap.add_argument("overrides", nargs="*", help="generator.* Hydra overrides, e.g. generator.epochs=200")
     args = ap.parse_args()
@@ -75,6 +87,7 @@ def main() -> None:
             t0 = time.perf_counter()
             if args.reuse:
                 gen = load_generator(store, name)
+                check_reused(gen.model_id, gen.info["generator"], to_dict(cfg.generator))
                 train_s = None  # trained by an earlier run (its rows in --out have the time)
             else:
                 gen = train_generator(cfg, store)
