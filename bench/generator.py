@@ -46,7 +46,8 @@ def check_reused(model_id: str, fitted: dict, wanted: dict) -> None:
     """SystemExit naming the settings in which the generator --reuse found differs from this run's
     (the name carries the overrides but not the epochs, so an earlier run's version can be another fit)."""
     ignored = {"device", "log_every_s"}  # where and how chattily it ran, not what was fitted
-    differ = {k: (fitted.get(k), v) for k, v in wanted.items() if k not in ignored and fitted.get(k) != v}
+    # a setting newer than the version is not in its config: nothing to compare
+    differ = {k: (fitted[k], v) for k, v in wanted.items() if k not in ignored and k in fitted and fitted[k] != v}
     if differ:
         raise SystemExit(f"--reuse: {model_id} was fitted with other settings than this run asks for "
                          f"({', '.join(f'generator.{k}: {a!r} there, {b!r} here' for k, (a, b) in differ.items())});"
