@@ -23,6 +23,9 @@ populations of several architectures, measured on those and on architectures it 
 3. With `--seed-arch`, the seeding race for one held-out architecture: populations of it started
    from random init, from the best trained checkpoint transferred into it, and from the generator's
    policies for the top target, same PPO hyper-parameters and budget; env steps to each threshold.
+   With `--seed-candidates K` (> 1), one more arm, `generated-best`: the best of K generated policies
+   on selection episodes (`population.seed.candidates`' rule), its curve shifted by the env steps the
+   choice played.
 
 Writes bench/results/architectures.json (or `--out`; rows of other settings are kept), one PNG per
 generator (`architectures-<init>-s<seed>.png`), `architectures-summary.png`, `architectures-seeding.png`
@@ -55,6 +58,7 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+RACE_ARMS = ["random", "transfer", "generated"]  # the seeding race's arms before --seed-candidates
 sys.path.insert(0, str(ROOT / "bench"))
 from seeding import steps_to  # noqa: E402  (bench/seeding.py: env steps to a threshold)
 
@@ -277,6 +281,7 @@ def seeding_race(store_path: Path, row: dict, args: argparse.Namespace) -> dict:
     from pgen.growth import grow
     from pgen.policy import PolicySpec
     from pgen.population import populate as run_population
+    from pgen.rollout import best_candidate
     from pgen.seeding import write_seed_run
     from pgen.store import CheckpointStore
 
@@ -306,21 +311,31 @@ def seeding_race(store_path: Path, row: dict, args: argparse.Namespace) -> dict:
                        f"transfer-s{seed}", cfg.population.eval_episodes, seed, spec=spec)
         write_seed_run(store, gen.info, gen.generate(top, 1, seed=seed, spec=spec), top, f"generated-s{seed}",
                        cfg.population.eval_episodes, seed, spec=spec)
+        offset = {arm: 0 for arm in arms_of(args)}
+        if args.seed_candidates > 1:  # the rule of population.seed.candidates, on the same episodes
+            candidates = gen.generate(top, args.seed_candidates, seed=seed, spec=spec)
+            chosen, means, offset["generated-best"] = best_candidate(cfg.env, {}, gen.info["group"], spec, candidates,
+                                                                     cfg.population.eval_episodes)
+            print(f"seed {seed}: {args.seed_candidates} candidates return {min(means):.2f} … {max(means):.2f} on the"
+                  f" selection episodes ({offset['generated-best']:,} env steps); starting from candidate {chosen + 1}")
+            write_seed_run(store, gen.info, candidates[chosen][None], top, f"generated-best-s{seed}",
+                           cfg.population.eval_episodes, seed, spec=spec)
         arms = {arm: compose_config("populate", common + [f"seed={seed}", f"run_id={arm}-pop-s{seed}"]
                                     + ([f"population.seed_from={arm}-s{seed}"] if arm != "random" else []))
-                for arm in ("random", "transfer", "generated")}
-        with ThreadPoolExecutor(len(arms)) as pool:  # the three arms on one Ray at the same time
+                for arm in arms_of(args)}
+        with ThreadPoolExecutor(len(arms)) as pool:  # the arms on one Ray at the same time
             list(pool.map(run_population, arms.values()))
         for arm, arm_cfg in arms.items():
             rows = store.read_records(run_id=f"{arm_cfg.run_id}-m000", columns=["step", "return_mean"]).table
-            curve = sorted(zip(rows["step"].to_pylist(), rows["return_mean"].to_pylist()))
-            runs.append({"seed": seed, "arm": arm, "curve": curve,
+            curve = sorted((step + offset[arm], ret) for step, ret in zip(rows["step"].to_pylist(),
+                                                                           rows["return_mean"].to_pylist()))
+            runs.append({"seed": seed, "arm": arm, "curve": curve, "selection_env_steps": offset[arm],
                          "steps_to": {str(t): steps_to(curve, t) for t in args.thresholds}})
     ray.shutdown()
     table = []
     for t in args.thresholds:
         entry = {"threshold": t}
-        for arm in ("random", "transfer", "generated"):
+        for arm in arms_of(args):
             reached = [r["steps_to"][str(t)] for r in runs if r["arm"] == arm]
             entry[arm] = {"steps": reached, "mean": float(np.mean([args.seed_steps if s is None else s for s in reached])),
                           "all_reached": all(s is not None for s in reached)}
@@ -328,8 +343,14 @@ def seeding_race(store_path: Path, row: dict, args: argparse.Namespace) -> dict:
     return {"model": row["model"], "arch": spec.arch_key, "unseen_widths": "grown" if gen.grow_unseen_width else "decoded",
             "decoded_as": gen.decoded_as(spec).arch_key, "target": top, "transfer_from": best,
             "generated_at_top": measured_as(row, gen, arch_row)["normalised_score_top"],
-            "steps": args.seed_steps, "seeds": args.seeds_race, "wall_s": time.time() - t0, "thresholds": table,
+            "steps": args.seed_steps, "seeds": args.seeds_race, "seed_candidates": args.seed_candidates,
+            "arms": arms_of(args), "wall_s": time.time() - t0, "thresholds": table,
             "runs": runs}
+
+
+def arms_of(args: argparse.Namespace) -> list[str]:
+    """The seeding race's arms: `generated-best` only with `--seed-candidates` > 1."""
+    return RACE_ARMS + (["generated-best"] if args.seed_candidates > 1 else [])
 
 
 def measured_as(row: dict, gen: FamilyGenerator, arch_row: dict) -> dict:
@@ -377,7 +398,7 @@ def plot_seeding(race: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"random": "tab:blue", "transfer": "tab:purple", "generated": "tab:orange"}
+    colours = {"random": "tab:blue", "transfer": "tab:purple", "generated": "tab:orange", "generated-best": "tab:red"}
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for r in race["runs"]:
         steps, rets = zip(*r["curve"])
@@ -386,7 +407,8 @@ def plot_seeding(race: dict, path: Path) -> None:
     for t in race["thresholds"]:
         ax.axhline(t["threshold"], color="grey", ls=":", lw=1)
     ax.set(xlabel="env steps", ylabel="greedy group return (sum over agents)",
-           title=f"{race['arch']}: random init vs transfer vs generated (target {race['target']:.1f})")
+           title=f"{race['arch']}: random init vs transfer vs generated (target {race['target']:.1f})"
+           + (f"; best of {race['seed_candidates']}" if race.get("seed_candidates", 1) > 1 else ""))
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
@@ -417,6 +439,8 @@ def main() -> None:
     ap.add_argument("--seed-arch", type=hidden_list, help="run the seeding race for this held-out architecture")
     ap.add_argument("--seed-steps", type=int, default=300_000)
     ap.add_argument("--seeds-race", nargs="+", type=int, default=[0, 1])
+    ap.add_argument("--seed-candidates", type=int, default=1,
+                    help="also race the best of this many generated policies (population.seed.candidates' rule)")
     ap.add_argument("--thresholds", nargs="+", type=float, default=[-60.0, -55.0, -50.0, -47.0])
     ap.add_argument("--out", default=str(RESULTS / "architectures.json"))
     ap.add_argument("overrides", nargs="*", help="generator.* Hydra overrides, e.g. generator.epochs=150")
@@ -490,7 +514,7 @@ def main() -> None:
         for t in race["thresholds"]:
             fmt = lambda s: "never" if s is None else f"{s:,}"  # noqa: E731
             print(f"  {t['threshold']:g}: " + " | ".join(
-                f"{arm} {', '.join(fmt(s) for s in t[arm]['steps'])}" for arm in ("random", "transfer", "generated")))
+                f"{arm} {', '.join(fmt(s) for s in t[arm]['steps'])}" for arm in race.get("arms", RACE_ARMS)))
     print(f"\nwrote {path}")
 
 

@@ -45,7 +45,7 @@ from pgen.fileio import atomic_write
 from pgen.gate import decide, record_decision
 from pgen.generator.sample import promote
 from pgen.generator.train import generator_name, slice_spec
-from pgen.population import PopulationWorker, check_member_resources, member_hparams
+from pgen.population import PopulationWorker, check_member_resources, check_seed_candidates, member_hparams
 from pgen.progress import format_duration, log
 from pgen.ray_runtime import init_ray
 from pgen.store import CheckpointStore, open_store, portable_store_config
@@ -88,6 +88,7 @@ def check_config(cfg: LoopConfig) -> None:
     reseed_target(s.reseed_target, 0.0)
     member_hparams(cfg.population.hparams, cfg.seed, 0)
     check_member_resources(cfg.population.resources)
+    check_seed_candidates(cfg.population.seed.candidates)
 
 
 class Loop:
@@ -274,9 +275,8 @@ class Loop:
                     if self._serving():
                         target = reseed_target(cfg.loop.reseed_target, st.best_return)
                         for m in self._weakest():
-                            to_reseed[m.slot] = SeedConfig(model=st.served, target_return=target, app=self.app,
-                                                           temperature=cfg.population.seed.temperature,
-                                                           timeout_s=cfg.population.seed.timeout_s)
+                            to_reseed[m.slot] = replace(cfg.population.seed, model=st.served, target_return=target,
+                                                        app=self.app)
                         log.info(f"loop {st.loop_id}: reseeding {sorted(to_reseed)} from {st.served} for a return"
                                  f" of {target:.1f} (best so far {st.best_return:.1f})")
                 now = time.monotonic()

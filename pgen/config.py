@@ -139,6 +139,10 @@ class SeedConfig:
     temperature: float = DEFAULT_TEMPERATURE
     app: Optional[str] = None  # Serve application name; null: the one application with a PolicyGenerator
     timeout_s: float = 120.0
+    # generated policies to choose from: with more than 1, each is played greedily on `population.eval_episodes`
+    # selection episodes (not the checkpoint evaluation's) and the member starts from the best; those env
+    # steps count as the member's
+    candidates: int = 1
 
 
 @dataclass

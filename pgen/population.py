@@ -31,11 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from pgen.config import AlgoConfig, PolicyConfig, PopulateConfig, config_from_dict, enum_value, to_dict
+from pgen.config import (AlgoConfig, ConfigError, PolicyConfig, PopulateConfig, ServeSettings, config_from_dict,
+                         enum_value, to_dict)
 from pgen.envs import env_key
 from pgen.deployment import generator_handle
 from pgen.ray_runtime import init_ray
-from pgen.rollout import evaluate_returns
+from pgen.rollout import best_candidate, evaluate_returns
 from pgen.progress import format_duration, log, setup_logging
 from pgen.state import load_state, save_state
 from pgen.store import CheckpointStore, open_store, params_checksum, portable_store_config
@@ -72,6 +73,13 @@ def check_member_resources(resources: dict[str, float]) -> None:
                              " use population.cpus_per_worker for CPUs")
         if not amount >= 0:
             raise ValueError(f"population.resources.{name} must be >= 0, got {amount}")
+
+
+def check_seed_candidates(candidates: int) -> None:
+    """`population.seed.candidates` must be a count the Serve handle can answer in one request."""
+    limit = ServeSettings().max_num
+    if not 1 <= candidates <= limit:
+        raise ConfigError(f"population.seed.candidates must be between 1 and {limit}, got {candidates}")
 
 
 def member_run_id(prefix: str, member: int) -> str:
@@ -211,7 +219,8 @@ class PopulationWorker:
 
     def _seed_from_deployment(self) -> tuple[dict[str, np.ndarray], str, dict[str, str]]:
         """One generated policy for `population.seed.target_return` from the served generator, asked
-        through a DeploymentHandle (the PolicyGenerator deployment of `serve/app.py`)."""
+        through a DeploymentHandle (the PolicyGenerator deployment of `serve/app.py`): the only one
+        asked for, or the best of `population.seed.candidates` on the selection episodes."""
         from pgen.generator.sample import resolve_model
 
         seed = self.cfg.population.seed
@@ -219,12 +228,26 @@ class PopulationWorker:
         handle = generator_handle(seed.app)
         arch = {"kind": enum_value(self.policy.kind), "hidden": list(self.policy.hidden),
                 "activation": enum_value(self.policy.activation)}  # this member's architecture
-        request = {"target_return": seed.target_return, "num": 1, "seed": self.seed, "temperature": seed.temperature,
-                   "arch": arch}
+        request = {"target_return": seed.target_return, "num": seed.candidates, "seed": self.seed,
+                   "temperature": seed.temperature, "arch": arch}
         reply = handle.options(multiplexed_model_id=f"{name}@{version}").generate.remote(request).result(
             timeout_s=seed.timeout_s)
-        log.info(f"{self.run_id}: seeded from {name}@{version} (target return {seed.target_return})")
-        return {reply["group"]: reply["params"][0]}, f"seeded:{name}@{version}", {reply["group"]: reply["arch"]}
+        group, params = reply["group"], np.asarray(reply["params"])
+        chosen = self._best_candidate(group, params) if len(params) > 1 else 0
+        log.info(f"{self.run_id}: seeded from {name}@{version} (target return {seed.target_return}"
+                 + (f", candidate {chosen + 1} of {len(params)}" if len(params) > 1 else "") + ")")
+        return {group: params[chosen]}, f"seeded:{name}@{version}", {group: reply["arch"]}
+
+    def _best_candidate(self, group: str, params: np.ndarray) -> int:
+        """Index of the candidate policy of `group` with the highest mean greedy return on the selection
+        episodes (the other groups play this member's policies); their env steps count as training's."""
+        others = {name: gl.actor for name, gl in self.learner.groups.items() if name != group}
+        best, means, steps = best_candidate(self.cfg.env, others, group, self.learner.groups[group].actor.spec, params,
+                                            self.cfg.population.eval_episodes)
+        self.learner.env_steps += steps
+        log.info(f"{self.run_id}: seed candidates return {min(means):.2f} … {max(means):.2f} on"
+                 f" {self.cfg.population.eval_episodes} selection episodes ({steps:,} env steps)")
+        return best
 
     def _shared_initial_policies(self) -> None:
         """Replace each group's actor weights by the initial ones every member of this member's
@@ -356,6 +379,7 @@ def populate(cfg: PopulateConfig) -> dict[int, dict[str, Any]]:
         from pgen.generator.sample import check_target
 
         check_target(seed.target_return, "population.seed.target_return")
+    check_seed_candidates(seed.candidates)
     check_member_resources(cfg.population.resources)
     store_cfg = portable_store_config(cfg.store)  # fails fast on a bad store URI, before Ray starts
     init_ray()

@@ -23,19 +23,23 @@ EVAL_SEED = 10_000  # evaluation episodes never share seeds with training copies
 # `pgen evaluate` plays other episodes than the populations' checkpoint evaluations (EVAL_SEED), so a
 # checkpoint picked for its recorded return is not flattered by the noise of the episodes it was picked on
 HELDOUT_EVAL_SEED = 60_000
+# a member choosing among generated seed policies plays them on these episodes, so the first checkpoint's
+# return (EVAL_SEED) is not flattered by the noise of the episodes its policy was chosen on
+SEED_SELECTION_SEED = 30_000
 
 
 @torch.no_grad()
 def evaluate_returns(env_cfg: EnvConfig, policies: Mapping[str, Actor | None], episodes: int = 100,
                      seed: int = EVAL_SEED, stochastic: bool = False, num_envs: int = 20,
-                     observations: dict[str, list[tuple[np.ndarray, np.ndarray]]] | None = None
-                     ) -> dict[str, np.ndarray]:
+                     observations: dict[str, list[tuple[np.ndarray, np.ndarray]]] | None = None,
+                     env_steps: list[int] | None = None) -> dict[str, np.ndarray]:
     """Per-episode return of every group (sum over its agents) over exactly `episodes` episodes.
 
     Each env copy plays whole episodes from a fixed seed, so the same `seed` gives the same
     episodes for every set of policies compared, on either `env.backend`. With `observations` (a
     dict), every step's `(obs [copies · agents, obs_dim], starts [copies · agents])` of each group
-    is appended to `observations[group]` (`starts` = 1 where a new trajectory begins).
+    is appended to `observations[group]` (`starts` = 1 where a new trajectory begins). With
+    `env_steps` (a list), the env steps played (every copy's, as the learner counts them) are appended.
     """
     num_envs = max(1, min(num_envs, episodes))
     vec = make_vec_env(env_cfg, num_envs, seed, with_state=False)
@@ -48,7 +52,7 @@ def evaluate_returns(env_cfg: EnvConfig, policies: Mapping[str, Actor | None], e
     hidden = {g.name: (policies[g.name].initial_state(num_envs * g.size)
                        if policies[g.name] is not None and policies[g.name].recurrent else None) for g in vec.groups}
     results: dict[str, list[float]] = {g.name: [] for g in vec.groups}
-    finished = 0
+    finished = steps = 0
     starts = {g.name: np.ones(num_envs * g.size, np.float32) for g in vec.groups}
     while finished < episodes:
         if observations is not None:
@@ -73,6 +77,7 @@ def evaluate_returns(env_cfg: EnvConfig, policies: Mapping[str, Actor | None], e
                 act = out.argmax(-1) if g.discrete else out
             actions[g.name] = act.reshape(num_envs, g.size, *act.shape[1:]).numpy()
         step = vec.step(actions)
+        steps += num_envs
         for g in vec.groups:
             starts[g.name] = step.groups[g.name].ended.reshape(-1).astype(np.float32)
             h = hidden[g.name]
@@ -84,6 +89,8 @@ def evaluate_returns(env_cfg: EnvConfig, policies: Mapping[str, Actor | None], e
         finished += len(step.episodes)
         obs = {name: s.obs for name, s in step.groups.items()}
     vec.close()
+    if env_steps is not None:
+        env_steps.append(steps)
     return {name: np.asarray(r[:episodes]) for name, r in results.items()}
 
 
@@ -107,3 +114,13 @@ def reference_returns(env_cfg: EnvConfig, others: Mapping[str, Actor], group: st
         out[i] = evaluate_returns(env_cfg, {**others, group: actor_from_flat(spec, flat)}, episodes)[group]
         progress.update(i + 1, force=i + 1 == len(params))
     return out
+
+
+def best_candidate(env_cfg: EnvConfig, others: Mapping[str, Actor], group: str, spec: PolicySpec,
+                   params: np.ndarray, episodes: int) -> tuple[int, list[float], int]:
+    """(index, mean returns, env steps) of the best of the candidate policies `params` `[K, P]` of
+    `group`, each played greedily against `others` on `episodes` selection episodes (SEED_SELECTION_SEED)."""
+    steps: list[int] = []
+    means = [float(evaluate_returns(env_cfg, {**others, group: actor_from_flat(spec, flat)}, episodes,
+                                    seed=SEED_SELECTION_SEED, env_steps=steps)[group].mean()) for flat in params]
+    return int(np.argmax(means)), means, sum(steps)

@@ -59,6 +59,37 @@ def test_population_members_seeded_through_a_deployment_handle(served_generator)
         np.testing.assert_allclose(np.asarray(first["params"], np.float32), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_a_member_seeded_from_candidates_starts_from_the_best_on_the_selection_episodes(served_generator):
+    """population.seed.candidates=4: each member asks for four policies, plays each greedily on the
+    selection episodes, starts from the best, and counts those episodes' env steps as its own."""
+    from pgen.population import populate
+    from pgen.rollout import SEED_SELECTION_SEED, actor_from_flat, evaluate_returns
+
+    store_uri = served_generator
+    cfg = compose_config("populate", POPULATE + [f"store.uri={store_uri}", "run_id=best", "population.max_env_steps=800",
+                                                 "population.seed.model=spread", "population.seed.target_return=-45",
+                                                 "population.seed.candidates=4"])
+    populate(cfg)
+    store = CheckpointStore(store_uri)
+    gen = load_generator(store, "spread@v0001")
+    chosen = []
+    for member in (0, 1):
+        first = min(store.read_records(run_id=f"best-m{member:03d}").table.to_pylist(), key=lambda r: r["step"])
+        candidates = gen.generate(-45.0, num=4, seed=3 * 1000 + member)
+        means = [evaluate_returns(cfg.env, {"agent": actor_from_flat(gen.spec, flat)}, 4,
+                                  seed=SEED_SELECTION_SEED)["agent"].mean() for flat in candidates]
+        assert len(set(np.round(means, 6))) > 1, means  # the candidates differ, so the choice is a real one
+        chosen.append(int(np.argmax(means)))
+        np.testing.assert_allclose(np.asarray(first["params"], np.float32), candidates[chosen[-1]],
+                                   rtol=1e-5, atol=1e-6)
+        assert first["step"] == 4 * 4 * 25  # four candidates × four selection episodes × 25 steps, before training
+    assert chosen != [0, 0], "every member's best candidate is its first: the test cannot tell a choice from none"
+    with pytest.raises(ValueError, match="population.seed.candidates must be between 1 and 64"):
+        populate(compose_config("populate", POPULATE + [f"store.uri={store_uri}", "population.seed.model=spread",
+                                                        "population.seed.target_return=-45",
+                                                        "population.seed.candidates=0"]))
+
+
 def test_seeding_through_a_handle_needs_a_target_and_excludes_seed_from(tmp_path):
     from pgen.population import populate
 
