@@ -61,6 +61,7 @@ RESULTS = ROOT / "bench" / "results"
 RACE_ARMS = ["random", "transfer", "generated"]  # the seeding race's arms before --seed-candidates
 sys.path.insert(0, str(ROOT / "bench"))
 from seeding import steps_to  # noqa: E402  (bench/seeding.py: env steps to a threshold)
+from generator import check_reused  # noqa: E402  (bench/generator.py: --reuse of a version fitted otherwise stops)
 
 from pgen.config import DEFAULT_TEMPERATURE  # noqa: E402
 
@@ -148,7 +149,7 @@ def heldout_recon(store_path: Path, gen: FamilyGenerator) -> dict[str, dict]:
 
 
 def measure(store_path: Path, init: str, seed: int, args: argparse.Namespace) -> dict:
-    from pgen.config import compose_config
+    from pgen.config import compose_config, to_dict
     from pgen.evaluate import evaluate_generator, format_result
     from pgen.evaluate_family import measure_family_baselines
     from pgen.generator.sample import load_generator
@@ -159,13 +160,14 @@ def measure(store_path: Path, init: str, seed: int, args: argparse.Namespace) ->
     name = f"bench-arch-{init}-s{seed}"
     out_dir = RESULTS / "runs" / "architectures"
     t0 = time.perf_counter()
+    cfg = compose_config("train-generator", [
+        f"store.uri={store_path}", "generator.family=true", f"generator.name={name}", f"seed={seed}",
+        "generator.archs=[" + ",".join(map(hidden_text, args.train_archs)) + "]",
+        f"torch_threads={args.threads}", f"out_dir={out_dir}", *args.overrides])
     if args.reuse:
         gen, train_s = load_generator(store, name), None
+        check_reused(gen.model_id, gen.info["generator"], to_dict(cfg.generator))
     else:
-        cfg = compose_config("train-generator", [
-            f"store.uri={store_path}", "generator.family=true", f"generator.name={name}", f"seed={seed}",
-            "generator.archs=[" + ",".join(map(hidden_text, args.train_archs)) + "]",
-            f"torch_threads={args.threads}", f"out_dir={out_dir}", *args.overrides])
         gen = train_generator(cfg, store)
         train_s = time.perf_counter() - t0
     set_unseen_widths(gen, args)
@@ -432,7 +434,8 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="τ of the generated policies evaluated")
     ap.add_argument("--single", action="append", type=hidden_list, default=[],
                     help="also fit today's single-architecture generator on this training architecture (repeatable)")
-    ap.add_argument("--reuse", action="store_true", help="evaluate the generators an earlier run registered")
+    ap.add_argument("--reuse", action="store_true", help="evaluate the generators an earlier run registered (an error"
+                    " if one was fitted with other generator.* settings than the overrides ask for)")
     ap.add_argument("--unseen-widths", choices=["version", "grown", "decoded"], default="version",
                     help="how held-out widths are decoded: as the version says, or grown from their transfer"
                          " source's decoded policy, or decoded directly (FamilyGenerator.grow_unseen_width)")
