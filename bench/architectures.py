@@ -302,7 +302,7 @@ def seeding_race(store_path: Path, row: dict, args: argparse.Namespace) -> dict:
     store = CheckpointStore(str(work))
     common = [f"store.uri={work}", "env=simple_spread", f"policy.hidden={hidden_text(spec.hidden)}", "population.size=1",
               f"population.max_env_steps={args.seed_steps}", "population.checkpoint_every=4",
-              "population.cpus_per_worker=0.66", "log_every_s=60"]
+              "population.cpus_per_worker=0.66", "log_every_s=60", *args.race_overrides]
     ray.init(address="local", include_dashboard=False, log_to_driver=False)  # its own Ray, never another session's
     runs, t0 = [], time.time()
     top = row["targets"][-1]
@@ -346,6 +346,7 @@ def seeding_race(store_path: Path, row: dict, args: argparse.Namespace) -> dict:
             "decoded_as": gen.decoded_as(spec).arch_key, "target": top, "transfer_from": best,
             "generated_at_top": measured_as(row, gen, arch_row)["normalised_score_top"],
             "steps": args.seed_steps, "seeds": args.seeds_race, "seed_candidates": args.seed_candidates,
+            "race_overrides": args.race_overrides,
             "arms": arms_of(args), "wall_s": time.time() - t0, "thresholds": table,
             "runs": runs}
 
@@ -410,7 +411,9 @@ def plot_seeding(race: dict, path: Path) -> None:
         ax.axhline(t["threshold"], color="grey", ls=":", lw=1)
     ax.set(xlabel="env steps", ylabel="greedy group return (sum over agents)",
            title=f"{race['arch']}: random init vs transfer vs generated (target {race['target']:.1f})"
-           + (f"; best of {race['seed_candidates']}" if race.get("seed_candidates", 1) > 1 else ""))
+           + (f"\ngenerated-best: the best of {race['seed_candidates']} on selection episodes"
+              if race.get("seed_candidates", 1) > 1 else "")
+           + (f"\n{' '.join(race['race_overrides'])}" if race.get("race_overrides") else ""))
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
@@ -442,6 +445,8 @@ def main() -> None:
     ap.add_argument("--seed-arch", type=hidden_list, help="run the seeding race for this held-out architecture")
     ap.add_argument("--seed-steps", type=int, default=300_000)
     ap.add_argument("--seeds-race", nargs="+", type=int, default=[0, 1])
+    ap.add_argument("--race-override", dest="race_overrides", action="append", default=[],
+                    help="a `pgen populate` override for every arm of the race, e.g. population.seed_critic_warmup=8")
     ap.add_argument("--seed-candidates", type=int, default=1,
                     help="also race the best of this many generated policies (population.seed.candidates' rule)")
     ap.add_argument("--thresholds", nargs="+", type=float, default=[-60.0, -55.0, -50.0, -47.0])

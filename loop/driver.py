@@ -45,7 +45,7 @@ from pgen.fileio import atomic_write
 from pgen.gate import decide, record_decision
 from pgen.generator.sample import promote
 from pgen.generator.train import generator_name, slice_spec
-from pgen.population import PopulationWorker, check_member_resources, check_seed_candidates, member_hparams
+from pgen.population import PopulationWorker, check_member_resources, check_seed_settings, member_hparams
 from pgen.progress import format_duration, log
 from pgen.ray_runtime import init_ray
 from pgen.store import CheckpointStore, open_store, portable_store_config
@@ -88,7 +88,7 @@ def check_config(cfg: LoopConfig) -> None:
     reseed_target(s.reseed_target, 0.0)
     member_hparams(cfg.population.hparams, cfg.seed, 0)
     check_member_resources(cfg.population.resources)
-    check_seed_candidates(cfg.population.seed.candidates)
+    check_seed_settings(cfg.population)
 
 
 class Loop:

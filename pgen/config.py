@@ -156,6 +156,11 @@ class PopulationConfig:
     eval_episodes: int = 20  # fixed-seed greedy episodes per checkpoint
     seed_from: Optional[str] = None  # run id whose checkpoints initialise the members' policies
     seed: SeedConfig = field(default_factory=SeedConfig)
+    # PPO updates at the start of a member whose policies come from elsewhere (seed_from, seed.model, the
+    # loop's reseeds) in which only the critics learn: the seeded policies play unchanged (their env steps
+    # count) while the fresh critics learn their values, so the first policy updates are not steered by
+    # a random critic's advantages
+    seed_critic_warmup: int = 0
     # every member starts from the same initial policy weights (drawn from `seed`), so the population's
     # checkpoints share one basin of weight space and a generator can interpolate between members
     shared_init: bool = True

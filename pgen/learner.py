@@ -137,6 +137,7 @@ class PPOLearner:
         self.total_iterations = None if max_env_steps is None else max(1, math.ceil(max_env_steps / self.batch_env_steps))
         self.iteration = 0
         self.env_steps = 0
+        self.actor_frozen_until: dict[str, int] = {}  # group -> first iteration its actor learns again
         self.obs, self.alive, self.state = self.vec.reset()
         self.groups: dict[str, GroupLearner] = {}
         for g in self.vec.groups:
@@ -289,6 +290,7 @@ class PPOLearner:
         stats: dict[str, list[torch.Tensor]] = {"policy_loss": [], "value_loss": [], "entropy": [], "approx_kl": [],
                                                 "clipfrac": []}
         params = gl.parameters()
+        actor_learns = self.iteration >= self.actor_frozen_until.get(gl.group.name, 0)
         for _ in range(algo.update_epochs):
             perm = torch.randperm(units, generator=self.rng)
             for start in range(0, units, mb_size):
@@ -326,7 +328,9 @@ class PPOLearner:
                     v_err = torch.max(v_err, (clipped - target) ** 2)
                 v_loss = 0.5 * (v_err * m).sum() / denom
                 entropy = (gl.actor.entropy(dist) * m).sum() / denom
-                loss = pg_loss - algo.ent_coef * entropy + algo.vf_coef * v_loss
+                loss = algo.vf_coef * v_loss
+                if actor_learns:
+                    loss = loss + pg_loss - algo.ent_coef * entropy
                 gl.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(params, algo.max_grad_norm)  # gradient clipping

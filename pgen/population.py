@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from pgen.config import (AlgoConfig, ConfigError, PolicyConfig, PopulateConfig, ServeSettings, config_from_dict,
-                         enum_value, to_dict)
+from pgen.config import (AlgoConfig, ConfigError, PolicyConfig, PopulateConfig, PopulationConfig, ServeSettings,
+                         config_from_dict, enum_value, to_dict)
 from pgen.envs import env_key
 from pgen.deployment import generator_handle
 from pgen.ray_runtime import init_ray
@@ -75,11 +75,14 @@ def check_member_resources(resources: dict[str, float]) -> None:
             raise ValueError(f"population.resources.{name} must be >= 0, got {amount}")
 
 
-def check_seed_candidates(candidates: int) -> None:
-    """`population.seed.candidates` must be a count the Serve handle can answer in one request."""
+def check_seed_settings(population: PopulationConfig) -> None:
+    """`population.seed.candidates` must be a count the Serve handle can answer in one request, and
+    `population.seed_critic_warmup` a number of updates."""
     limit = ServeSettings().max_num
-    if not 1 <= candidates <= limit:
-        raise ConfigError(f"population.seed.candidates must be between 1 and {limit}, got {candidates}")
+    if not 1 <= population.seed.candidates <= limit:
+        raise ConfigError(f"population.seed.candidates must be between 1 and {limit}, got {population.seed.candidates}")
+    if population.seed_critic_warmup < 0:
+        raise ConfigError(f"population.seed_critic_warmup must be >= 0, got {population.seed_critic_warmup}")
 
 
 def member_run_id(prefix: str, member: int) -> str:
@@ -202,6 +205,7 @@ class PopulationWorker:
                                  f" population's {self.arch}")
             for group, flat in params.items():  # groups without seed weights keep their initial policy
                 self.learner.groups[group].actor.load_flat_params(flat)
+            self.learner.actor_frozen_until = {group: self.cfg.population.seed_critic_warmup for group in params}
             # DESIGN.md origins are "trained" | "seeded:<generator>@<version>": weights copied from a
             # trained run stay "trained" (run.json records seed_from)
             self.origin = origin
@@ -262,6 +266,7 @@ class PopulationWorker:
         meta = json.loads(files[WORKER_FILE])
         self.origin, self.restarts = meta["origin"], meta["restarts"] + 1
         self.last_return = meta.get("last_return", {})
+        self.learner.actor_frozen_until = meta.get("actor_frozen_until", {})
         if meta.get("pending"):  # the parts of the committed checkpoint that a crash left unwritten
             self._write_checkpoint(meta["pending"])
         # continue after every part there is (parts beyond the state: written by an older pgen before a crash)
@@ -335,7 +340,8 @@ class PopulationWorker:
 
     def _save_state(self, pending: dict[str, Any]) -> None:
         worker = {"checkpoints": self.checkpoints, "origin": self.origin, "restarts": self.restarts,
-                  "last_return": self.last_return, "status": "done" if self.done else "running", "pending": pending}
+                  "last_return": self.last_return, "status": "done" if self.done else "running", "pending": pending,
+                  "actor_frozen_until": self.learner.actor_frozen_until}
         save_state(self.store, self._state_prefix(), self.learner, extra={WORKER_FILE: json.dumps(worker).encode()})
 
     def status(self) -> dict[str, Any]:
@@ -379,7 +385,7 @@ def populate(cfg: PopulateConfig) -> dict[int, dict[str, Any]]:
         from pgen.generator.sample import check_target
 
         check_target(seed.target_return, "population.seed.target_return")
-    check_seed_candidates(seed.candidates)
+    check_seed_settings(cfg.population)
     check_member_resources(cfg.population.resources)
     store_cfg = portable_store_config(cfg.store)  # fails fast on a bad store URI, before Ray starts
     init_ray()

@@ -63,6 +63,22 @@ def test_same_seed_gives_the_same_first_updates(overrides):
     assert not np.array_equal(other.groups["agent"].actor.flat_params(), runs[0][0])
 
 
+def test_a_frozen_actor_plays_unchanged_while_its_critic_learns():
+    """actor_frozen_until (population.seed_critic_warmup): the first updates train only the critic."""
+    learner = _learner([])
+    agent = learner.groups["agent"]
+    learner.actor_frozen_until = {"agent": 2}
+    actor0 = agent.actor.flat_params()
+    critic0 = torch.cat([p.detach().flatten() for p in agent.critic.parameters()]).clone()
+    for _ in range(2):
+        learner.iterate()
+    np.testing.assert_array_equal(agent.actor.flat_params(), actor0)
+    assert not torch.equal(torch.cat([p.detach().flatten() for p in agent.critic.parameters()]), critic0)
+    learner.iterate()  # iteration 2: the actor learns again
+    assert not np.array_equal(agent.actor.flat_params(), actor0)
+    learner.close()
+
+
 def test_trainer_state_round_trips_without_pickle():
     learner = _learner(["env=simple_tag"])
     learner.iterate()

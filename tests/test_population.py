@@ -211,6 +211,16 @@ def test_seed_from_starts_members_from_seed_checkpoints(tmp_path):
     first = min(rows, key=lambda r: r["step"])
     assert first["step"] == 0 and first["origin"] == "seeded:gen@3"
     assert np.array_equal(np.asarray(first["params"], np.float32), seeds[1])
+    # population.seed_critic_warmup=2: the seeded policy plays unchanged for two updates, then learns
+    out = pgen("populate", *TINY, "population.size=1", "population.max_env_steps=300", f"store.uri={store_dir}",
+               "population.checkpoint_every=1", "population.seed_from=seedrun", "population.seed_critic_warmup=2",
+               "run_id=warm", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    by_update = {r["update"]: np.asarray(r["params"], np.float32)
+                 for r in store.read_records(run_id="warm-m000").table.to_pylist()}
+    assert sorted(by_update) == [0, 1, 2, 3]
+    assert all(np.array_equal(by_update[u], seeds[0]) for u in (0, 1, 2))
+    assert not np.array_equal(by_update[3], seeds[0])
 
 
 def test_bad_population_config_is_a_clear_error(tmp_path):
