@@ -204,23 +204,19 @@ def test_seed_from_starts_members_from_seed_checkpoints(tmp_path):
                   "checksum": params_checksum(params), "created_at": __import__("datetime").datetime.now(
                       __import__("datetime").timezone.utc), "seed": 0, "origin": "seeded:gen@3"}
         store.write_part([record], env_key(cfg.env), "agent", spec.arch_key, "seedrun", i)
-    out = pgen("populate", *TINY, "population.size=2", "population.max_env_steps=200", f"store.uri={store_dir}",
-               "population.seed_from=seedrun", "run_id=seeded", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    rows = store.read_records(run_id="seeded-m001").table.to_pylist()
-    first = min(rows, key=lambda r: r["step"])
-    assert first["step"] == 0 and first["origin"] == "seeded:gen@3"
-    assert np.array_equal(np.asarray(first["params"], np.float32), seeds[1])
-    # population.seed_critic_warmup=2: the seeded policy plays unchanged for two updates, then learns
-    out = pgen("populate", *TINY, "population.size=1", "population.max_env_steps=300", f"store.uri={store_dir}",
+    # population.seed_critic_warmup=2: each seeded policy plays unchanged for two updates, then learns
+    out = pgen("populate", *TINY, "population.size=2", "population.max_env_steps=300", f"store.uri={store_dir}",
                "population.checkpoint_every=1", "population.seed_from=seedrun", "population.seed_critic_warmup=2",
-               "run_id=warm", cwd=tmp_path)
+               "run_id=seeded", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    by_update = {r["update"]: np.asarray(r["params"], np.float32)
-                 for r in store.read_records(run_id="warm-m000").table.to_pylist()}
-    assert sorted(by_update) == [0, 1, 2, 3]
-    assert all(np.array_equal(by_update[u], seeds[0]) for u in (0, 1, 2))
-    assert not np.array_equal(by_update[3], seeds[0])
+    for member in (0, 1):
+        rows = store.read_records(run_id=f"seeded-m{member:03d}").table.to_pylist()
+        first = min(rows, key=lambda r: r["step"])
+        assert first["step"] == 0 and first["origin"] == "seeded:gen@3"
+        by_update = {r["update"]: np.asarray(r["params"], np.float32) for r in rows}
+        assert sorted(by_update) == [0, 1, 2, 3]
+        assert all(np.array_equal(by_update[u], seeds[member]) for u in (0, 1, 2))
+        assert not np.array_equal(by_update[3], seeds[member])
 
 
 def test_bad_population_config_is_a_clear_error(tmp_path):

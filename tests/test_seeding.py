@@ -21,24 +21,26 @@ POPULATE = ["policy.hidden=[8]", "population.size=2", "population.max_env_steps=
             "population.cpus_per_worker=0.5", "seed=3"]
 
 
-@pytest.fixture
-def served_generator(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def served_generator(tmp_path_factory):
+    """One generator served for the module's tests (each writes its own run ids)."""
     import ray
     from ray import serve
 
     from serve.app import run
 
-    store_uri = str(tmp_path / "store")
+    store_uri = str(tmp_path_factory.mktemp("seeding") / "store")
     fill_store(CheckpointStore(store_uri))
     train_generator(train_cfg(store_uri, name="spread", epochs=2))
-    for key, value in local_serve_env().items():  # free side ports for the HAProxy ingress `run` starts
-        monkeypatch.setenv(key, value)
-    port, grpc_port = free_ports(2)
-    run(compose_config("serve", [f"store.uri={store_uri}", f"serve.port={port}", f"serve.grpc_port={grpc_port}",
-                                 "serve.max_replicas=1", "serve.app_name=gen"]), blocking=False)
-    yield store_uri
-    serve.shutdown()
-    ray.shutdown()
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in local_serve_env().items():  # free side ports for the HAProxy ingress `run` starts
+            patch.setenv(key, value)
+        port, grpc_port = free_ports(2)
+        run(compose_config("serve", [f"store.uri={store_uri}", f"serve.port={port}", f"serve.grpc_port={grpc_port}",
+                                     "serve.max_replicas=1", "serve.app_name=gen"]), blocking=False)
+        yield store_uri
+        serve.shutdown()
+        ray.shutdown()
 
 
 def test_population_members_seeded_through_a_deployment_handle(served_generator):
