@@ -45,7 +45,8 @@ from pgen.fileio import atomic_write
 from pgen.gate import decide, record_decision
 from pgen.generator.sample import promote
 from pgen.generator.train import generator_name, slice_spec
-from pgen.population import PopulationWorker, check_member_resources, check_seed_settings, member_hparams
+from pgen.population import (PopulationWorker, algo_settings_drawn_per_member, check_member_resources,
+                             check_seed_settings, member_hparams)
 from pgen.progress import format_duration, log
 from pgen.ray_runtime import init_ray
 from pgen.store import CheckpointStore, open_store, portable_store_config
@@ -96,6 +97,8 @@ class Loop:
 
     def __init__(self, cfg: LoopConfig):
         check_config(cfg)
+        for line in algo_settings_drawn_per_member(cfg):
+            log.warning(line)
         self.cfg = cfg
         self.store: CheckpointStore = open_store(cfg.store)
         self.store_cfg = portable_store_config(cfg.store)

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from pgen.config import (AlgoConfig, ConfigError, PolicyConfig, PopulateConfig, PopulationConfig, ServeSettings,
-                         config_from_dict, enum_value, to_dict)
+from pgen.config import (AlgoConfig, ConfigError, LoopConfig, PolicyConfig, PopulateConfig, PopulationConfig,
+                         ServeSettings, config_from_dict, enum_value, to_dict)
 from pgen.envs import env_key
 from pgen.deployment import generator_handle
 from pgen.ray_runtime import init_ray
@@ -73,6 +73,18 @@ def check_member_resources(resources: dict[str, float]) -> None:
                              " use population.cpus_per_worker for CPUs")
         if not amount >= 0:
             raise ValueError(f"population.resources.{name} must be >= 0, got {amount}")
+
+
+def algo_settings_drawn_per_member(cfg: PopulateConfig | LoopConfig) -> list[str]:
+    """One line per `algo.<key>` changed from its default that `population.hparams` draws per member
+    instead (so the change has no effect), saying how to pin it."""
+    default, lines = AlgoConfig(), []
+    for key in sorted(set(cfg.population.hparams) & set(AlgoConfig.__dataclass_fields__)):
+        value, span = getattr(cfg.algo, key), [float(v) for v in cfg.population.hparams[key]]
+        if value != getattr(default, key) and span != [value, value]:
+            lines.append(f"algo.{key}={value} is not used: population.hparams.{key} draws it per member from {span};"
+                         f" pin it with population.hparams.{key}=[{value},{value}]")
+    return lines
 
 
 def check_seed_settings(population: PopulationConfig) -> None:
@@ -375,6 +387,8 @@ def populate(cfg: PopulateConfig) -> dict[int, dict[str, Any]]:
     if cfg.population.size < 1:
         raise ValueError(f"population.size must be >= 1, got {cfg.population.size}")
     member_hparams(cfg.population.hparams, cfg.seed, 0)  # fail fast on bad ranges, before Ray starts
+    for line in algo_settings_drawn_per_member(cfg):
+        log.warning(line)
     check_archs(cfg)
     seed = cfg.population.seed
     if seed.model is not None:

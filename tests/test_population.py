@@ -219,6 +219,18 @@ def test_seed_from_starts_members_from_seed_checkpoints(tmp_path):
         assert not np.array_equal(by_update[3], seeds[member])
 
 
+def test_an_algo_setting_population_hparams_draws_per_member_is_named_with_how_to_pin_it():
+    from pgen.population import algo_settings_drawn_per_member
+
+    assert algo_settings_drawn_per_member(compose_config("populate", [])) == []
+    (line,) = algo_settings_drawn_per_member(compose_config("populate", ["algo.lr=5e-4", "algo.gamma=0.95"]))
+    assert line.startswith("algo.lr=0.0005 is not used") and "population.hparams.lr=[0.0005,0.0005]" in line
+    assert algo_settings_drawn_per_member(compose_config("populate", ["algo.lr=5e-4",
+                                                                      "population.hparams.lr=[5e-4,5e-4]"])) == []
+    assert algo_settings_drawn_per_member(compose_config("loop", ["algo.ent_coef=0.05"]))[0].startswith(
+        "algo.ent_coef=0.05 is not used")
+
+
 def test_bad_population_config_is_a_clear_error(tmp_path):
     out = pgen("populate", "+population.hparams.learning_rate=[1,2]", f"store.uri={tmp_path}", cwd=tmp_path)
     assert out.returncode == 2 and "not an algo setting" in out.stderr and "Traceback" not in out.stderr
