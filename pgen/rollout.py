@@ -102,16 +102,18 @@ def actor_from_flat(spec: PolicySpec, flat: np.ndarray) -> Actor:
 
 
 def reference_returns(env_cfg: EnvConfig, others: Mapping[str, Actor], group: str, spec: PolicySpec,
-                      params: np.ndarray, episodes: int, label: str = "rescore") -> np.ndarray:
+                      params: np.ndarray, episodes: int, label: str = "rescore", seed: int = EVAL_SEED,
+                      env_steps: list[int] | None = None) -> np.ndarray:
     """Each parameter row's per-episode group returns `[N, episodes]` against the fixed `others`,
-    over the same fixed-seed greedy episodes for every row (EVAL_SEED, the populations' evaluation
-    episodes; never `pgen evaluate`'s held-out ones)."""
+    over the same fixed-seed greedy episodes for every row (by default EVAL_SEED, the populations'
+    evaluation episodes; never `pgen evaluate`'s held-out ones). `env_steps`: as in `evaluate_returns`."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     progress = Progress(label, len(params), unit="policies", every_s=10.0)
     out = np.empty((len(params), episodes), np.float64)
     for i, flat in enumerate(params):
-        out[i] = evaluate_returns(env_cfg, {**others, group: actor_from_flat(spec, flat)}, episodes)[group]
+        out[i] = evaluate_returns(env_cfg, {**others, group: actor_from_flat(spec, flat)}, episodes, seed=seed,
+                                  env_steps=env_steps)[group]
         progress.update(i + 1, force=i + 1 == len(params))
     return out
 
@@ -121,6 +123,6 @@ def best_candidate(env_cfg: EnvConfig, others: Mapping[str, Actor], group: str, 
     """(index, mean returns, env steps) of the best of the candidate policies `params` `[K, P]` of
     `group`, each played greedily against `others` on `episodes` selection episodes (SEED_SELECTION_SEED)."""
     steps: list[int] = []
-    means = [float(evaluate_returns(env_cfg, {**others, group: actor_from_flat(spec, flat)}, episodes,
-                                    seed=SEED_SELECTION_SEED, env_steps=steps)[group].mean()) for flat in params]
-    return int(np.argmax(means)), means, sum(steps)
+    means = reference_returns(env_cfg, others, group, spec, params, episodes, label="seed candidates",
+                              seed=SEED_SELECTION_SEED, env_steps=steps).mean(axis=1)
+    return int(np.argmax(means)), [float(m) for m in means], sum(steps)
