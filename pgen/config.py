@@ -235,6 +235,20 @@ class DatasetConfig:
 
 
 @dataclass
+class CalibrationSettings:
+    """After a fit, how the return condition is calibrated (README "Calibration"): `samples` policies are
+    generated for each of `points` returns (half at the training returns' quantiles, half evenly over
+    their range) and `refine` more, and played greedily on `episodes` calibration episodes; a request
+    for t is conditioned on the return whose policies achieved t."""
+
+    points: int = 16  # 0: no calibration (a request for t is conditioned on t)
+    samples: int = 4
+    episodes: int = 30
+    # more conditions, each midway between the two neighbours whose achieved returns differ most (in rounds of 4)
+    refine: int = 8
+
+
+@dataclass
 class GeneratorConfig:
     """The conditional transformer VAE (DESIGN.md "Generator") and how it is trained."""
 
@@ -274,6 +288,7 @@ class GeneratorConfig:
     rescore_episodes: int = 50
     return_balance: float = 0.0  # rows drawn ∝ density(return)^-return_balance (0: uniform; 1: each return bin equally)
     val_fraction: float = 0.2  # fraction of runs held out for validation (split by run, never by row)
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     device: str = "auto"  # auto: cuda when present, else cpu
     log_every_s: float = 10.0
 

@@ -40,6 +40,21 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(spearmanr(x, y).statistic)
 
 
+def isotonic_increasing(y: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """The non-decreasing sequence closest to `y` in weighted least squares (pool adjacent violators)."""
+    y = np.asarray(y, np.float64)
+    w = np.ones_like(y) if weights is None else np.asarray(weights, np.float64)
+    means, wsum, counts = [], [], []
+    for v, wi in zip(y, w):
+        means.append(v), wsum.append(wi), counts.append(1)
+        while len(means) > 1 and means[-2] > means[-1]:
+            m, n, c = means.pop(), wsum.pop(), counts.pop()
+            means[-1] = (means[-1] * wsum[-1] + m * n) / (wsum[-1] + n)
+            wsum[-1] += n
+            counts[-1] += c
+    return np.repeat(means, counts)
+
+
 def normalised_score(achieved: np.ndarray | float, r_random: float, r_top: float) -> np.ndarray | float:
     """1.0 = on par with the best 10 % of training checkpoints, 0.0 = uniform random."""
     return (np.asarray(achieved, np.float64) - r_random) / (r_top - r_random)

@@ -26,6 +26,9 @@ HELDOUT_EVAL_SEED = 60_000
 # a member choosing among generated seed policies plays them on these episodes, so the first checkpoint's
 # return (EVAL_SEED) is not flattered by the noise of the episodes its policy was chosen on
 SEED_SELECTION_SEED = 30_000
+# a generator calibrating its return condition after its fit plays its policies on these episodes
+# (`pgen.generator.calibration`), neither the populations' nor `pgen evaluate`'s
+CALIBRATION_SEED = 45_000
 
 
 @torch.no_grad()

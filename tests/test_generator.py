@@ -15,21 +15,23 @@ import numpy as np
 import pytest
 import torch
 
-from pgen.config import GeneratorConfig, compose_config
+from pgen.config import CalibrationSettings, GeneratorConfig, compose_config
 from pgen.envs import env_key
+from pgen.generator.calibration import calibration_curve, condition_for
 from pgen.generator.data import (Normalizer, ParamDataset, Tokenizer, load_slice, permutation_index,
                                  return_balance_weights, split_by_run)
 from pgen.generator.sample import GeneratorNotFound, list_generators, load_generator, resolve_model, save_generator
 from pgen.generator.train import fit, train_generator
-from pgen.metrics import (action_agreement, alignment_r2, cross_run_nn_median, learning_signal, min_relative_l2,
-                          nearest, normalised_score, spearman)
+from pgen.metrics import (action_agreement, alignment_r2, cross_run_nn_median, isotonic_increasing, learning_signal,
+                          min_relative_l2, nearest, normalised_score, spearman)
 from pgen.policy import Actor, PolicySpec, read_policy_file
 from pgen.store import CheckpointStore, params_checksum
 
 SPECS = [PolicySpec("mlp", 18, (64, 64), 5, True), PolicySpec("mlp", 7, (16,), 3, False, "relu"),
          PolicySpec("gru", 10, (12, 8), 4, True), PolicySpec("gru", 6, (5, 7), 2, False)]
 TINY_GEN = GeneratorConfig(d_model=16, n_layers=1, n_heads=2, latent_dim=4, fourier_features=4, epochs=4,
-                           batch_size=8, kl_warmup_epochs=2, log_every_s=60)
+                           batch_size=8, kl_warmup_epochs=2, log_every_s=60,
+                           calibration=CalibrationSettings(points=4, samples=1, episodes=4))
 SPREAD = compose_config("train-generator").env  # simple_spread: one group "agent", obs 18, 5 actions
 SMALL = PolicySpec("mlp", 18, (8,), 5, True)
 
@@ -183,6 +185,71 @@ def test_a_higher_condition_yields_a_higher_return_and_a_condition_blind_generat
     assert rho(rng.permutation(returns)) < 0.5  # the same model and data, blind to the return
 
 
+def test_isotonic_regression_is_the_closest_non_decreasing_fit():
+    y = np.array([1.0, 3.0, 2.0, 4.0, 0.0, 5.0])
+    fit_ = isotonic_increasing(y)
+    assert np.allclose(fit_, [1.0, 2.25, 2.25, 2.25, 2.25, 5.0])
+    assert np.all(np.diff(fit_) >= 0) and np.array_equal(isotonic_increasing([1.0, 2.0, 3.0]), [1.0, 2.0, 3.0])
+    # weights pull a pooled block towards the heavier value
+    assert np.allclose(isotonic_increasing([2.0, 0.0], weights=[3.0, 1.0]), [1.5, 1.5])
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # no other non-decreasing sequence is closer (brute force over perturbations)
+        v = rng.normal(size=7)
+        best = isotonic_increasing(v)
+        for _ in range(50):
+            other = np.sort(best + rng.normal(0, 0.1, 7))
+            assert ((other - v) ** 2).sum() >= ((best - v) ** 2).sum() - 1e-12
+
+
+def test_condition_for_inverts_the_fitted_curve():
+    cal = {"conditions": [-150.0, -130.0, -100.0, -80.0, -60.0], "fitted": [-90.0, -90.0, -80.0, -65.0, -55.0]}
+    got = condition_for(cal, [-80.0, -72.5, -55.0, -50.0, -40.0, -95.0, -120.0])
+    assert np.allclose(got, [-100.0, -90.0, -60.0, -60.0, -60.0, -150.0, -150.0], atol=1e-5)  # ends: the ends
+    assert np.all(np.diff(condition_for(cal, np.linspace(-120, -40, 50))) >= 0)  # monotone in the target
+    ident = {"conditions": [-100.0, -50.0], "fitted": [-100.0, -50.0]}
+    assert np.allclose(condition_for(ident, [-90.0, -60.0, -40.0]), [-90.0, -60.0, -50.0])
+
+
+def test_calibration_makes_a_compressed_generator_play_the_returns_it_is_asked_for():
+    """Data where the recorded return is a compressing function of the return the weights play (known
+    without an env): conditioned on the record, the generator plays g⁻¹(t) for a request t (R² well
+    below 1); calibrated on what its policies play, it plays t."""
+    rng = np.random.default_rng(1)
+    init = Actor(SMALL).flat_params()
+    u = rng.normal(size=init.size)
+    u /= np.linalg.norm(u)
+
+    def play(p: np.ndarray) -> np.ndarray:
+        return -100.0 + 10.0 * (np.asarray(p, np.float64) - init) @ u
+
+    params, runs = [], []
+    for r in range(5):
+        for k in range(30):
+            params.append(init + 0.2 * k * u + rng.normal(0, 0.01, init.size))
+            runs.append(f"r{r}")
+    params = np.stack(params).astype(np.float32)
+    plays = play(params)
+    lo, hi = plays.min(), plays.max()
+    recorded = lo + (plays - lo) ** 2 / (hi - lo)  # monotone, squeezes the low returns together
+    n = len(params)
+    data = ParamDataset(params, recorded, np.array(runs), np.tile(np.arange(30), 5), np.ones(n), np.full(n, 4))
+    gen = fit(replace(TINY_GEN, epochs=40, batch_size=16, kl_warmup_epochs=10), data, SMALL, seed=0).generator
+    targets = np.linspace(np.percentile(recorded, 5), np.percentile(recorded, 95), 8)
+
+    def r2() -> float:
+        return alignment_r2(np.repeat(targets, 3), play(gen.generate(targets, num=3, seed=1)))
+
+    uncalibrated = r2()
+    curve = calibration_curve(gen, recorded, CalibrationSettings(points=16, samples=4, episodes=1), play)
+    assert np.all(np.diff(curve["fitted"]) >= 0) and curve["conditions"] == sorted(curve["conditions"])
+    gen.info["calibration"] = curve
+    assert r2() >= 0.9 and uncalibrated <= 0.75, (r2(), uncalibrated)
+    gen.calibrated = False
+    assert r2() == uncalibrated
+    with pytest.raises(ValueError, match="calibration.points must be 0"):
+        calibration_curve(gen, recorded, CalibrationSettings(points=1), play)
+
+
 def test_a_slice_that_learned_nothing_is_flagged_by_train_generator_and_evaluate(tmp_path):
     store = CheckpointStore(str(tmp_path / "store"))
     for rows in synthetic_records(SMALL):  # every checkpoint plays at uniform random's level, give or take
@@ -330,8 +397,9 @@ def test_train_generator_and_generate_against_s3(s3_store_uri, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "registered spread@v0001" in out.stderr and "epochs/s" in out.stderr and "ETA" in out.stderr
     folder = tmp_path / "gens" / "spread" / "v0001"
-    assert (folder / "loss.png").stat().st_size > 1000
+    assert (folder / "loss.png").stat().st_size > 1000 and (folder / "calibration.png").stat().st_size > 1000
     assert any(p.name.startswith("events.out.tfevents") for p in (folder / "tensorboard").iterdir())
+    assert "calibrated (conditioned on → achieved, fitted)" in out.stderr
     out = pgen("generate", f"store.uri={s3_store_uri}", "target_return=-55", "num=4", "seed=3",
                f"out={tmp_path / 'p.safetensors'}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -339,8 +407,15 @@ def test_train_generator_and_generate_against_s3(s3_store_uri, tmp_path):
     assert pf.params.shape == (4, Actor(SMALL).layout.num_params)
     assert pf.metadata["model"] == "spread" and pf.metadata["version"] == "v0001"
     assert float(pf.metadata["target_return"]) == -55.0 and pf.metadata["arch"] == SMALL.arch_key
-    expected = load_generator(CheckpointStore(s3_store_uri), "spread").generate(-55.0, num=4, seed=3)
-    np.testing.assert_array_equal(pf.params, expected)
+    gen = load_generator(CheckpointStore(s3_store_uri), "spread")
+    np.testing.assert_array_equal(pf.params, gen.generate(-55.0, num=4, seed=3))
+    # the version's calibration (16 conditions × 4 policies × 30 episodes by default) decides the condition
+    cal = gen.info["calibration"]
+    assert len(cal["conditions"]) >= 2 and np.all(np.diff(cal["fitted"]) >= 0) and cal["samples"] == 4
+    conditioned = float(condition_for(cal, [-55.0])[0])
+    assert float(pf.metadata["conditioned_on"]) == pytest.approx(conditioned)
+    gen.calibrated = False
+    np.testing.assert_array_equal(pf.params, gen.generate(conditioned, num=4, seed=3))
 
 
 @pytest.mark.parametrize("args, message", [

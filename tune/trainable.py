@@ -28,7 +28,8 @@ from ray import tune
 from pgen.config import EvaluateConfig, EvaluateSettings, config_from_dict
 from pgen.evaluate import Baselines, evaluate_generator
 from pgen.generator.data import ParamDataset
-from pgen.generator.sample import generator_files
+from pgen.generator.calibration import calibrate
+from pgen.generator.sample import Generator, generator_files
 from pgen.generator.train import fit
 from pgen.policy import PolicySpec
 
@@ -93,6 +94,10 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         raise RuntimeError(f"fit split the runs differently from the sweep: {result.train_runs}")
     gen = result.generator
     gen.info.update(setup.slice_info)
+    if isinstance(gen, Generator):  # as `pgen train-generator` does before it registers a version
+        base = setup.baselines
+        calibrate(gen, base.env_cfg, base.others, base.data.returns, cfg.calibration,
+                  label=f"trial {tune.get_context().get_trial_id()}: calibration")
     with tempfile.TemporaryDirectory(prefix="pgen-trial-") as folder:
         last["save"](Path(folder))
         settings = replace(setup.evaluate, out_dir=str(Path(folder) / "evaluation"))

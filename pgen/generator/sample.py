@@ -32,6 +32,7 @@ from safetensors.torch import save as save_tensors
 
 from pgen.config import DEFAULT_TEMPERATURE, enum_value
 from pgen.generator.archgraph import ArchNotSupported, check_arch
+from pgen.generator.calibration import condition_for
 from pgen.generator.data import Normalizer, Tokenizer
 from pgen.generator.family_data import FamilyNormalizer
 from pgen.generator.family_model import MODEL_TYPE, ArchInputs, FamilyModelConfig, FamilyVAE, arch_inputs
@@ -75,6 +76,9 @@ class BaseGenerator:
 
     info: dict[str, Any]  # config.json: name, version, model, generator, policy_spec, layout, env, dataset …
     model: torch.nn.Module
+    # False: a version with a `calibration` is conditioned on each target as asked (what `decode` did
+    # before calibration; bench/pipeline.py's uncalibrated rows)
+    calibrated: bool = True
 
     @property
     def spec(self) -> PolicySpec:
@@ -116,6 +120,13 @@ class BaseGenerator:
         generator); replies report a target outside them as not `in_range`."""
         ds = self.info["dataset"]
         return float(ds["return_min"]), float(ds["return_max"])
+
+    def conditioning(self, returns: np.ndarray) -> np.ndarray:
+        """The return the model is conditioned on for each requested return: through the version's
+        calibration when it has one (`pgen.generator.calibration`), else the request itself."""
+        calibration = self.info.get("calibration")
+        returns = np.asarray(returns, np.float64)
+        return condition_for(calibration, returns) if calibration and self.calibrated else returns
 
     def generate(self, target_returns: float | Sequence[float], num: int = 1, seed: int = 0,
                  temperature: float = DEFAULT_TEMPERATURE, spec: PolicySpec | None = None) -> np.ndarray:
@@ -160,7 +171,7 @@ class Generator(BaseGenerator):
         self.check_spec(spec)
         if self.model.training:  # eval() walks every module: not on each request of a server
             self.model.eval()
-        c = self.normalizer.condition(torch.as_tensor(returns, dtype=torch.float64)).float().to(self.device)
+        c = self.normalizer.condition(torch.as_tensor(self.conditioning(returns))).float().to(self.device)
         tokens = self.model.decode(self.model.sample_latent(c, noise.to(self.device)), c)
         flat = self.normalizer.unstandardise(self.tokenizer.flat(tokens), self.tokenizer)
         return flat.cpu().numpy().astype(np.float32)
@@ -262,8 +273,9 @@ class FamilyGenerator(BaseGenerator):
         at = self.decoded_as(spec)
         self.model.eval()
         a = self.inputs(at)
-        returns = np.clip(returns, *self.return_range(spec)) if self.clips_condition else np.asarray(returns, np.float64)
-        c = self.normalizer.condition(torch.as_tensor(returns, dtype=torch.float64)).float().to(self.device)
+        returns = self.conditioning(returns)
+        returns = np.clip(returns, *self.return_range(spec)) if self.clips_condition else returns
+        c = self.normalizer.condition(torch.as_tensor(returns)).float().to(self.device)
         blocks = self.model.decode(self.model.sample_latent(c, noise.to(self.device), a), c, a)
         flat = self.normalizer.unstandardise(a.graph.flat(blocks), at).cpu().numpy().astype(np.float32)
         return flat if at == spec else np.stack([grow(row, at, spec) for row in flat])
@@ -473,5 +485,7 @@ def generate_file(cfg: Any, store: CheckpointStore | None = None) -> Path:
     out = Path(cfg.out or f"generated-{gen.name}-{gen.version}{arch}-{target:g}.safetensors").expanduser().resolve()
     extra = {"seed": str(cfg.seed), "temperature": repr(float(cfg.temperature)),
              "dataset_return_range": json.dumps(list(gen.return_range(spec)))}
+    if gen.info.get("calibration"):
+        extra["conditioned_on"] = repr(float(gen.conditioning(np.array([target]))[0]))
     return save_policy_file(out, params, spec, gen.info["env"]["id"], gen.info["group"], gen.name, gen.version,
                             target_return=target, extra=extra)

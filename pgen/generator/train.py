@@ -23,6 +23,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, S
 
 from pgen.config import EnvConfig, GeneratorConfig, TrainGeneratorConfig, enum_value, to_dict
 from pgen.envs import describe_env, env_key
+from pgen.generator.calibration import calibrate, check_calibration_settings, plot_calibration
 from pgen.generator.data import (Normalizer, ParamDataset, Tokenizer, load_slice, permutation_index, reference_actors,
                                  return_balance_weights, split_by_run)
 from pgen.generator.family_data import FamilyData, family_archs, load_family
@@ -438,11 +439,17 @@ def train_generator(cfg: TrainGeneratorConfig, store: CheckpointStore | None = N
             if k != "epoch":
                 writer.add_scalar(f"generator/{k}", v, metrics["epoch"])
 
+    check_calibration_settings(cfg.generator.calibration)
     result = fit(cfg.generator, sl.data, sl.spec, cfg.seed, callback, label=f"train-generator {name}",
                  warm_start=warm_start)
     writer.close()
     gen = result.generator
     gen.info.update(sl.info(cfg.seed, result.train_runs, result.val_runs))
+    calibration = None
+    if isinstance(gen, Generator):  # arch-family versions are not calibrated (README "Calibration")
+        calibration = calibrate(gen, sl.env, reference_actors(store, gen.info, sl.env),
+                                sl.data.returns[np.isin(sl.data.run_ids, result.train_runs)],
+                                cfg.generator.calibration, label=f"train-generator {name}: calibration")
     final = result.history[-1]
     metrics = {"final": final, "history": result.history}
     version = save_generator(store, gen, metrics, promoted=promoted)
@@ -454,7 +461,9 @@ def train_generator(cfg: TrainGeneratorConfig, store: CheckpointStore | None = N
                        for k in ("train_recon", "val_recon")}, folder / "loss.png",
                       f"{name}@{version}: reconstruction loss (standardised params)", xlabel="epoch",
                       ylabel="mean squared error", window=1)
+    curve = (f"; calibration {plot_calibration(calibration, folder / 'calibration.png', f'{name}@{version}: the return condition')}"
+             if calibration else "")
     log.info(f"registered {name}@{version}{'' if promoted else ' (not promoted)'} in {store.uri}:"
              f" val recon {final.get('val_recon', float('nan')):.4f};"
-             f" loss curve {png}; TensorBoard: tensorboard --logdir {folder / 'tensorboard'}")
+             f" loss curve {png}{curve}; TensorBoard: tensorboard --logdir {folder / 'tensorboard'}")
     return gen

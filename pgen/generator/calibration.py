@@ -1,0 +1,153 @@
+"""Calibrating a generator's return condition, so that asking for a return t gives a policy that plays t.
+
+A fitted VAE's achieved return rises with the return it is conditioned on, but compressed: on the
+quick profile's seed 1, conditioning on −111 (the 5th percentile of its data) played −85, and
+conditioning on −133 played −102 (bench/README "Throughput → The main job"). After the fit,
+`calibrate` conditions on `points` returns (half at the quantiles of the training rows' returns,
+half evenly over their range) and `refine` more (each midway between the neighbours whose policies
+played most differently), generates `samples` policies for each (noise seeded from
+CALIBRATION_SEED, the default temperature), plays them greedily on `episodes` calibration episodes
+(CALIBRATION_SEED: neither the populations' checkpoint evaluation nor `pgen evaluate`'s held-out
+episodes, so the evaluation does not grade the calibration on its own noise), starts the curve at
+the condition whose policies played worst (below it the curve turns back up) and fits the
+non-decreasing curve achieved(condition) through the rest (isotonic regression). The curve is the
+version's `calibration` in config.json; `condition_for` inverts it: a request for t is conditioned
+on the return whose policies achieved t, and a t beyond what any achieved on the curve's end
+(conditioned beyond the data the model extrapolates and plays worse: on the quick profile's seed 0,
+the data's best plus the curve's 4-point shortfall played −61 in the evaluation where the best
+condition played −52).
+Versions without `calibration` (fitted before it, or with `generator.calibration.points=0`) are
+conditioned on the target as asked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pgen.config import DEFAULT_TEMPERATURE, CalibrationSettings, EnvConfig  # noqa: E402
+from pgen.metrics import isotonic_increasing  # noqa: E402
+from pgen.plots import save_figure  # noqa: E402
+from pgen.policy import Actor  # noqa: E402
+from pgen.progress import log  # noqa: E402
+from pgen.rollout import CALIBRATION_SEED, reference_returns  # noqa: E402
+
+
+def check_calibration_settings(settings: CalibrationSettings) -> None:
+    """ValueError naming the setting when `generator.calibration` cannot be run."""
+    if settings.points != 0 and settings.points < 2:
+        raise ValueError(f"generator.calibration.points must be 0 (off) or >= 2, got {settings.points}")
+    if settings.samples < 1 or settings.episodes < 1:
+        raise ValueError("generator.calibration.samples and .episodes must be >= 1, got"
+                         f" {settings.samples} and {settings.episodes}")
+    if settings.refine < 0:
+        raise ValueError(f"generator.calibration.refine must be >= 0, got {settings.refine}")
+
+
+def calibrate(gen: Any, env_cfg: EnvConfig, others: Mapping[str, Actor], returns: np.ndarray,
+              settings: CalibrationSettings, label: str = "calibrate") -> dict[str, Any] | None:
+    """Measure the calibration curve of the single-architecture generator `gen` (module docstring)
+    over the training rows' `returns`, its group played against the fixed `others`, and make it the
+    version's (`gen.info["calibration"]`); logs it. None (and no calibration) when `settings.points`
+    is 0, the returns are all one value or fewer than two conditions gave finite policies."""
+    gen.info.pop("calibration", None)
+    play = lambda params: reference_returns(env_cfg, others, gen.info["group"], gen.spec, params,  # noqa: E731
+                                            settings.episodes, label=label, seed=CALIBRATION_SEED).mean(axis=1)
+    curve = calibration_curve(gen, returns, settings, play)
+    if curve is None:
+        if settings.points:
+            log.warning(f"{label}: not calibrated (the training returns are one value, or the policies are not finite):"
+                        " requests are conditioned on the target as asked")
+        return None
+    gen.info["calibration"] = curve
+    points = ", ".join(f"{c:.1f} → {f:.1f}" for c, f in zip(curve["conditions"], curve["fitted"]))
+    log.info(f"{label}: calibrated (conditioned on → achieved, fitted): {points}")
+    return curve
+
+
+def calibration_curve(gen: Any, returns: np.ndarray, settings: CalibrationSettings,
+                      play: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any] | None:
+    """The curve `calibrate` records, with `play(params [n, P]) -> [n]` measuring each policy's
+    achieved return (finite rows only); None when there is nothing to calibrate."""
+    check_calibration_settings(settings)
+    if settings.points == 0:
+        return None
+    returns = np.asarray(returns, np.float64)
+    # half at the returns' quantiles (where the rows are), half evenly over their range (where they are few)
+    quantiles = np.percentile(returns, np.linspace(0, 100, settings.points - settings.points // 2))
+    conditions = np.unique(np.concatenate([quantiles, np.linspace(returns.min(), returns.max(), settings.points // 2)]))
+    if len(conditions) < 2:
+        return None
+    def measure(at: np.ndarray, round_: int) -> tuple[np.ndarray, np.ndarray]:
+        """(mean achieved return, finite policies) per condition of `at`."""
+        noise = gen.noise(len(at) * settings.samples, CALIBRATION_SEED + round_, DEFAULT_TEMPERATURE)
+        was, gen.calibrated = gen.calibrated, False  # measured as conditioned, not through an earlier calibration
+        try:
+            params = gen.decode(np.repeat(at, settings.samples), noise)
+        finally:
+            gen.calibrated = was
+        finite = np.isfinite(params).all(axis=1)
+        achieved = np.full(len(params), np.nan)
+        if finite.any():
+            achieved[finite] = play(params[finite])
+        per_condition = achieved.reshape(len(at), settings.samples)
+        counts = np.isfinite(per_condition).sum(axis=1)
+        with np.errstate(invalid="ignore"):
+            return np.where(counts > 0, np.nansum(per_condition, axis=1) / np.maximum(counts, 1), np.nan), counts
+
+    means, counts = measure(conditions, 0)
+    # refinement: one more condition between each of the neighbours whose achieved returns differ most
+    # (a cliff: there the linear interpolation between two conditions is furthest off), in rounds of 4
+    for round_ in range(1, 1 + -(-settings.refine // 4)):
+        ok = np.isfinite(means)
+        if ok.sum() < 2:
+            break
+        c_ok, m_ok = conditions[ok], means[ok]
+        gaps = np.argsort(-np.abs(np.diff(m_ok)), kind="stable")[:min(4, settings.refine - 4 * (round_ - 1))]
+        extra = (c_ok[gaps] + c_ok[gaps + 1]) / 2
+        more, more_counts = measure(extra, round_)
+        order = np.argsort(np.concatenate([conditions, extra]), kind="stable")
+        conditions = np.concatenate([conditions, extra])[order]
+        means, counts = np.concatenate([means, more])[order], np.concatenate([counts, more_counts])[order]
+    keep = counts > 0
+    if keep.sum() < 2:
+        return None
+    conditions, counts, means = conditions[keep], counts[keep], means[keep]
+    # below the condition whose policies play worst the curve turns back up (the lowest rows, a run's
+    # first checkpoints, are too few and too diverse to decode): the calibration starts there
+    lowest = int(np.argmin(means))
+    if len(means) - lowest < 2:
+        return None
+    conditions, counts, means = conditions[lowest:], counts[lowest:], means[lowest:]
+    return {"conditions": conditions.tolist(), "achieved": means.tolist(),
+            "fitted": isotonic_increasing(means, counts).tolist(), "samples": settings.samples,
+            "episodes": settings.episodes, "temperature": DEFAULT_TEMPERATURE, "seed": CALIBRATION_SEED}
+
+
+def condition_for(calibration: Mapping[str, Any], targets: np.ndarray) -> np.ndarray:
+    """The return to condition on for each requested return `targets` (module docstring)."""
+    t = np.asarray(targets, np.float64)
+    c = np.asarray(calibration["conditions"], np.float64)
+    f = np.asarray(calibration["fitted"], np.float64)
+    # flat stretches of the fitted curve spread by a negligible epsilon, so np.interp sees it increasing
+    xs = f + np.arange(len(f)) * max(float(f[-1] - f[0]), 1e-8) * 1e-9
+    return np.interp(t, xs, c)
+
+
+def plot_calibration(calibration: Mapping[str, Any], path: Path, title: str) -> Path:
+    """Achieved return over the conditioned-on return: the measured means, the fitted curve, the identity."""
+    fig, ax = plt.subplots(figsize=(6.2, 5.0), dpi=110)
+    c, a, f = (np.asarray(calibration[k]) for k in ("conditions", "achieved", "fitted"))
+    ax.plot(c, a, "o", color="tab:blue", label=f"achieved (mean of {calibration['samples']} policies)")
+    ax.plot(c, f, "-", color="tab:orange", label="fitted (non-decreasing): a request for t is conditioned on f⁻¹(t)")
+    lo, hi = float(min(c.min(), a.min())), float(max(c.max(), a.max()))
+    ax.plot([lo, hi], [lo, hi], color="black", linewidth=1, label="identity")
+    ax.set(title=title, xlabel="return conditioned on",
+           ylabel=f"achieved return (greedy, {calibration['episodes']} calibration episodes)")
+    return save_figure(fig, ax, path, {"fontsize": 7, "loc": "lower right"})
