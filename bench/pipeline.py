@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from rollout import PREVIOUS  # noqa: E402  (the PPO defaults before the batched backend)
 
 PREVIOUS_PROFILE = [*PREVIOUS, "population.size=3", "population.checkpoint_every=4", "population.cpus_per_worker=0.66",
-                    "population.hparams.lr=[0.00015,0.0015]"]
+                    "population.hparams.lr=[0.00015,0.0015]", "generator.calibration.points=0"]  # no calibration then
 TABLE = ("alignment_r2", "spearman", "retrieval_alignment_r2", "normalised_score_top", "copies")
 
 

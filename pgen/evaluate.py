@@ -203,7 +203,8 @@ def evaluate_generator(cfg: EvaluateConfig, store: CheckpointStore | None = None
         pts = [p for p in points if p["k"] == k]
         ach = np.array([p["achieved"] for p in pts])
         i = base.retrieval_rows[k]
-        rows.append({"target": target, "in_range": in_range[k], "achieved_mean": float(np.nanmean(ach)),
+        rows.append({"target": target, "in_range": in_range[k], "conditioned_on": float(gen.conditioning([target])[0]),
+                     "achieved_mean": float(np.nanmean(ach)),
                      "achieved_std": float(np.nanstd(ach)), "retrieval": base.achieved[i],
                      "retrieval_return_recorded": float(data.returns[i]),
                      "normalised_score": float(normalised_score(np.nanmean(ach), r_random, r_top)),
@@ -219,6 +220,7 @@ def evaluate_generator(cfg: EvaluateConfig, store: CheckpointStore | None = None
         "model": gen.model_id, "env_id": base.env_cfg.id, "group": base.group, "arch": gen.info["arch"],
         "episodes": s.episodes, "mode": "stochastic" if s.stochastic else "greedy", "samples": s.samples,
         "temperature": s.temperature, "reference": gen.info.get("reference"),
+        "calibrated": bool(gen.info.get("calibration")) and gen.calibrated,
         "dataset": {"checkpoints": int(len(data)), "runs": sorted(set(data.run_ids.tolist())),
                     "return_min": float(data.returns.min()), "return_max": float(data.returns.max())},
         "r_random": r_random, "r_top10": r_top, "top10_checkpoints": len(base.top_rows),
@@ -289,10 +291,12 @@ def format_result(r: dict[str, Any]) -> str:
     warning = learning_warning(r["learning_signal"], f"evaluate {r['model']}")
     lines = ([warning] if warning else []) + [f"{r['model']}: {r['env_id']} group {r['group']} ({r['arch']}), {r['episodes']} {r['mode']} episodes"
              f" per policy, {r['samples']} samples per target; return = group sum, mean per episode",
-             f"{'target':>9} {'generated':>16} {'retrieval':>10} {'norm score':>10} {'novelty':>8} {'agree':>6}"]
+             f"{'target':>9}{' conditioned on' if r.get('calibrated') else ''} {'generated':>16} {'retrieval':>10}"
+             f" {'norm score':>10} {'novelty':>8} {'agree':>6}"]
     for row in r["targets"]:
         flag = "" if row["in_range"] else "  (outside the dataset's range)"
-        lines.append(f"{row['target']:>9.1f} {row['achieved_mean']:>9.1f} ± {row['achieved_std']:<4.1f}"
+        cond = f" {row['conditioned_on']:>14.1f}" if r.get("calibrated") else ""
+        lines.append(f"{row['target']:>9.1f}{cond} {row['achieved_mean']:>9.1f} ± {row['achieved_std']:<4.1f}"
                      f" {row['retrieval']:>10.1f} {row['normalised_score']:>10.2f} {row['novelty']:>8.2f}"
                      f" {row['agreement']:>6.2f}{flag}")
     lines += [
