@@ -69,12 +69,16 @@ def test_loop_state_and_gate_records_round_trip(tmp_path):
 
 # --- the service, end to end -----------------------------------------------------------------------
 
+# a small calibration (it runs after every fit, as in the loop's profiles, but its default 96 policies × 30
+# episodes would let the members reach the budget before the faults below are injected)
 # loop.tolerance=1000: every version with finite gate metrics is promoted (what is promoted on tiny data
 # is noise; the gate's rule has its own test above), so the swaps under load are certain to happen
 LOOP = ["algo.num_envs=16", "algo.rollout_steps=25", "algo.update_epochs=2", "population.size=3",
         "population.checkpoint_every=2", "population.eval_episodes=8", "population.cpus_per_worker=0.3",
         "generator.epochs=12", "generator.d_model=16", "generator.n_layers=1", "generator.latent_dim=4",
-        "generator.batch_size=16", "evaluate.episodes=8", "evaluate.samples=2", "evaluate.targets=3",
+        "generator.batch_size=16", "generator.calibration.points=4", "generator.calibration.samples=1",
+        "generator.calibration.episodes=4", "generator.calibration.refine=2",
+        "evaluate.episodes=8", "evaluate.samples=2", "evaluate.targets=3",
         "evaluate.max_top=3", "evaluate.states=2", "loop.retrain_every=12", "loop.reseed_every=18",
         "loop.reseed_min_env_steps=4000", "loop.tolerance=1000", "loop.trainer_cpus=0.3", "loop.log_every_s=3",
         "serve.num_cpus=0.1", "serve.ingress_num_cpus=0.1", "serve.latest_ttl_s=0.5", "serve.max_replicas=1",
