@@ -43,6 +43,7 @@ from pgen.config import ConfigError, LoopConfig, PopulateConfig, SeedConfig, Ser
 from pgen.deployment import generator_handle
 from pgen.fileio import atomic_write
 from pgen.gate import decide, record_decision
+from pgen.generator.calibration import check_calibration_settings
 from pgen.generator.sample import promote
 from pgen.generator.train import generator_name, slice_spec
 from pgen.population import (PopulationWorker, algo_settings_drawn_per_member, check_member_resources,
@@ -90,6 +91,7 @@ def check_config(cfg: LoopConfig) -> None:
     member_hparams(cfg.population.hparams, cfg.seed, 0)
     check_member_resources(cfg.population.resources)
     check_seed_settings(cfg.population)
+    check_calibration_settings(cfg.generator.calibration)
 
 
 class Loop:

@@ -22,12 +22,14 @@ from pgen.generator.train import train_generator
 from pgen.metrics import learning_warning
 from pgen.fileio import atomic_write
 from pgen.population import populate
+from pgen.generator.calibration import check_calibration_settings
 from pgen.progress import format_duration, log
 from pgen.store import open_store
 
 
 def pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     t0 = time.monotonic()
+    check_calibration_settings(cfg.generator.calibration)  # not after minutes of populating
     store = open_store(cfg.store)  # fails fast on a bad URI
     run_id = cfg.run_id or f"pipe-{cfg.env.name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
     groups = [cfg.generator.group] if cfg.generator.group else [g.name for g in describe_env(cfg.env).groups]

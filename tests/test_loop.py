@@ -51,6 +51,8 @@ def test_reseed_targets_and_bad_loop_settings():
         check_config(compose_config("loop", ["loop.serve=false"]))
     with pytest.raises(ConfigError, match="loop.reseed_fraction"):
         check_config(compose_config("loop", ["loop.reseed_fraction=2"]))
+    with pytest.raises(ConfigError, match="generator.calibration.points must be 0"):  # not in a trainer, later
+        check_config(compose_config("loop", ["generator.calibration.points=1"]))
 
 
 def test_loop_state_and_gate_records_round_trip(tmp_path):

@@ -46,6 +46,12 @@ def test_typo_in_an_override_fails_with_the_key_named(tmp_path):
     assert out.returncode == 2 and "num_envs" in out.stderr
 
 
+def test_a_bad_calibration_setting_stops_the_pipeline_before_it_populates(tmp_path):
+    out = pgen("pipeline", "generator.calibration.samples=0", f"store.uri={tmp_path / 'store'}", cwd=tmp_path)
+    assert out.returncode == 2 and "generator.calibration.samples" in out.stderr and "Traceback" not in out.stderr
+    assert "populate" not in out.stderr and not (tmp_path / "store").exists()
+
+
 def test_unknown_env_id_fails_clearly(tmp_path):
     out = pgen("train", "env.id=not_a_module_xyz", cwd=tmp_path)
     assert out.returncode == 2 and "not an importable module" in out.stderr and "Traceback" not in out.stderr

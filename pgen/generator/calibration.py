@@ -31,7 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pgen.config import DEFAULT_TEMPERATURE, CalibrationSettings, EnvConfig  # noqa: E402
+from pgen.config import DEFAULT_TEMPERATURE, CalibrationSettings, ConfigError, EnvConfig  # noqa: E402
 from pgen.metrics import isotonic_increasing  # noqa: E402
 from pgen.plots import save_figure  # noqa: E402
 from pgen.policy import Actor  # noqa: E402
@@ -40,14 +40,15 @@ from pgen.rollout import CALIBRATION_SEED, reference_returns  # noqa: E402
 
 
 def check_calibration_settings(settings: CalibrationSettings) -> None:
-    """ValueError naming the setting when `generator.calibration` cannot be run."""
+    """ConfigError naming the setting when `generator.calibration` cannot be run (`pgen pipeline` and
+    `pgen loop` check it before Ray starts, `train-generator` before its fit)."""
     if settings.points != 0 and settings.points < 2:
-        raise ValueError(f"generator.calibration.points must be 0 (off) or >= 2, got {settings.points}")
+        raise ConfigError(f"generator.calibration.points must be 0 (off) or >= 2, got {settings.points}")
     if settings.samples < 1 or settings.episodes < 1:
-        raise ValueError("generator.calibration.samples and .episodes must be >= 1, got"
+        raise ConfigError("generator.calibration.samples and .episodes must be >= 1, got"
                          f" {settings.samples} and {settings.episodes}")
     if settings.refine < 0:
-        raise ValueError(f"generator.calibration.refine must be >= 0, got {settings.refine}")
+        raise ConfigError(f"generator.calibration.refine must be >= 0, got {settings.refine}")
 
 
 def calibrate(gen: Any, env_cfg: EnvConfig, others: Mapping[str, Actor], returns: np.ndarray,
