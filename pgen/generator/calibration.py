@@ -32,6 +32,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pgen.config import DEFAULT_TEMPERATURE, CalibrationSettings, ConfigError, EnvConfig  # noqa: E402
+from pgen.generator.data import spread_ties  # noqa: E402
 from pgen.metrics import isotonic_increasing  # noqa: E402
 from pgen.plots import save_figure  # noqa: E402
 from pgen.policy import Actor  # noqa: E402
@@ -136,9 +137,7 @@ def condition_for(calibration: Mapping[str, Any], targets: np.ndarray) -> np.nda
     t = np.asarray(targets, np.float64)
     c = np.asarray(calibration["conditions"], np.float64)
     f = np.asarray(calibration["fitted"], np.float64)
-    # flat stretches of the fitted curve spread by a negligible epsilon, so np.interp sees it increasing
-    xs = f + np.arange(len(f)) * max(float(f[-1] - f[0]), 1e-8) * 1e-9
-    return np.interp(t, xs, c)
+    return np.interp(t, spread_ties(f, max(float(f[-1] - f[0]), 1e-8)), c)  # flat stretches of the fit too
 
 
 def plot_calibration(calibration: Mapping[str, Any], path: Path, title: str) -> Path:

@@ -94,6 +94,12 @@ def condition_returns(data: ParamDataset, dataset_info: dict) -> ParamDataset:
     return replace(data, returns=np.array([lookup[k] for k in keys]))
 
 
+def spread_ties(knots: np.ndarray, span: float) -> np.ndarray:
+    """Non-decreasing `knots` made strictly increasing for `np.interp`: the i-th moved up by
+    i × span × 1e-9 (`span`: their range, so the move is negligible at any scale)."""
+    return knots + np.arange(len(knots)) * span * 1e-9
+
+
 def split_by_run(run_ids: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Row indices (train, validation) with whole runs held out: round(val_fraction × runs), at least
     one when there are two runs or more, none with a single run (then validation is empty)."""
@@ -271,8 +277,7 @@ class Normalizer:
         r = returns.double().cpu().numpy()
         knots = self.return_knots.numpy()
         span = max(self.return_high - self.return_low, 1e-8)
-        # strictly increasing knots (ties spread by a negligible epsilon) for np.interp
-        xs = knots + np.arange(len(knots)) * span * 1e-9
+        xs = spread_ties(knots, span)
         c = np.interp(r, xs, np.linspace(0.0, 1.0, len(knots)))
         c = np.where(r < xs[0], (r - xs[0]) / span, c)
         c = np.where(r > xs[-1], 1.0 + (r - xs[-1]) / span, c)

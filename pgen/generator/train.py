@@ -32,7 +32,7 @@ from pgen.generator.sample import Generator, pick_device, save_generator
 from pgen.plots import plot_curves
 from pgen.fileio import atomic_write
 from pgen.growth import family_key
-from pgen.policy import PolicySpec
+from pgen.policy import Actor, PolicySpec
 from pgen.progress import Progress, log
 from pgen.metrics import learning_signal, learning_warning
 from pgen.rollout import evaluate_returns, reference_returns
@@ -353,6 +353,7 @@ class TrainingSlice:
     name: str  # the generator's name in the store
     data: ParamDataset | FamilyData
     reference: dict[str, Any]  # the other groups' fixed policies (`reference_policies`)
+    others: dict[str, Actor]  # `reference` loaded: the actors the group's returns are measured against
     rescore_episodes: int = 0  # 0: data.returns are the records' own
     learning: dict[str, Any] = field(default_factory=dict)  # `metrics.learning_signal` of the slice
 
@@ -414,7 +415,7 @@ def open_slice(store: CheckpointStore, env_cfg: EnvConfig, policy_cfg: Any, gen_
     learning = learning_signal(data.returns, float(np.median(data.return_std)), n_episodes, r_random)
     if not learning["learned"]:
         log.warning(learning_warning(learning, f"{label} {name}"))
-    return TrainingSlice(store, env_cfg, key, group, spec, name, data, reference, rescore, learning)
+    return TrainingSlice(store, env_cfg, key, group, spec, name, data, reference, others, rescore, learning)
 
 
 def train_generator(cfg: TrainGeneratorConfig, store: CheckpointStore | None = None,
@@ -447,7 +448,7 @@ def train_generator(cfg: TrainGeneratorConfig, store: CheckpointStore | None = N
     gen.info.update(sl.info(cfg.seed, result.train_runs, result.val_runs))
     calibration = None
     if isinstance(gen, Generator):  # arch-family versions are not calibrated (README "Calibration")
-        calibration = calibrate(gen, sl.env, reference_actors(store, gen.info, sl.env),
+        calibration = calibrate(gen, sl.env, sl.others,
                                 sl.data.returns[np.isin(sl.data.run_ids, result.train_runs)],
                                 cfg.generator.calibration, label=f"train-generator {name}: calibration")
     final = result.history[-1]
