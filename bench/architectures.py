@@ -14,7 +14,8 @@ populations of several architectures, measured on those and on architectures it 
    per held-out architecture of a depth never trained, the same metrics when the model decodes it
    directly (`direct_depth`) instead of decoding it cut to a trained depth and deepening it; and per
    architecture whose condition is clipped to its range, the same metrics conditioned on the targets
-   as asked (`unclamped`); and per held-out architecture of widths never trained, the same metrics
+   as asked (`unclamped`); and per architecture of a calibrated version, the same metrics without
+   the calibration (`uncalibrated`: conditioned on the target as asked); and per held-out architecture of widths never trained, the same metrics
    with the other handling of new widths than the version's (`other_widths`: decoded as the trained
    architecture it is widened from, or decoded directly).
    With `--single H`, also today's single-architecture generator on the training architecture H's
@@ -178,6 +179,7 @@ def measure(store_path: Path, init: str, seed: int, args: argparse.Namespace) ->
     result = evaluate_generator(ecfg, store, gen, base)
     print(format_result(result), flush=True)
     direct, asked, widths = direct_depth(gen, base), unclamped(gen, base), other_widths(gen, base)
+    as_asked = uncalibrated(gen, base)
     recon = heldout_recon(store_path, gen)
     png = Path(args.out).with_name(f"{Path(args.out).stem}-{init}-s{seed}.png")
     shutil.copyfile(result["plot"], png)
@@ -186,7 +188,8 @@ def measure(store_path: Path, init: str, seed: int, args: argparse.Namespace) ->
             "generator": gen.info["generator"],
             "plot": os.path.relpath(png, RESULTS.parent), "r_random": result["r_random"], "r_top10": result["r_top10"],
             "best_trained": result["best_trained"], "dataset": result["dataset"], "targets": result["targets"],
-            "recon": recon, "direct_depth": direct, "unclamped": asked,
+            "recon": recon, "direct_depth": direct, "unclamped": asked, "uncalibrated": as_asked,
+            "calibration": gen.info.get("calibration"),
             "unseen_widths": "grown" if gen.grow_unseen_width else "decoded", "other_widths": widths,
             "archs": [{"arch": a["arch"], "hidden": a["hidden"], "trained": a["trained"],
                        **{k: a[k] for k in KEYS}, "per_target": a["targets"]} for a in result["archs"]]}
@@ -232,6 +235,14 @@ def unclamped(gen: FamilyGenerator, base) -> dict:
         return gen.clips_condition and not all(low <= t <= high for t in base.targets)
 
     return variant(gen, base, "clamp_to_arch_range", [s for s in evaluation_specs(gen, base.settings) if clipped(s)])
+
+
+def uncalibrated(gen: FamilyGenerator, base) -> dict:
+    """Per architecture of a calibrated version, the metrics of conditioning through no calibration
+    curve (`calibrated=False`: the target as asked, still clipped to its range), beside the default."""
+    from pgen.evaluate_family import evaluation_specs
+
+    return variant(gen, base, "calibrated", [s for s in evaluation_specs(gen, base.settings) if gen.calibration_for(s)])
 
 
 def other_widths(gen: FamilyGenerator, base) -> dict:
@@ -506,6 +517,10 @@ def main() -> None:
         for arch, a in (r.get("unclamped") or {}).items():
             print(f"{r['init']:<12} {r['seed']:>4} {arch:<24} conditioned on the targets as asked (not clipped to its"
                   f" range): R² {a['alignment_r2']:.2f} ρ {a['spearman']:.2f} score {a['normalised_score_top']:.2f}")
+    for r in rows:
+        for arch, a in (r.get("uncalibrated") or {}).items():
+            print(f"{r['init']:<12} {r['seed']:>4} {arch:<24} not calibrated (conditioned on the target as asked):"
+                  f" R² {a['alignment_r2']:.2f} ρ {a['spearman']:.2f} score {a['normalised_score_top']:.2f}")
     for r in rows:
         other = r.get("other_widths") or {}
         for arch, a in other.get("archs", {}).items():

@@ -220,7 +220,7 @@ def evaluate_generator(cfg: EvaluateConfig, store: CheckpointStore | None = None
         "model": gen.model_id, "env_id": base.env_cfg.id, "group": base.group, "arch": gen.info["arch"],
         "episodes": s.episodes, "mode": "stochastic" if s.stochastic else "greedy", "samples": s.samples,
         "temperature": s.temperature, "reference": gen.info.get("reference"),
-        "calibrated": bool(gen.info.get("calibration")) and gen.calibrated,
+        "calibrated": bool(gen.calibration_for()) and gen.calibrated,
         "dataset": {"checkpoints": int(len(data)), "runs": sorted(set(data.run_ids.tolist())),
                     "return_min": float(data.returns.min()), "return_max": float(data.returns.max())},
         "r_random": r_random, "r_top10": r_top, "top10_checkpoints": len(base.top_rows),

@@ -178,7 +178,8 @@ def evaluate_arch(gen: FamilyGenerator, base: FamilyBaselines, spec: PolicySpec,
     rows = []
     for k, target in enumerate(targets):
         ach = np.array([p["achieved"] for p in points if p["k"] == k])
-        rows.append({"target": target, "in_range": base.in_range[k], "achieved_mean": float(np.nanmean(ach)),
+        rows.append({"target": target, "in_range": base.in_range[k],
+                     "conditioned_on": float(gen.conditioning([target], spec)[0]), "achieved_mean": float(np.nanmean(ach)),
                      "achieved_std": float(np.nanstd(ach)), "retrieval_transfer": retrieved[retrieval_rows[k]],
                      "retrieval_arch": retrieval_rows[k][0],
                      "normalised_score": float(normalised_score(np.nanmean(ach), r_random, r_top))})
@@ -189,6 +190,7 @@ def evaluate_arch(gen: FamilyGenerator, base: FamilyBaselines, spec: PolicySpec,
     top_k = len(targets) - 1 - len(s.extra_targets)
     return {
         "arch": spec.arch_key, "hidden": list(spec.hidden), "trained": trained, "num_params": spec.layout.num_params,
+        "calibrated": bool(gen.calibration_for(spec)) and gen.calibrated,
         "transfer_source": best[0], "transfer_checkpoint": {
             "arch": best[0], "run_id": str(data.parts[best[0]].run_ids[best[1]]),
             "step": int(data.parts[best[0]].steps[best[1]]), "return": float(data.parts[best[0]].returns[best[1]])},

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from pgen.config import GeneratorConfig, compose_config
 from pgen.envs import describe_env, env_key
 from pgen.generator.archgraph import MAX_WIDTH, ArchGraph, ArchNotSupported, arch_code, spec_from_code
+from pgen.generator.calibration import condition_for
 from pgen.generator.data import ParamDataset
 from pgen.generator.family_data import FamilyData, FamilyNormalizer, family_archs, load_family
 from pgen.generator.sample import FamilyGenerator, load_generator, read_generator, requested_spec, save_generator
@@ -237,6 +238,28 @@ def test_the_condition_is_clipped_to_the_range_of_the_architecture_it_is_decoded
                               gen.generate(-52.0, num=2, seed=4, spec=spec(8)))
 
 
+def test_a_family_version_conditions_each_architecture_through_its_source_architectures_calibration():
+    """An arch-family version's `calibration` holds one curve per trained architecture; a request
+    for an architecture is conditioned through the curve of the trained one its policies come from
+    (itself, or its transfer source), then clipped to that architecture's range."""
+    data = synthetic_family([spec(8), spec(16, 16)], runs=2, per_run=3)
+    data.parts["mlp-18x8x5-tanh"].returns[:] -= 10.0  # [8] spans −90 … −82, [16, 16] −80 … −72
+    gen = fit(replace(TINY, epochs=1), data, spec(16, 16), seed=0).generator
+    curve = lambda shift: {"conditions": [-90.0 + shift, -80.0 + shift], "fitted": [-100.0 + shift, -80.0 + shift],  # noqa: E731
+                           "achieved": [-100.0 + shift, -80.0 + shift], "samples": 1, "episodes": 1}
+    uncalibrated = {s.arch_key: gen.conditioning([-85.0], s) for s in (spec(8), spec(12, 12), spec(16, 16, 16))}
+    gen.info["calibration"] = {"mlp-18x8x5-tanh": curve(0.0), "mlp-18x16x16x5-tanh": curve(8.0)}
+    for s, source, expected in ((spec(8), "mlp-18x8x5-tanh", -82.5), (spec(12, 12), "mlp-18x8x5-tanh", -82.5),
+                                (spec(16, 16, 16), "mlp-18x16x16x5-tanh", -78.5)):
+        assert gen.calibration_for(s) is gen.info["calibration"][source]
+        assert gen.conditioning([-85.0], s) == pytest.approx([expected])
+        calibrated = gen.generate(-85.0, num=2, seed=4, spec=s)
+        gen.calibrated = False
+        assert np.array_equal(gen.generate(expected, num=2, seed=4, spec=s), calibrated)
+        assert gen.conditioning([-85.0], s) == pytest.approx(uncalibrated[s.arch_key])  # as asked, clipped
+        gen.calibrated = True
+
+
 @contextmanager
 def one_thread() -> Iterator[None]:
     """torch on one thread inside (the fixtures were generated so), the caller's count restored after."""
@@ -368,6 +391,10 @@ def test_mixed_population_to_family_generator_generate_and_evaluate_end_to_end(t
     assert info["model"]["type"] == "arch-family" and info["dataset"]["arch_rows"] == {
         "mlp-18x8x5-tanh": 6, "mlp-18x8x8x5-tanh": 6}
     assert set(info["dataset"]["max_step"]) == {f"mix-m00{m}" for m in range(4)}
+    # calibrated after the fit, one curve per trained architecture (README "Calibration")
+    assert sorted(info["calibration"]) == info["archs"]
+    assert all(len(c["conditions"]) == len(c["fitted"]) >= 2 for c in info["calibration"].values())
+    assert next((tmp_path / "gen").rglob("calibration.png")).stat().st_size > 1000
     for args, key in [(["arch=mlp-18x12x12x5-tanh"], "mlp-18x12x12x5-tanh"), (["policy.hidden=[16]"], "mlp-18x16x5-tanh")]:
         out = pgen("generate", *common, "target_return=-60", "num=2", *args, f"out={tmp_path / (key + '.safetensors')}",
                    cwd=tmp_path)
@@ -376,9 +403,12 @@ def test_mixed_population_to_family_generator_generate_and_evaluate_end_to_end(t
         assert params["params"].shape == (2, PolicySpec.from_arch_key(key).layout.num_params)
         # the range reported is that of the trained architecture it is decoded from (what the condition is clipped to)
         with safe_open(str(tmp_path / f"{key}.safetensors"), "np") as f:
-            reported = json.loads(f.metadata()["dataset_return_range"])
+            metadata = f.metadata()
+        reported = json.loads(metadata["dataset_return_range"])
         source = {"mlp-18x12x12x5-tanh": "mlp-18x8x8x5-tanh", "mlp-18x16x5-tanh": "mlp-18x8x5-tanh"}[key]
         assert reported == info["arch_return_range"][source]
+        conditioned = float(np.clip(condition_for(info["calibration"][source], np.array([-60.0]))[0], *reported))
+        assert float(metadata["conditioned_on"]) == pytest.approx(conditioned)
     out = pgen("generate", *common, "target_return=-60", "policy.hidden=[600]", cwd=tmp_path)
     assert out.returncode != 0 and "hidden sizes must be at most 512" in out.stderr
     out = pgen("evaluate", *common, "evaluate.archs=[[12,12]]", "evaluate.episodes=4", "evaluate.samples=1",
@@ -389,6 +419,10 @@ def test_mixed_population_to_family_generator_generate_and_evaluate_end_to_end(t
     assert [(a["arch"], a["trained"]) for a in result["archs"]] == [
         ("mlp-18x8x5-tanh", True), ("mlp-18x8x8x5-tanh", True), ("mlp-18x12x12x5-tanh", False)]
     held_out = result["archs"][-1]
+    assert all(a["calibrated"] for a in result["archs"])
+    assert [r["conditioned_on"] for r in held_out["targets"]] == pytest.approx(
+        np.clip(condition_for(info["calibration"]["mlp-18x8x8x5-tanh"], np.array(result["targets"])),
+                *info["arch_return_range"]["mlp-18x8x8x5-tanh"]).tolist())
     # transfer: the best trained checkpoint (of whichever trained architecture it is) grown into the
     # held-out one; novelty: against the largest trained architecture that grows into it
     assert held_out["transfer_source"] in ("mlp-18x8x5-tanh", "mlp-18x8x8x5-tanh")

@@ -29,7 +29,7 @@ from pgen.config import EvaluateConfig, EvaluateSettings, config_from_dict
 from pgen.evaluate import Baselines, evaluate_generator
 from pgen.generator.data import ParamDataset
 from pgen.generator.calibration import calibrate
-from pgen.generator.sample import Generator, generator_files
+from pgen.generator.sample import generator_files
 from pgen.generator.train import fit
 from pgen.policy import PolicySpec
 
@@ -94,10 +94,9 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         raise RuntimeError(f"fit split the runs differently from the sweep: {result.train_runs}")
     gen = result.generator
     gen.info.update(setup.slice_info)
-    if isinstance(gen, Generator):  # as `pgen train-generator` does before it registers a version
-        base = setup.baselines
-        calibrate(gen, base.env_cfg, base.others, base.data.returns, cfg.calibration,
-                  label=f"trial {tune.get_context().get_trial_id()}: calibration")
+    base = setup.baselines  # its training rows, as `pgen train-generator` calibrates before it registers a version
+    calibrate(gen, base.env_cfg, base.others, base.data, cfg.calibration,
+              label=f"trial {tune.get_context().get_trial_id()}: calibration")
     with tempfile.TemporaryDirectory(prefix="pgen-trial-") as folder:
         last["save"](Path(folder))
         settings = replace(setup.evaluate, out_dir=str(Path(folder) / "evaluation"))

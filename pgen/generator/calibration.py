@@ -16,6 +16,10 @@ on the return whose policies achieved t, and a t beyond what any achieved on the
 (conditioned beyond the data the model extrapolates and plays worse: on the quick profile's seed 0,
 the data's best plus the curve's 4-point shortfall played −61 in the evaluation where the best
 condition played −52).
+An arch-family version is calibrated per trained architecture, over that architecture's training
+rows: its `calibration` is {arch key: curve}, and a request for any architecture goes through the
+curve of the trained architecture its policies come from (`FamilyGenerator.source_key`: itself, or
+the transfer source of a held-out one), then is clipped to that architecture's range as before.
 Versions without `calibration` (fitted before it, or with `generator.calibration.points=0`) are
 conditioned on the target as asked.
 """
@@ -23,7 +27,7 @@ conditioned on the target as asked.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import matplotlib
 
@@ -32,10 +36,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pgen.config import DEFAULT_TEMPERATURE, CalibrationSettings, ConfigError, EnvConfig  # noqa: E402
-from pgen.generator.data import spread_ties  # noqa: E402
+from pgen.generator.data import ParamDataset, spread_ties  # noqa: E402
+from pgen.generator.family_data import FamilyData  # noqa: E402
 from pgen.metrics import isotonic_increasing  # noqa: E402
 from pgen.plots import save_figure  # noqa: E402
-from pgen.policy import Actor  # noqa: E402
+from pgen.policy import Actor, PolicySpec  # noqa: E402
 from pgen.progress import log  # noqa: E402
 from pgen.rollout import CALIBRATION_SEED, reference_returns  # noqa: E402
 
@@ -52,31 +57,50 @@ def check_calibration_settings(settings: CalibrationSettings) -> None:
         raise ConfigError(f"generator.calibration.refine must be >= 0, got {settings.refine}")
 
 
-def calibrate(gen: Any, env_cfg: EnvConfig, others: Mapping[str, Actor], returns: np.ndarray,
-              settings: CalibrationSettings, label: str = "calibrate") -> dict[str, Any] | None:
-    """Measure the calibration curve of the single-architecture generator `gen` (module docstring)
-    over the training rows' `returns`, its group played against the fixed `others`, and make it the
-    version's (`gen.info["calibration"]`); logs it. None (and no calibration) when `settings.points`
-    is 0, the returns are all one value or fewer than two conditions gave finite policies."""
+def calibrate(gen: Any, env_cfg: EnvConfig, others: Mapping[str, Actor], data: ParamDataset | FamilyData,
+              settings: CalibrationSettings, train_runs: Sequence[str] | None = None,
+              label: str = "calibrate") -> dict[str, Any] | None:
+    """Measure the calibration curve of `gen` (module docstring) over the returns of `data`'s rows
+    of `train_runs` (None: every row), its group played against the fixed `others`, and make it the
+    version's (`gen.info["calibration"]`); logs it. An arch-family generator (`data` a `FamilyData`)
+    gets one curve per trained architecture, over that architecture's rows, as {arch key: curve}.
+    None (and no calibration) when `settings.points` is 0, or when no curve could be measured (the
+    returns are all one value, or fewer than two conditions gave finite policies)."""
     gen.info.pop("calibration", None)
-    play = lambda params: reference_returns(env_cfg, others, gen.info["group"], gen.spec, params,  # noqa: E731
-                                            settings.episodes, label=label, seed=CALIBRATION_SEED).mean(axis=1)
-    curve = calibration_curve(gen, returns, settings, play)
-    if curve is None:
-        if settings.points:
-            log.warning(f"{label}: not calibrated (the training returns are one value, or the policies are not finite):"
-                        " requests are conditioned on the target as asked")
+    family = isinstance(data, FamilyData)
+    parts = data.parts.items() if family else [(gen.spec.arch_key, data)]
+    curves = {}
+    for key, part in parts:
+        spec = data.specs[key] if family else gen.spec
+        rows = np.ones(len(part), bool) if train_runs is None else np.isin(part.run_ids, list(train_runs))
+        play = lambda params, spec=spec: reference_returns(  # noqa: E731
+            env_cfg, others, gen.info["group"], spec, params, settings.episodes, label=label,
+            seed=CALIBRATION_SEED).mean(axis=1)
+        curve = calibration_curve(gen, part.returns[rows], settings, play, spec) if rows.any() else None
+        if curve is not None:
+            curves[key] = curve
+            points = ", ".join(f"{c:.1f} → {f:.1f}" for c, f in zip(curve["conditions"], curve["fitted"]))
+            log.info(f"{label}{f' ({key})' if family else ''}: calibrated (conditioned on → achieved, fitted): {points}")
+        elif settings.points:
+            log.warning(f"{label}{f' ({key})' if family else ''}: not calibrated (the training returns are one value,"
+                        " or the policies are not finite): requests are conditioned on the target as asked")
+    if not curves:
         return None
-    gen.info["calibration"] = curve
-    points = ", ".join(f"{c:.1f} → {f:.1f}" for c, f in zip(curve["conditions"], curve["fitted"]))
-    log.info(f"{label}: calibrated (conditioned on → achieved, fitted): {points}")
-    return curve
+    gen.info["calibration"] = curves if family else curves[gen.spec.arch_key]
+    return gen.info["calibration"]
+
+
+def curves_of(calibration: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """A version's `calibration` as {arch key: curve}: an arch-family version's as it is, a
+    single-architecture version's one curve under the key ""."""
+    return {"": calibration} if "conditions" in calibration else dict(calibration)
 
 
 def calibration_curve(gen: Any, returns: np.ndarray, settings: CalibrationSettings,
-                      play: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any] | None:
-    """The curve `calibrate` records, with `play(params [n, P]) -> [n]` measuring each policy's
-    achieved return (finite rows only); None when there is nothing to calibrate."""
+                      play: Callable[[np.ndarray], np.ndarray], spec: PolicySpec | None = None) -> dict[str, Any] | None:
+    """The curve `calibrate` records for the architecture `spec` (default: the generator's), with
+    `play(params [n, P]) -> [n]` measuring each policy's achieved return (finite rows only); None
+    when there is nothing to calibrate."""
     check_calibration_settings(settings)
     if settings.points == 0:
         return None
@@ -91,7 +115,7 @@ def calibration_curve(gen: Any, returns: np.ndarray, settings: CalibrationSettin
         noise = gen.noise(len(at) * settings.samples, CALIBRATION_SEED + round_, DEFAULT_TEMPERATURE)
         was, gen.calibrated = gen.calibrated, False  # measured as conditioned, not through an earlier calibration
         try:
-            params = gen.decode(np.repeat(at, settings.samples), noise)
+            params = gen.decode(np.repeat(at, settings.samples), noise, spec)
         finally:
             gen.calibrated = was
         finite = np.isfinite(params).all(axis=1)
@@ -141,13 +165,17 @@ def condition_for(calibration: Mapping[str, Any], targets: np.ndarray) -> np.nda
 
 
 def plot_calibration(calibration: Mapping[str, Any], path: Path, title: str) -> Path:
-    """Achieved return over the conditioned-on return: the measured means, the fitted curve, the identity."""
+    """Achieved return over the conditioned-on return: the measured means, the fitted curve (one
+    colour per architecture of an arch-family version), the identity."""
     fig, ax = plt.subplots(figsize=(6.2, 5.0), dpi=110)
-    c, a, f = (np.asarray(calibration[k]) for k in ("conditions", "achieved", "fitted"))
-    ax.plot(c, a, "o", color="tab:blue", label=f"achieved (mean of {calibration['samples']} policies)")
-    ax.plot(c, f, "-", color="tab:orange", label="fitted (non-decreasing): a request for t is conditioned on f⁻¹(t)")
-    lo, hi = float(min(c.min(), a.min())), float(max(c.max(), a.max()))
+    lo, hi = np.inf, -np.inf
+    for i, (key, curve) in enumerate(curves_of(calibration).items()):
+        c, a, f = (np.asarray(curve[k]) for k in ("conditions", "achieved", "fitted"))
+        colour, arch = f"C{i}", f"{key}: " if key else ""
+        ax.plot(c, a, "o", color=colour, label=f"{arch}achieved (mean of {curve['samples']} policies)")
+        ax.plot(c, f, "-", color=colour, label=f"{arch}fitted (non-decreasing): a request for t is conditioned on f⁻¹(t)")
+        lo, hi = min(lo, float(min(c.min(), a.min()))), max(hi, float(max(c.max(), a.max())))
+        episodes = curve["episodes"]
     ax.plot([lo, hi], [lo, hi], color="black", linewidth=1, label="identity")
-    ax.set(title=title, xlabel="return conditioned on",
-           ylabel=f"achieved return (greedy, {calibration['episodes']} calibration episodes)")
+    ax.set(title=title, xlabel="return conditioned on", ylabel=f"achieved return (greedy, {episodes} calibration episodes)")
     return save_figure(fig, ax, path, {"fontsize": 7, "loc": "lower right"})

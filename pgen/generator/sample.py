@@ -121,10 +121,15 @@ class BaseGenerator:
         ds = self.info["dataset"]
         return float(ds["return_min"]), float(ds["return_max"])
 
-    def conditioning(self, returns: np.ndarray) -> np.ndarray:
-        """The return the model is conditioned on for each requested return: through the version's
-        calibration when it has one (`pgen.generator.calibration`), else the request itself."""
-        calibration = self.info.get("calibration")
+    def calibration_for(self, spec: PolicySpec | None = None) -> dict[str, Any] | None:
+        """The calibration curve (`pgen.generator.calibration`) requests for `spec` are conditioned
+        through: the version's own; None for a version without one."""
+        return self.info.get("calibration")
+
+    def conditioning(self, returns: np.ndarray, spec: PolicySpec | None = None) -> np.ndarray:
+        """The return the model is conditioned on for each requested return (of `spec`): through
+        `calibration_for(spec)` when the version has one, else the request itself."""
+        calibration = self.calibration_for(spec)
         returns = np.asarray(returns, np.float64)
         return condition_for(calibration, returns) if calibration and self.calibrated else returns
 
@@ -257,9 +262,26 @@ class FamilyGenerator(BaseGenerator):
         ranges = self.info.get("arch_return_range")
         if not ranges:
             return super().return_range(spec)
-        source = transfer_source(self.trained_specs, self.decoded_as(self.check_spec(spec)))
-        low, high = ranges[source.arch_key]
+        low, high = ranges[self.source_key(spec)]
         return float(low), float(high)
+
+    def source_key(self, spec: PolicySpec | None = None) -> str:
+        """The arch key of the trained architecture `spec`'s policies come from: `spec` itself when
+        trained, else the largest trained architecture that grows into what it decodes."""
+        return transfer_source(self.trained_specs, self.decoded_as(self.check_spec(spec))).arch_key
+
+    def calibration_for(self, spec: PolicySpec | None = None) -> dict[str, Any] | None:
+        """The calibration curve of the trained architecture `spec`'s policies come from
+        (`source_key`): a held-out architecture is conditioned through its source's curve, as its
+        condition is clipped to its source's range; None for versions without calibration."""
+        curves = self.info.get("calibration")
+        return curves.get(self.source_key(spec)) if curves else None
+
+    def conditioning(self, returns: np.ndarray, spec: PolicySpec | None = None) -> np.ndarray:
+        """The calibrated condition (`BaseGenerator.conditioning`), clipped to `return_range(spec)`
+        when `clips_condition`."""
+        returns = super().conditioning(returns, spec)
+        return np.clip(returns, *self.return_range(spec)) if self.clips_condition else returns
 
     def inputs(self, spec: PolicySpec) -> ArchInputs:
         if spec.arch_key not in self._inputs:
@@ -273,9 +295,7 @@ class FamilyGenerator(BaseGenerator):
         at = self.decoded_as(spec)
         self.model.eval()
         a = self.inputs(at)
-        returns = self.conditioning(returns)
-        returns = np.clip(returns, *self.return_range(spec)) if self.clips_condition else returns
-        c = self.normalizer.condition(torch.as_tensor(returns)).float().to(self.device)
+        c = self.normalizer.condition(torch.as_tensor(self.conditioning(returns, spec))).float().to(self.device)
         blocks = self.model.decode(self.model.sample_latent(c, noise.to(self.device), a), c, a)
         flat = self.normalizer.unstandardise(a.graph.flat(blocks), at).cpu().numpy().astype(np.float32)
         return flat if at == spec else np.stack([grow(row, at, spec) for row in flat])
@@ -485,7 +505,7 @@ def generate_file(cfg: Any, store: CheckpointStore | None = None) -> Path:
     out = Path(cfg.out or f"generated-{gen.name}-{gen.version}{arch}-{target:g}.safetensors").expanduser().resolve()
     extra = {"seed": str(cfg.seed), "temperature": repr(float(cfg.temperature)),
              "dataset_return_range": json.dumps(list(gen.return_range(spec)))}
-    if gen.info.get("calibration"):
-        extra["conditioned_on"] = repr(float(gen.conditioning(np.array([target]))[0]))
+    if gen.calibration_for(spec):
+        extra["conditioned_on"] = repr(float(gen.conditioning(np.array([target]), spec)[0]))
     return save_policy_file(out, params, spec, gen.info["env"]["id"], gen.info["group"], gen.name, gen.version,
                             target_return=target, extra=extra)

@@ -446,11 +446,8 @@ def train_generator(cfg: TrainGeneratorConfig, store: CheckpointStore | None = N
     writer.close()
     gen = result.generator
     gen.info.update(sl.info(cfg.seed, result.train_runs, result.val_runs))
-    calibration = None
-    if isinstance(gen, Generator):  # arch-family versions are not calibrated (README "Calibration")
-        calibration = calibrate(gen, sl.env, sl.others,
-                                sl.data.returns[np.isin(sl.data.run_ids, result.train_runs)],
-                                cfg.generator.calibration, label=f"train-generator {name}: calibration")
+    calibration = calibrate(gen, sl.env, sl.others, sl.data, cfg.generator.calibration, result.train_runs,
+                            label=f"train-generator {name}: calibration")
     final = result.history[-1]
     metrics = {"final": final, "history": result.history}
     version = save_generator(store, gen, metrics, promoted=promoted)
