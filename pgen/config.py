@@ -239,13 +239,17 @@ class CalibrationSettings:
     """After a fit, how the return condition is calibrated (README "Calibration"): `samples` policies are
     generated for each of `points` returns (half at the training returns' quantiles, half evenly over
     their range) and `refine` more, and played greedily on `episodes` calibration episodes; a request
-    for t is conditioned on the return whose policies achieved t."""
+    for t is conditioned on the return whose policies achieved t, if the curve passes its validation."""
 
     points: int = 16  # 0: no calibration (a request for t is conditioned on t)
     samples: int = 4
     episodes: int = 30
     # more conditions, each midway between the two neighbours whose achieved returns differ most (in rounds of 4)
     refine: int = 8
+    # the curve is adopted only if, with this many policies per target of a validation grid (noise of
+    # their own), it aligns requested and achieved return at least as well as conditioning on the
+    # request; 0: adopted unchecked
+    validation_samples: int = 24
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 
 from pgen.config import CalibrationSettings, GeneratorConfig, compose_config
 from pgen.envs import env_key
-from pgen.generator.calibration import calibration_curve, condition_for
+from pgen.generator.calibration import calibration_curve, condition_for, validation
 from pgen.generator.data import (Normalizer, ParamDataset, Tokenizer, load_slice, permutation_index,
                                  return_balance_weights, split_by_run)
 from pgen.generator.sample import GeneratorNotFound, list_generators, load_generator, resolve_model, save_generator
@@ -31,7 +31,7 @@ SPECS = [PolicySpec("mlp", 18, (64, 64), 5, True), PolicySpec("mlp", 7, (16,), 3
          PolicySpec("gru", 10, (12, 8), 4, True), PolicySpec("gru", 6, (5, 7), 2, False)]
 TINY_GEN = GeneratorConfig(d_model=16, n_layers=1, n_heads=2, latent_dim=4, fourier_features=4, epochs=4,
                            batch_size=8, kl_warmup_epochs=2, log_every_s=60,
-                           calibration=CalibrationSettings(points=4, samples=1, episodes=4))
+                           calibration=CalibrationSettings(points=4, samples=1, episodes=4, validation_samples=2))
 SPREAD = compose_config("train-generator").env  # simple_spread: one group "agent", obs 18, 5 actions
 SMALL = PolicySpec("mlp", 18, (8,), 5, True)
 
@@ -244,8 +244,19 @@ def test_calibration_makes_a_compressed_generator_play_the_returns_it_is_asked_f
     assert np.all(np.diff(curve["fitted"]) >= 0) and curve["conditions"] == sorted(curve["conditions"])
     gen.info["calibration"] = curve
     assert r2() >= 0.9 and uncalibrated <= 0.75, (r2(), uncalibrated)
+    # its own validation grid agrees: adopted
+    check = curve["validation"]
+    assert curve["adopted"] and check["adopted"] and check["r2_calibrated"] > check["r2_as_asked"] + 0.1, check
     gen.calibrated = False
     assert r2() == uncalibrated
+    gen.calibrated = True
+    # a curve that conditions 30 units too low misaligns what the model gets right: its validation
+    # rejects it, and a version holding a rejected curve is conditioned on the target as asked
+    wrong = {**curve, "fitted": (np.asarray(curve["fitted"]) + 30.0).tolist()}
+    check = validation(gen, wrong, recorded, 4, play)
+    assert not check["adopted"] and check["r2_calibrated"] < check["r2_as_asked"], check
+    gen.info["calibration"] = {**wrong, "validation": check, "adopted": False}
+    assert gen.calibration_for() is None and r2() == uncalibrated
     with pytest.raises(ValueError, match="calibration.points must be 0"):
         calibration_curve(gen, recorded, CalibrationSettings(points=1), play)
 
@@ -399,7 +410,8 @@ def test_train_generator_and_generate_against_s3(s3_store_uri, tmp_path):
     folder = tmp_path / "gens" / "spread" / "v0001"
     assert (folder / "loss.png").stat().st_size > 1000 and (folder / "calibration.png").stat().st_size > 1000
     assert any(p.name.startswith("events.out.tfevents") for p in (folder / "tensorboard").iterdir())
-    assert "calibrated (conditioned on → achieved, fitted)" in out.stderr
+    assert "calibrated (conditioned on → achieved, fitted)" in out.stderr and "validation R²" in out.stderr
+    trained = out.stderr
     out = pgen("generate", f"store.uri={s3_store_uri}", "target_return=-55", "num=4", "seed=3",
                f"out={tmp_path / 'p.safetensors'}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -412,8 +424,15 @@ def test_train_generator_and_generate_against_s3(s3_store_uri, tmp_path):
     # the version's calibration (16 conditions × 4 policies × 30 episodes by default) decides the condition
     cal = gen.info["calibration"]
     assert len(cal["conditions"]) >= 2 and np.all(np.diff(cal["fitted"]) >= 0) and cal["samples"] == 4
-    conditioned = float(condition_for(cal, [-55.0])[0])
-    assert float(pf.metadata["conditioned_on"]) == pytest.approx(conditioned)
+    check = cal["validation"]  # adopted only if it aligns the validation grid at least as well as the request
+    assert cal["adopted"] == check["adopted"] == (check["r2_calibrated"] >= check["r2_as_asked"])
+    assert check["samples"] == 24 and check["targets"] == 9
+    if cal["adopted"]:
+        conditioned = float(condition_for(cal, [-55.0])[0])
+        assert float(pf.metadata["conditioned_on"]) == pytest.approx(conditioned)
+    else:
+        conditioned = -55.0
+        assert "conditioned_on" not in pf.metadata and "not adopted" in trained
     gen.calibrated = False
     np.testing.assert_array_equal(pf.params, gen.generate(conditioned, num=4, seed=3))
 

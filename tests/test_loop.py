@@ -79,7 +79,7 @@ LOOP = ["algo.num_envs=16", "algo.rollout_steps=25", "algo.update_epochs=2", "po
         "population.checkpoint_every=2", "population.eval_episodes=8", "population.cpus_per_worker=0.3",
         "generator.epochs=12", "generator.d_model=16", "generator.n_layers=1", "generator.latent_dim=4",
         "generator.batch_size=16", "generator.calibration.points=4", "generator.calibration.samples=1",
-        "generator.calibration.episodes=4", "generator.calibration.refine=2",
+        "generator.calibration.episodes=4", "generator.calibration.refine=2", "generator.calibration.validation_samples=2",
         "evaluate.episodes=8", "evaluate.samples=2", "evaluate.targets=3",
         "evaluate.max_top=3", "evaluate.states=2", "loop.retrain_every=12", "loop.reseed_every=18",
         "loop.reseed_min_env_steps=4000", "loop.tolerance=1000", "loop.trainer_cpus=0.3", "loop.log_every_s=3",

@@ -32,7 +32,7 @@ from safetensors.torch import save as save_tensors
 
 from pgen.config import DEFAULT_TEMPERATURE, enum_value
 from pgen.generator.archgraph import ArchNotSupported, check_arch
-from pgen.generator.calibration import condition_for
+from pgen.generator.calibration import adopted, condition_for
 from pgen.generator.data import Normalizer, Tokenizer
 from pgen.generator.family_data import FamilyNormalizer
 from pgen.generator.family_model import MODEL_TYPE, ArchInputs, FamilyModelConfig, FamilyVAE, arch_inputs
@@ -123,8 +123,9 @@ class BaseGenerator:
 
     def calibration_for(self, spec: PolicySpec | None = None) -> dict[str, Any] | None:
         """The calibration curve (`pgen.generator.calibration`) requests for `spec` are conditioned
-        through: the version's own; None for a version without one."""
-        return self.info.get("calibration")
+        through: the version's own; None for a version without one or whose curve was not adopted."""
+        curve = self.info.get("calibration")
+        return curve if adopted(curve) else None
 
     def conditioning(self, returns: np.ndarray, spec: PolicySpec | None = None) -> np.ndarray:
         """The return the model is conditioned on for each requested return (of `spec`): through
@@ -275,7 +276,8 @@ class FamilyGenerator(BaseGenerator):
         (`source_key`): a held-out architecture is conditioned through its source's curve, as its
         condition is clipped to its source's range; None for versions without calibration."""
         curves = self.info.get("calibration")
-        return curves.get(self.source_key(spec)) if curves else None
+        curve = curves.get(self.source_key(spec)) if curves else None
+        return curve if adopted(curve) else None
 
     def conditioning(self, returns: np.ndarray, spec: PolicySpec | None = None) -> np.ndarray:
         """The calibrated condition (`BaseGenerator.conditioning`), clipped to `return_range(spec)`
