@@ -136,8 +136,10 @@ def test_the_loop_runs_itself_through_faults_and_serves_every_promotion(tmp_path
         victims = _pids("ray::GeneratorTrainer")
         assert victims, loop.output[-3000:]
         os.kill(victims[0], signal.SIGKILL)
-        # 2. after a reseed and a third decision, the driver itself is SIGKILLed
-        while (loop.output.count("loop svc: gate ") < 3 or "reseeding" not in loop.output) and time.time() < deadline:
+        # 2. after a reseed and the retried fit's decision, the driver itself is SIGKILLed (not later: the
+        # resumed driver needs budget left for a fit of its own, and a third fit here took 26 s ≈ 35 k
+        # env steps on the 2 cores)
+        while (loop.output.count("loop svc: gate ") < 2 or "reseeding" not in loop.output) and time.time() < deadline:
             assert loop.proc.poll() is None, loop.output[-4000:]
             time.sleep(0.2)
         before = LoopState.load(CheckpointStore(store_uri, endpoint_url=s3_server.endpoint_url), "svc")
