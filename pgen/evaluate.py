@@ -43,7 +43,8 @@ from pgen.generator.data import ParamDataset, condition_returns, load_slice, ref
 from pgen.generator.archgraph import ArchNotSupported  # noqa: E402
 from pgen.generator.sample import FamilyGenerator, Generator, load_generator  # noqa: E402
 from pgen.metrics import (NO_LEARNING_ADVICE, action_agreement, alignment_r2, cross_run_nn_median,  # noqa: E402
-                          learning_signal, learning_warning, min_relative_l2, nearest, normalised_score, spearman)
+                          learning_signal, learning_warning, min_relative_l2, nearest, normalised_score, spearman,
+                          target_percentiles)
 from pgen.fileio import atomic_write  # noqa: E402
 from pgen.plots import save_figure  # noqa: E402
 from pgen.policy import Actor, ParamLayout, PolicySpec  # noqa: E402
@@ -57,8 +58,7 @@ def target_grid(returns: np.ndarray, settings: EvaluateSettings) -> tuple[list[f
     """(targets, in_range): the percentile grid, the maximum, then the extra targets."""
     if settings.targets < 2:
         raise ValueError(f"evaluate.targets must be >= 2, got {settings.targets}")
-    grid = [float(np.percentile(returns, q)) for q in np.linspace(5, 95, settings.targets)]
-    targets = grid + [float(returns.max())] + [float(t) for t in settings.extra_targets]
+    targets = target_percentiles(returns, settings.targets) + [float(t) for t in settings.extra_targets]
     if not all(math.isfinite(t) for t in targets):
         raise ValueError(f"evaluate.extra_targets must be finite numbers, got {settings.extra_targets}")
     low, high = float(returns.min()), float(returns.max())

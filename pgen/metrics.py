@@ -55,6 +55,14 @@ def isotonic_increasing(y: np.ndarray, weights: np.ndarray | None = None) -> np.
     return np.repeat(means, counts)
 
 
+def target_percentiles(returns: np.ndarray, n: int) -> list[float]:
+    """The alignment grid of DESIGN.md "Metrics": `n` evenly spaced percentiles 5–95 of the training
+    returns, then their maximum (`pgen evaluate`'s grid before its extra targets, and the
+    calibration's validation grid)."""
+    returns = np.asarray(returns, np.float64)
+    return [float(np.percentile(returns, q)) for q in np.linspace(5, 95, n)] + [float(returns.max())]
+
+
 def normalised_score(achieved: np.ndarray | float, r_random: float, r_top: float) -> np.ndarray | float:
     """1.0 = on par with the best 10 % of training checkpoints, 0.0 = uniform random."""
     return (np.asarray(achieved, np.float64) - r_random) / (r_top - r_random)

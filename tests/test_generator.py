@@ -23,7 +23,7 @@ from pgen.generator.data import (Normalizer, ParamDataset, Tokenizer, load_slice
 from pgen.generator.sample import GeneratorNotFound, list_generators, load_generator, resolve_model, save_generator
 from pgen.generator.train import fit, train_generator
 from pgen.metrics import (action_agreement, alignment_r2, cross_run_nn_median, isotonic_increasing, learning_signal,
-                          min_relative_l2, nearest, normalised_score, spearman)
+                          min_relative_l2, nearest, normalised_score, spearman, target_percentiles)
 from pgen.policy import Actor, PolicySpec, read_policy_file
 from pgen.store import CheckpointStore, params_checksum
 
@@ -126,6 +126,8 @@ def test_metrics_match_their_definitions():
     assert spearman(np.array([1.0, 2.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0, 4.0])) == pytest.approx(0.9486833)
     assert normalised_score(-30.0, r_random=-80.0, r_top=-30.0) == 1.0
     assert normalised_score(-80.0, r_random=-80.0, r_top=-30.0) == 0.0
+    returns = np.arange(-100.0, -49.0)  # 51 returns: percentile q is -100 + q / 2
+    assert target_percentiles(returns, 3) == [-97.5, -75.0, -52.5, -50.0]  # 5, 50, 95 and the maximum
     refs = np.array([[0.0, 0.0], [3.0, 4.0], [10.0, 0.0], [10.0, 1.0]])
     d, i = nearest(np.array([[3.0, 3.0], [9.0, 0.0]]), refs)
     assert i.tolist() == [1, 2] and d == pytest.approx([1.0, 1.0])

@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from pgen.config import DEFAULT_TEMPERATURE, CalibrationSettings, ConfigError, EnvConfig  # noqa: E402
 from pgen.generator.data import ParamDataset, spread_ties  # noqa: E402
 from pgen.generator.family_data import FamilyData  # noqa: E402
-from pgen.metrics import alignment_r2, isotonic_increasing  # noqa: E402
+from pgen.metrics import alignment_r2, isotonic_increasing, target_percentiles  # noqa: E402
 from pgen.plots import save_figure  # noqa: E402
 from pgen.policy import Actor, PolicySpec  # noqa: E402
 from pgen.progress import log  # noqa: E402
@@ -83,7 +83,13 @@ def calibrate(gen: Any, env_cfg: EnvConfig, others: Mapping[str, Actor], data: P
         play = lambda params, spec=spec: reference_returns(  # noqa: E731
             env_cfg, others, gen.info["group"], spec, params, settings.episodes, label=label,
             seed=CALIBRATION_SEED).mean(axis=1)
-        curve = calibration_curve(gen, part.returns[rows], settings, play, spec) if rows.any() else None
+        where = f"{label} ({key})" if family else label
+        if not rows.any():
+            if settings.points:
+                log.warning(f"{where}: not calibrated (no training rows of this architecture): requests are"
+                            " conditioned on the target as asked")
+            continue
+        curve = calibration_curve(gen, part.returns[rows], settings, play, spec)
         if curve is not None:
             curves[key] = curve
             points = ", ".join(f"{c:.1f} → {f:.1f}" for c, f in zip(curve["conditions"], curve["fitted"]))
@@ -91,10 +97,10 @@ def calibrate(gen: Any, env_cfg: EnvConfig, others: Mapping[str, Actor], data: P
             verdict = "" if check is None else (
                 f"; validation R² {check['r2_as_asked']:.3f} as asked, {check['r2_calibrated']:.3f} calibrated: "
                 + ("adopted" if check["adopted"] else "not adopted, requests are conditioned on the target as asked"))
-            log.info(f"{label}{f' ({key})' if family else ''}: calibrated (conditioned on → achieved, fitted): {points}{verdict}")
+            log.info(f"{where}: calibrated (conditioned on → achieved, fitted): {points}{verdict}")
         elif settings.points:
-            log.warning(f"{label}{f' ({key})' if family else ''}: not calibrated (the training returns are one value,"
-                        " or the policies are not finite): requests are conditioned on the target as asked")
+            log.warning(f"{where}: not calibrated (the training returns are one value, or the policies are not"
+                        " finite): requests are conditioned on the target as asked")
     if not curves:
         return None
     gen.info["calibration"] = curves if family else curves[gen.spec.arch_key]
@@ -190,17 +196,16 @@ def validation(gen: Any, curve: Mapping[str, Any], returns: np.ndarray, samples:
     least as high. A generator that already plays what it is asked for gains only the noise of a
     curve measured on a few policies per condition (bench/README "Evaluation noise": on the quick
     profile's seed 0, R² 0.86 as asked and 0.75 through its curve, mean over 8 noise draws)."""
-    returns = np.asarray(returns, np.float64)
-    targets = np.append(np.percentile(returns, np.linspace(5, 95, VALIDATION_TARGETS)), returns.max())
+    targets = target_percentiles(returns, VALIDATION_TARGETS)
     t = np.repeat(targets, samples)
     r2 = {}
     for name, conditions in (("as_asked", t), ("calibrated", condition_for(curve, t))):
         achieved = played(gen, conditions, CALIBRATION_SEED + VALIDATION_ROUND, play, spec)
         ok = np.isfinite(achieved)
         r2[name] = alignment_r2(t[ok], achieved[ok]) if ok.sum() >= 2 else float("nan")
-    adopted = bool(r2["calibrated"] >= r2["as_asked"]) or (np.isnan(r2["as_asked"]) and not np.isnan(r2["calibrated"]))
+    adopt = bool(r2["calibrated"] >= r2["as_asked"]) or (np.isnan(r2["as_asked"]) and not np.isnan(r2["calibrated"]))
     return {"targets": len(targets), "samples": samples, "r2_as_asked": r2["as_asked"],
-            "r2_calibrated": r2["calibrated"], "adopted": bool(adopted)}
+            "r2_calibrated": r2["calibrated"], "adopted": adopt}
 
 
 def adopted(curve: Mapping[str, Any] | None) -> bool:
