@@ -247,9 +247,10 @@ class CalibrationSettings:
     # more conditions, each midway between the two neighbours whose achieved returns differ most (in rounds of 4)
     refine: int = 8
     # the curve is adopted only if, with this many policies per target of a validation grid (noise of
-    # their own), it aligns requested and achieved return at least as well as conditioning on the
-    # request; 0: adopted unchecked
+    # their own), it aligns requested and achieved return better than conditioning on the request, by
+    # at least `validation_margin` standard errors of that R² gain (a paired bootstrap); 0: adopted unchecked
     validation_samples: int = 24
+    validation_margin: float = 1.0
 
 
 @dataclass

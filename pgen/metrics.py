@@ -63,6 +63,27 @@ def target_percentiles(returns: np.ndarray, n: int) -> list[float]:
     return [float(np.percentile(returns, q)) for q in np.linspace(5, 95, n)] + [float(returns.max())]
 
 
+def r2_gain(targets: np.ndarray, base: np.ndarray, other: np.ndarray, rounds: int = 1000,
+            seed: int = 0) -> tuple[float, float]:
+    """(gain, standard error): the alignment R² of `other` minus that of `base`, paired achieved
+    returns of the same policies' noise for the same `targets`, and the standard deviation of that
+    gain over `rounds` bootstrap resamples of the pairs within each target (the grid stays fixed;
+    NaN with fewer than two pairs)."""
+    t, a, b = (np.asarray(x, np.float64) for x in (targets, base, other))
+    gain = alignment_r2(t, b) - alignment_r2(t, a)
+    if t.size < 2:
+        return gain, float("nan")
+    rng = np.random.default_rng(seed)
+    picks = np.empty((rounds, t.size), np.int64)
+    for value in np.unique(t):
+        rows = np.flatnonzero(t == value)
+        picks[:, rows] = rows[rng.integers(0, rows.size, (rounds, rows.size))]
+    tt, sst = t[picks], ((t[picks] - t[picks].mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gains = (((a[picks] - tt) ** 2).sum(axis=1) - ((b[picks] - tt) ** 2).sum(axis=1)) / sst
+    return gain, float(np.std(gains[np.isfinite(gains)])) if np.isfinite(gains).any() else float("nan")
+
+
 def normalised_score(achieved: np.ndarray | float, r_random: float, r_top: float) -> np.ndarray | float:
     """1.0 = on par with the best 10 % of training checkpoints, 0.0 = uniform random."""
     return (np.asarray(achieved, np.float64) - r_random) / (r_top - r_random)

@@ -23,7 +23,7 @@ from pgen.generator.data import (Normalizer, ParamDataset, Tokenizer, load_slice
 from pgen.generator.sample import GeneratorNotFound, list_generators, load_generator, resolve_model, save_generator
 from pgen.generator.train import fit, train_generator
 from pgen.metrics import (action_agreement, alignment_r2, cross_run_nn_median, isotonic_increasing, learning_signal,
-                          min_relative_l2, nearest, normalised_score, spearman, target_percentiles)
+                          min_relative_l2, nearest, normalised_score, r2_gain, spearman, target_percentiles)
 from pgen.policy import Actor, PolicySpec, read_policy_file
 from pgen.store import CheckpointStore, params_checksum
 
@@ -126,6 +126,14 @@ def test_metrics_match_their_definitions():
     assert spearman(np.array([1.0, 2.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0, 4.0])) == pytest.approx(0.9486833)
     assert normalised_score(-30.0, r_random=-80.0, r_top=-30.0) == 1.0
     assert normalised_score(-80.0, r_random=-80.0, r_top=-30.0) == 0.0
+    # the R² gain of paired arms and its bootstrap standard error within each target
+    t = np.repeat([-60.0, -50.0, -40.0], 8)
+    noise = np.random.default_rng(0).normal(0, 3, t.size)
+    assert r2_gain(t, t + noise, t + noise) == (0.0, 0.0)
+    gain, se = r2_gain(t, t + 4 * noise, t + noise)
+    assert gain == pytest.approx(alignment_r2(t, t + noise) - alignment_r2(t, t + 4 * noise)) and 0 < se < gain
+    gain, se = r2_gain(t, t + noise, t + noise + np.random.default_rng(1).normal(0, 0.3, t.size))
+    assert abs(gain) < se  # a difference within the noise of the pairs
     returns = np.arange(-100.0, -49.0)  # 51 returns: percentile q is -100 + q / 2
     assert target_percentiles(returns, 3) == [-97.5, -75.0, -52.5, -50.0]  # 5, 50, 95 and the maximum
     refs = np.array([[0.0, 0.0], [3.0, 4.0], [10.0, 0.0], [10.0, 1.0]])
@@ -257,6 +265,13 @@ def test_calibration_makes_a_compressed_generator_play_the_returns_it_is_asked_f
     wrong = {**curve, "fitted": (np.asarray(curve["fitted"]) + 30.0).tolist()}
     check = validation(gen, wrong, recorded, 4, play)
     assert not check["adopted"] and check["r2_calibrated"] < check["r2_as_asked"], check
+    # a curve through the identity changes nothing: no gain beyond rounding, and no noise in it
+    same = validation(gen, {**curve, "fitted": list(curve["conditions"])}, recorded, 4, play)
+    assert same["r2_calibrated"] == pytest.approx(same["r2_as_asked"], abs=1e-6) and same["gain_se"] < 1e-6
+    # a real gain smaller than the margin's standard errors is not adopted either
+    good = validation(gen, curve, recorded, 4, play, margin=0.0)
+    assert good["adopted"] and not validation(gen, curve, recorded, 4, play,
+                                              margin=1.01 * (good["r2_calibrated"] - good["r2_as_asked"]) / good["gain_se"])["adopted"]
     gen.info["calibration"] = {**wrong, "validation": check, "adopted": False}
     assert gen.calibration_for() is None and r2() == uncalibrated
     with pytest.raises(ValueError, match="calibration.points must be 0"):
@@ -426,9 +441,10 @@ def test_train_generator_and_generate_against_s3(s3_store_uri, tmp_path):
     # the version's calibration (16 conditions × 4 policies × 30 episodes by default) decides the condition
     cal = gen.info["calibration"]
     assert len(cal["conditions"]) >= 2 and np.all(np.diff(cal["fitted"]) >= 0) and cal["samples"] == 4
-    check = cal["validation"]  # adopted only if it aligns the validation grid at least as well as the request
-    assert cal["adopted"] == check["adopted"] == (check["r2_calibrated"] >= check["r2_as_asked"])
-    assert check["samples"] == 24 and check["targets"] == 9
+    check = cal["validation"]  # adopted only if it aligns the validation grid better, by a standard error
+    gain = check["r2_calibrated"] - check["r2_as_asked"]
+    assert cal["adopted"] == check["adopted"] == (gain > 0 and gain >= check["gain_se"])
+    assert check["samples"] == 24 and check["targets"] == 9 and check["margin"] == 1.0 and check["gain_se"] >= 0
     if cal["adopted"]:
         conditioned = float(condition_for(cal, [-55.0])[0])
         assert float(pf.metadata["conditioned_on"]) == pytest.approx(conditioned)

@@ -188,7 +188,9 @@ def test_retry_classification(s3_server, tmp_path, caplog):
 
 
 def test_put_survives_a_server_outage(s3_server, s3_store_uri, caplog):
-    store = CheckpointStore(s3_store_uri, retry_s=30)
+    # retry_s=60: ten retries whose jittered backoff (mean 65 s, sd 14 s) cannot plausibly run out
+    # while the server replays its recording and rebinds (with retry_s=30 one run in ~50 did)
+    store = CheckpointStore(s3_store_uri, retry_s=60)
     write(store, [record()], 0)
     result = {}
     s3_server.stop()
@@ -200,7 +202,7 @@ def test_put_survives_a_server_outage(s3_server, s3_store_uri, caplog):
             assert thread.is_alive()  # still retrying
     finally:
         s3_server.start()  # keeps its buckets and objects (replayed)
-    thread.join(30)
+    thread.join(90)
     assert result == {"ok": True}
     assert "retry" in caplog.text
     assert store.read_records().table["step"].to_pylist() == [0, 1]

@@ -11,8 +11,8 @@ CALIBRATION_SEED, the default temperature), plays them greedily on `episodes` ca
 episodes, so the evaluation does not grade the calibration on its own noise), starts the curve at
 the condition whose policies played worst (below it the curve turns back up) and fits the
 non-decreasing curve achieved(condition) through the rest (isotonic regression). `validation` then
-checks it on a grid of its own noise and adopts it only if it aligns requested and achieved return at
-least as well as conditioning on the request. The curve (adopted or not) is the
+checks it on a grid of its own noise and adopts it only if it aligns requested and achieved return
+better than conditioning on the request, by more than that grid's noise. The curve (adopted or not) is the
 version's `calibration` in config.json; `condition_for` inverts it: a request for t is conditioned
 on the return whose policies achieved t, and a t beyond what any achieved on the curve's end
 (conditioned beyond the data the model extrapolates and plays worse: on the quick profile's seed 0,
@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from pgen.config import DEFAULT_TEMPERATURE, CalibrationSettings, ConfigError, EnvConfig  # noqa: E402
 from pgen.generator.data import ParamDataset, spread_ties  # noqa: E402
 from pgen.generator.family_data import FamilyData  # noqa: E402
-from pgen.metrics import alignment_r2, isotonic_increasing, target_percentiles  # noqa: E402
+from pgen.metrics import alignment_r2, isotonic_increasing, r2_gain, target_percentiles  # noqa: E402
 from pgen.plots import save_figure  # noqa: E402
 from pgen.policy import Actor, PolicySpec  # noqa: E402
 from pgen.progress import log  # noqa: E402
@@ -59,9 +59,9 @@ def check_calibration_settings(settings: CalibrationSettings) -> None:
     if settings.samples < 1 or settings.episodes < 1:
         raise ConfigError("generator.calibration.samples and .episodes must be >= 1, got"
                          f" {settings.samples} and {settings.episodes}")
-    if settings.refine < 0 or settings.validation_samples < 0:
-        raise ConfigError("generator.calibration.refine and .validation_samples must be >= 0, got"
-                          f" {settings.refine} and {settings.validation_samples}")
+    if settings.refine < 0 or settings.validation_samples < 0 or not settings.validation_margin >= 0:
+        raise ConfigError("generator.calibration.refine, .validation_samples and .validation_margin must be"
+                          f" >= 0, got {settings.refine}, {settings.validation_samples} and {settings.validation_margin}")
 
 
 def calibrate(gen: Any, env_cfg: EnvConfig, others: Mapping[str, Actor], data: ParamDataset | FamilyData,
@@ -95,7 +95,8 @@ def calibrate(gen: Any, env_cfg: EnvConfig, others: Mapping[str, Actor], data: P
             points = ", ".join(f"{c:.1f} → {f:.1f}" for c, f in zip(curve["conditions"], curve["fitted"]))
             check = curve.get("validation")
             verdict = "" if check is None else (
-                f"; validation R² {check['r2_as_asked']:.3f} as asked, {check['r2_calibrated']:.3f} calibrated: "
+                f"; validation R² {check['r2_as_asked']:.3f} as asked, {check['r2_calibrated']:.3f} calibrated"
+                f" (gain's standard error {check['gain_se']:.3f}): "
                 + ("adopted" if check["adopted"] else "not adopted, requests are conditioned on the target as asked"))
             log.info(f"{where}: calibrated (conditioned on → achieved, fitted): {points}{verdict}")
         elif settings.points:
@@ -163,7 +164,8 @@ def calibration_curve(gen: Any, returns: np.ndarray, settings: CalibrationSettin
              "fitted": isotonic_increasing(means, counts).tolist(), "samples": settings.samples,
              "episodes": settings.episodes, "temperature": DEFAULT_TEMPERATURE, "seed": CALIBRATION_SEED}
     if settings.validation_samples:
-        curve["validation"] = validation(gen, curve, returns, settings.validation_samples, play, spec)
+        curve["validation"] = validation(gen, curve, returns, settings.validation_samples, play, spec,
+                                         settings.validation_margin)
         curve["adopted"] = curve["validation"]["adopted"]
     return curve
 
@@ -187,25 +189,34 @@ def played(gen: Any, conditions: np.ndarray, seed: int, play: Callable[[np.ndarr
 
 
 def validation(gen: Any, curve: Mapping[str, Any], returns: np.ndarray, samples: int,
-               play: Callable[[np.ndarray], np.ndarray], spec: PolicySpec | None = None) -> dict[str, Any]:
+               play: Callable[[np.ndarray], np.ndarray], spec: PolicySpec | None = None,
+               margin: float = 1.0) -> dict[str, Any]:
     """Does `curve` align requested and achieved return better than conditioning on the request? On
-    a grid like `pgen evaluate`'s (VALIDATION_TARGETS percentiles 5–95 of `returns` and their
-    maximum), `samples` policies per target with noise of their own (CALIBRATION_SEED +
-    VALIDATION_ROUND, the same for both), once conditioned through the curve and once on the target:
-    the alignment R² (DESIGN.md) of each over every finite policy; `adopted` when the curve's is at
-    least as high. A generator that already plays what it is asked for gains only the noise of a
-    curve measured on a few policies per condition (bench/README "Evaluation noise": on the quick
-    profile's seed 0, R² 0.86 as asked and 0.75 through its curve, mean over 8 noise draws)."""
+    a grid like `pgen evaluate`'s (`target_percentiles`: VALIDATION_TARGETS percentiles 5–95 of
+    `returns` and their maximum), `samples` policies per target with noise of their own
+    (CALIBRATION_SEED + VALIDATION_ROUND, the same for both), once conditioned through the curve and
+    once on the target: the alignment R² (DESIGN.md) of each over every finite policy, and the
+    standard error of the curve's gain (`r2_gain`, over the policies finite in both). `adopted` when
+    the gain is positive and at least `margin` standard errors. A generator that already plays what
+    it is asked for gains only the noise of a curve measured on a few policies per condition
+    (bench/README "Evaluation noise": on the quick profile's seed 0, R² 0.86 as asked and 0.75 through
+    its curve, mean over 8 noise draws), and a gain within one grid's noise is not one (the full
+    profile's seed 0: +0.006 on the validation grid, −0.056 over 8 draws of the evaluation's)."""
     targets = target_percentiles(returns, VALIDATION_TARGETS)
     t = np.repeat(targets, samples)
+    achieved = {name: played(gen, conditions, CALIBRATION_SEED + VALIDATION_ROUND, play, spec)
+                for name, conditions in (("as_asked", t), ("calibrated", condition_for(curve, t)))}
     r2 = {}
-    for name, conditions in (("as_asked", t), ("calibrated", condition_for(curve, t))):
-        achieved = played(gen, conditions, CALIBRATION_SEED + VALIDATION_ROUND, play, spec)
-        ok = np.isfinite(achieved)
-        r2[name] = alignment_r2(t[ok], achieved[ok]) if ok.sum() >= 2 else float("nan")
-    adopt = bool(r2["calibrated"] >= r2["as_asked"]) or (np.isnan(r2["as_asked"]) and not np.isnan(r2["calibrated"]))
+    for name, a in achieved.items():
+        ok = np.isfinite(a)
+        r2[name] = alignment_r2(t[ok], a[ok]) if ok.sum() >= 2 else float("nan")
+    both = np.isfinite(achieved["as_asked"]) & np.isfinite(achieved["calibrated"])
+    se = r2_gain(t[both], achieved["as_asked"][both], achieved["calibrated"][both], seed=CALIBRATION_SEED)[1]
+    gain = r2["calibrated"] - r2["as_asked"]
+    adopt = bool((gain > 0 and gain >= margin * (se if np.isfinite(se) else 0.0)) or (
+        np.isnan(r2["as_asked"]) and not np.isnan(r2["calibrated"])))
     return {"targets": len(targets), "samples": samples, "r2_as_asked": r2["as_asked"],
-            "r2_calibrated": r2["calibrated"], "adopted": adopt}
+            "r2_calibrated": r2["calibrated"], "gain_se": se, "margin": margin, "adopted": adopt}
 
 
 def adopted(curve: Mapping[str, Any] | None) -> bool:
