@@ -232,7 +232,8 @@ class Decoder:
         info = gen.info
         return {"params": params, "model": gen.name, "version": gen.version, "group": info["group"],
                 "arch": spec.arch_key, "env_id": info["env"]["id"], "layout": spec.layout.to_json(),
-                "policy_spec": spec.to_json(), "return_range": list(gen.return_range(spec))}
+                "policy_spec": spec.to_json(), "return_range": list(gen.return_range(spec)),
+                "conditioned_on": gen.conditioned_on(target, spec)}
 
     @contextlib.contextmanager
     def _admit(self) -> Iterator[None]:
@@ -389,6 +390,8 @@ def policy_file(meta: dict[str, Any], out: dict[str, Any]) -> bytes:
     low, high = meta["dataset_return_range"]
     extra = {"seed": str(meta["seed"]), "temperature": repr(meta["temperature"]),
              "dataset_return_range": f"[{low}, {high}]"}
+    if meta["conditioned_on"] is not None:
+        extra["conditioned_on"] = repr(meta["conditioned_on"])
     return policy_file_bytes(out["params"], PolicySpec.from_json(out["policy_spec"]), out["env_id"], out["group"],
                              out["model"], out["version"], meta["target_return"], extra)
 
@@ -474,7 +477,8 @@ class Edge:
         low, high = out["return_range"]
         meta = {"model": out["model"], "version": out["version"], "model_id": f"{out['model']}@{out['version']}",
                 "env_id": out["env_id"], "group": out["group"], "arch": out["arch"],
-                "target_return": req.target_return, "in_range": bool(low <= req.target_return <= high),
+                "target_return": req.target_return, "conditioned_on": out["conditioned_on"],
+                "in_range": bool(low <= req.target_return <= high),
                 "dataset_return_range": [low, high], "num": req.num, "seed": seed, "temperature": req.temperature}
         return meta, out
 
@@ -508,7 +512,8 @@ class Edge:
             model=meta["model"], version=meta["version"], model_id=meta["model_id"], env_id=meta["env_id"],
             group=meta["group"], arch=meta["arch"], target_return=meta["target_return"], in_range=meta["in_range"],
             dataset_return_range=meta["dataset_return_range"], num=meta["num"], seed=meta["seed"],
-            temperature=meta["temperature"], num_params=int(out["params"].shape[1]))
+            temperature=meta["temperature"], num_params=int(out["params"].shape[1]),
+            conditioned_on=meta["conditioned_on"])
         if req.format == "safetensors":
             reply.policy_file = policy_file(meta, out)
         else:

@@ -451,6 +451,11 @@ def test_train_generator_and_generate_against_s3(s3_store_uri, tmp_path):
     else:
         conditioned = -55.0
         assert "conditioned_on" not in pf.metadata and "not adopted" in trained
+    # what the policy file and Serve's replies report: the condition, None when it is the request
+    for adopt in (True, False):
+        gen.info["calibration"] = {**cal, "adopted": adopt}
+        assert gen.conditioned_on(-55.0) == (pytest.approx(float(condition_for(cal, [-55.0])[0])) if adopt else None)
+    gen.info["calibration"] = cal
     gen.calibrated = False
     np.testing.assert_array_equal(pf.params, gen.generate(conditioned, num=4, seed=3))
 

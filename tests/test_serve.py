@@ -150,6 +150,9 @@ def test_generate_json_and_policy_file(server, tmp_path):
     local = load_generator(CheckpointStore(store_uri), "spread@v0001").generate(-50.0, num=3, seed=11)
     np.testing.assert_allclose(again, params, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(params, local, rtol=1e-5, atol=1e-6)
+    # the return the model was conditioned on (a calibrated version's curve), null when the request itself
+    conditioned = load_generator(CheckpointStore(store_uri), "spread@v0001").conditioned_on(-50.0)
+    assert out["conditioned_on"] == (None if conditioned is None else pytest.approx(conditioned))
     r = post(base, "/v1/generate", {**body, "model": "spread@v0001", "format": "safetensors"})
     assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
     (tmp_path / "p.safetensors").write_bytes(r.content)
@@ -158,6 +161,7 @@ def test_generate_json_and_policy_file(server, tmp_path):
     assert float(pf.metadata["target_return"]) == -50.0 and pf.params.shape == params.shape
     np.testing.assert_allclose(pf.params, params, rtol=1e-5, atol=1e-6)
     assert len(load_policies(tmp_path / "p.safetensors")) == 3
+    assert pf.metadata.get("conditioned_on") == (None if conditioned is None else repr(conditioned))
     assert post(base, "/v1/generate", {"model": "spread", "target_return": 5.0}).json()["seed"] >= 0
 
 
@@ -404,6 +408,7 @@ def test_grpc_generate_matches_http_and_maps_errors(server):
         params = np.asarray(reply.params, np.float32).reshape(reply.num, reply.num_params)
         np.testing.assert_allclose(params, np.asarray(http["params"], np.float32), rtol=1e-5, atol=1e-6)
         assert json.loads(reply.layout_json) == http["layout"] and reply.in_range == http["in_range"]
+        assert (reply.conditioned_on if reply.HasField("conditioned_on") else None) == http["conditioned_on"]
         unset = stub.Generate(pb.GenerateRequest(model="spread", target_return=-50.0), metadata=meta)
         assert unset.num == 1 and unset.temperature == 0.5 and len(unset.params) == unset.num_params
         assert unset.model_id.startswith("spread@v")  # a bare name resolves to LATEST

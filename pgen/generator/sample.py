@@ -134,6 +134,13 @@ class BaseGenerator:
         returns = np.asarray(returns, np.float64)
         return condition_for(calibration, returns) if calibration and self.calibrated else returns
 
+    def conditioned_on(self, target: float, spec: PolicySpec | None = None) -> float | None:
+        """The return the model is conditioned on for `target`, None when that is `target` itself
+        (no adopted calibration curve and no clipping): what `pgen generate`'s policy file and
+        Serve's replies report as `conditioned_on`."""
+        condition = float(self.conditioning(np.array([target]), spec)[0])
+        return None if condition == float(target) else condition
+
     def generate(self, target_returns: float | Sequence[float], num: int = 1, seed: int = 0,
                  temperature: float = DEFAULT_TEMPERATURE, spec: PolicySpec | None = None) -> np.ndarray:
         """`num` parameter vectors of `spec` (default: `self.spec`) per target, `[len(targets) · num, P]`
@@ -507,7 +514,8 @@ def generate_file(cfg: Any, store: CheckpointStore | None = None) -> Path:
     out = Path(cfg.out or f"generated-{gen.name}-{gen.version}{arch}-{target:g}.safetensors").expanduser().resolve()
     extra = {"seed": str(cfg.seed), "temperature": repr(float(cfg.temperature)),
              "dataset_return_range": json.dumps(list(gen.return_range(spec)))}
-    if gen.calibration_for(spec):
-        extra["conditioned_on"] = repr(float(gen.conditioning(np.array([target]), spec)[0]))
+    condition = gen.conditioned_on(target, spec)
+    if condition is not None:
+        extra["conditioned_on"] = repr(condition)
     return save_policy_file(out, params, spec, gen.info["env"]["id"], gen.info["group"], gen.name, gen.version,
                             target_return=target, extra=extra)
