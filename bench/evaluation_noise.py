@@ -61,6 +61,15 @@ def draws(store_uri: str, model: str, n: int, overrides: list[str]) -> dict:
     return out
 
 
+def write_models(path: Path, fresh: list[dict], script: str) -> None:
+    """`path`'s JSON with the `fresh` rows, keeping its rows of other (store, model, overrides)."""
+    previous = json.loads(path.read_text()).get("models", []) if path.exists() else []
+    done = {(r["store"], r["model"], tuple(r["overrides"])) for r in fresh}
+    models = [r for r in previous if (r["store"], r["model"], tuple(r["overrides"])) not in done] + fresh
+    path.write_text(json.dumps({"host": platform.node(), "command": f"python3 {script} " + " ".join(sys.argv[1:]),
+                                "models": models}, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", required=True, help="store URI (a folder or s3://…)")
@@ -73,12 +82,8 @@ def main() -> None:
         ap.error("--draws must be >= 2")
     setup_logging()
     path = Path(args.out)
-    previous = json.loads(path.read_text()).get("models", []) if path.exists() else []
     fresh = [draws(args.store, m, args.draws, args.overrides) for m in args.model]
-    done = {(r["store"], r["model"], tuple(r["overrides"])) for r in fresh}
-    models = [r for r in previous if (r["store"], r["model"], tuple(r["overrides"])) not in done] + fresh
-    path.write_text(json.dumps({"host": platform.node(), "command": "python bench/evaluation_noise.py "
-                                + " ".join(sys.argv[1:]), "models": models}, indent=1))
+    write_models(path, fresh, "bench/evaluation_noise.py")
     print(f"\n{'model':<48} {'arm':<11} {'R² mean ± std':>15} {'min … max':>15} {'ρ mean ± std':>14}"
           f" {'min … max':>15} {'score mean':>10}")
     for r in fresh:

@@ -44,6 +44,7 @@ from pgen.deployment import generator_handle
 from pgen.fileio import atomic_write
 from pgen.gate import decide, record_decision
 from pgen.generator.calibration import check_calibration_settings
+from pgen.selection import check_selection
 from pgen.generator.sample import promote
 from pgen.generator.train import generator_name, slice_spec
 from pgen.population import (PopulationWorker, algo_settings_drawn_per_member, check_member_resources,
@@ -92,6 +93,7 @@ def check_config(cfg: LoopConfig) -> None:
     check_member_resources(cfg.population.resources)
     check_seed_settings(cfg.population)
     check_calibration_settings(cfg.generator.calibration)
+    check_selection(cfg.evaluate.candidates, cfg.evaluate.selection_episodes, "evaluate.")  # the gate's grid
 
 
 class Loop:

@@ -308,6 +308,10 @@ class EvaluateSettings:
     extra_targets: List[float] = field(default_factory=list)  # more targets; outside the dataset's range is flagged
     samples: int = 5  # generated policies per target
     temperature: float = DEFAULT_TEMPERATURE  # ε ~ N(0, temperature² I)
+    # > 1: each sample is the closest to its target of this many generated policies, played on
+    # `selection_episodes` selection episodes (pgen.selection); the table also reports the first candidates
+    candidates: int = 1
+    selection_episodes: int = 100  # 30 chose on episode noise: chosen policies then played ~5 off on others
     top_fraction: float = 0.1  # R_top10: the best this fraction of training checkpoints ...
     max_top: int = 20  # ... at most this many, re-evaluated on the same episodes
     states: int = 20  # episodes whose observations are the fixed states of behavioural agreement
@@ -353,6 +357,10 @@ class GenerateConfig:
     num: int = 1
     seed: int = 0
     temperature: float = DEFAULT_TEMPERATURE
+    # > 1: each policy is the closest to target_return of this many generated ones, played greedily on
+    # `selection_episodes` selection episodes against the generator's reference (pgen.selection)
+    candidates: int = 1
+    selection_episodes: int = 100
     out: Optional[str] = None  # default generated-<name>-<version>-<target>.safetensors
     max_num: int = 1024
 

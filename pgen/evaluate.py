@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pgen.config import EnvConfig, EvaluateConfig, EvaluateSettings, config_from_dict  # noqa: E402
-from pgen.rollout import HELDOUT_EVAL_SEED, actor_from_flat, evaluate_returns  # noqa: E402
+from pgen.rollout import HELDOUT_EVAL_SEED, actor_from_flat, evaluate_returns, selection_returns  # noqa: E402
 from pgen.generator.data import ParamDataset, condition_returns, load_slice, reference_actors  # noqa: E402
 from pgen.generator.archgraph import ArchNotSupported  # noqa: E402
 from pgen.generator.sample import FamilyGenerator, Generator, load_generator  # noqa: E402
@@ -49,6 +49,7 @@ from pgen.fileio import atomic_write  # noqa: E402
 from pgen.plots import save_figure  # noqa: E402
 from pgen.policy import Actor, ParamLayout, PolicySpec  # noqa: E402
 from pgen.progress import Progress, log  # noqa: E402
+from pgen.selection import first_candidate_metrics, grid_points, selection_line  # noqa: E402
 from pgen.store import CheckpointStore, open_store  # noqa: E402
 
 COPY_THRESHOLD = 0.01  # relative L2 below which a generated vector counts as a copy of a training vector
@@ -172,15 +173,13 @@ def evaluate_generator(cfg: EvaluateConfig, store: CheckpointStore | None = None
         raise ValueError("the baselines were measured with other evaluate settings than these")
     s, spec, data, targets, in_range = cfg.evaluate, base.spec, base.data, base.targets, base.in_range
     progress = Progress(f"evaluate {gen.model_id}", len(targets) * s.samples, unit="policies", every_s=10.0)
-    generated, points = [], []
-    for k, target in enumerate(targets):
-        params = gen.generate(target, s.samples, seed=s.seed * 100_003 + k, temperature=s.temperature)
-        for j, flat in enumerate(params):
-            a = base.achieved_return(actor_from_flat(spec, flat)) if np.isfinite(flat).all() else float("nan")
-            points.append({"k": k, "target": target, "in_range": in_range[k], "sample": j, "achieved": a})
-            generated.append(flat)
-            progress.update(len(points))
-    generated = np.stack(generated)
+
+    def play(flat: np.ndarray) -> float:
+        return base.achieved_return(actor_from_flat(spec, flat)) if np.isfinite(flat).all() else float("nan")
+
+    points, generated = grid_points(gen, targets, in_range, s, play,
+                                    selection_returns(base.env_cfg, base.others, base.group, spec, s.selection_episodes),
+                                    tick=progress.update)
     progress.update(len(points), force=True)
 
     # novelty and copies, in the generator's standardised space
@@ -219,7 +218,8 @@ def evaluate_generator(cfg: EvaluateConfig, store: CheckpointStore | None = None
     result = {
         "model": gen.model_id, "env_id": base.env_cfg.id, "group": base.group, "arch": gen.info["arch"],
         "episodes": s.episodes, "mode": "stochastic" if s.stochastic else "greedy", "samples": s.samples,
-        "temperature": s.temperature, "reference": gen.info.get("reference"),
+        "temperature": s.temperature, "candidates": s.candidates,
+        "selection_episodes": s.selection_episodes if s.candidates > 1 else 0, "reference": gen.info.get("reference"),
         "calibrated": bool(gen.calibration_for()) and gen.calibrated,
         "dataset": {"checkpoints": int(len(data)), "runs": sorted(set(data.run_ids.tolist())),
                     "return_min": float(data.returns.min()), "return_max": float(data.returns.max())},
@@ -238,6 +238,7 @@ def evaluate_generator(cfg: EvaluateConfig, store: CheckpointStore | None = None
         "agreement_mean": float(np.mean(agreement)), "non_finite_policies": int((~np.isfinite(a_in)).sum()),
         "learning_signal": learning_signal(data.returns, float(np.median(data.return_std)), s.episodes, r_random,
                                            r_top),
+        "first_candidates": first_candidate_metrics(points, top_k, r_random, r_top),
         "targets": rows, "points": points,
     }
     result["learned_nothing"] = not result["learning_signal"]["learned"]
@@ -258,8 +259,12 @@ def write_evaluation(result: dict[str, Any], folder: Path, plot: Callable[[dict[
 def plot_alignment(result: dict[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.2, 5.4), dpi=110)
     pts = result["points"]
+    chosen = f", the closest of {result['candidates']}" if result.get("first_candidates") else ""
     ax.scatter([p["target"] for p in pts], [p["achieved"] for p in pts], s=12, alpha=0.45, color="tab:blue",
-               label="generated (each sample)")
+               label=f"generated (each sample{chosen})")
+    if chosen:
+        ax.scatter([p["target"] for p in pts], [p["achieved_first"] for p in pts], s=14, marker="x", alpha=0.45,
+                   color="grey", label="generated (each sample's first candidate)")
     rows = result["targets"]
     ax.plot([r["target"] for r in rows], [r["achieved_mean"] for r in rows], "o-", color="tab:blue",
             label="generated (mean per target)")
@@ -306,6 +311,9 @@ def format_result(r: dict[str, Any]) -> str:
         f" {r['spearman']:.3f} (retrieval {r['retrieval_spearman']:.3f})",
         f"normalised score at the top target {r['top_target']:.1f}: {r['normalised_score_top']:.2f}"
         f" (retrieval {r['retrieval_normalised_score_top']:.2f})",
+    ] + ([selection_line(r) + f"; the first candidates alone: R² {r['first_candidates']['alignment_r2']:.3f},"
+          f" Spearman {r['first_candidates']['spearman']:.3f}, score at the top"
+          f" {r['first_candidates']['normalised_score_top']:.2f}"] if r.get("first_candidates") else []) + [
         f"novelty median {r['novelty_median']:.2f} | copies (relative L2 < {COPY_THRESHOLD:.0%}): {r['copies']}"
         f" (min {r['min_relative_l2']:.3f}) | action agreement with nearest checkpoint {r['agreement_mean']:.2f}",
         f"plot {r['plot']}\njson {r['json']}",

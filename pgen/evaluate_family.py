@@ -43,7 +43,8 @@ from pgen.metrics import (action_agreement, alignment_r2, cross_run_nn_median, m
                           normalised_score, spearman)
 from pgen.policy import Actor, PolicySpec  # noqa: E402
 from pgen.progress import Progress  # noqa: E402
-from pgen.rollout import HELDOUT_EVAL_SEED, actor_from_flat, evaluate_returns  # noqa: E402
+from pgen.rollout import HELDOUT_EVAL_SEED, actor_from_flat, evaluate_returns, selection_returns  # noqa: E402
+from pgen.selection import first_candidate_metrics, grid_points, selection_line  # noqa: E402
 from pgen.store import CheckpointStore  # noqa: E402
 
 Row = tuple[str, int]  # (arch key, row of that architecture's training data)
@@ -141,14 +142,9 @@ def evaluate_arch(gen: FamilyGenerator, base: FamilyBaselines, spec: PolicySpec,
     def play(flat: np.ndarray) -> float:
         return base.achieved_return(actor_from_flat(spec, flat)) if np.isfinite(flat).all() else float("nan")
 
-    points, generated = [], []
-    for k, target in enumerate(targets):
-        for j, flat in enumerate(gen.generate(target, s.samples, seed=s.seed * 100_003 + k, temperature=s.temperature,
-                                              spec=spec)):
-            points.append({"k": k, "target": target, "in_range": base.in_range[k], "sample": j, "achieved": play(flat)})
-            generated.append(flat)
-            tick()
-    generated = np.stack(generated)
+    points, generated = grid_points(gen, targets, base.in_range, s, play,
+                                    selection_returns(base.env_cfg, base.others, base.group, spec, s.selection_episodes),
+                                    spec=spec, tick=lambda done: tick())
     best = candidates[int(np.argmax(returns))]
     transfer = play(carried(best))
     retrieval_rows = [candidates[int(np.argmin(np.abs(returns - t)))] for t in targets]
@@ -207,6 +203,7 @@ def evaluate_arch(gen: FamilyGenerator, base: FamilyBaselines, spec: PolicySpec,
         "min_relative_l2": float(rel_l2.min()), "copies": int((rel_l2 < COPY_THRESHOLD).sum()),
         "agreement_mean": float(np.mean(agreement)), "non_finite_policies": int(sum(not np.isfinite(p["achieved"])
                                                                                     for p in points)),
+        "first_candidates": first_candidate_metrics(points, top_k, r_random, r_top),
         "targets": rows, "points": points,
     }
 
@@ -232,7 +229,8 @@ def evaluate_family(gen: FamilyGenerator, base: FamilyBaselines, settings: Evalu
         "model": gen.model_id, "env_id": base.env_cfg.id, "group": base.group, "family": gen.family,
         "trained_archs": gen.info["archs"], "episodes": settings.episodes,
         "mode": "stochastic" if settings.stochastic else "greedy", "samples": settings.samples,
-        "temperature": settings.temperature, "targets": base.targets, "in_range": base.in_range,
+        "temperature": settings.temperature, "candidates": settings.candidates,
+        "selection_episodes": settings.selection_episodes if settings.candidates > 1 else 0, "targets": base.targets, "in_range": base.in_range,
         "r_random": base.r_random, "r_top10": base.r_top, "top10_checkpoints": len(base.top_rows),
         "top10_archs": sorted({k for k, _ in base.top_rows}), "best_trained": float(max(base.achieved.values())),
         "dataset": {"checkpoints": int(len(base.data)), "arch_rows": {k: len(p) for k, p in base.data.parts.items()},
@@ -292,6 +290,12 @@ def format_family_result(r: dict[str, Any]) -> str:
                      f" {a['transfer_alignment_r2']:>6.2f} | {a['retrieval_transfer_alignment_r2']:>12.2f}"
                      f" {a['retrieval_transfer_score_top']:>6.2f} | {a['random_init_score']:>9.2f} |"
                      f" {a['novelty_median']:>7.2f} {a['copies']:>6} {a['agreement_mean']:>5.2f}")
+        if a.get("first_candidates"):
+            f = a["first_candidates"]
+            lines.append(f"{'  first candidates':<26} {'':>9} {f['alignment_r2']:>6.2f} {f['spearman']:>6.2f}"
+                         f" {f['normalised_score_top']:>9.2f}")
+    if r.get("candidates", 1) > 1:
+        lines.append(selection_line(r))
     lines.append("scores are normalised: (return − random) / (top-10 % trained − random)")
     lines.append(f"plot {r['plot']}\njson {r['json']}")
     return "\n".join(lines)

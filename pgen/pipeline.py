@@ -24,12 +24,14 @@ from pgen.fileio import atomic_write
 from pgen.population import populate
 from pgen.generator.calibration import check_calibration_settings
 from pgen.progress import format_duration, log
+from pgen.selection import check_selection
 from pgen.store import open_store
 
 
 def pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     t0 = time.monotonic()
     check_calibration_settings(cfg.generator.calibration)  # not after minutes of populating
+    check_selection(cfg.evaluate.candidates, cfg.evaluate.selection_episodes, "evaluate.")
     store = open_store(cfg.store)  # fails fast on a bad URI
     run_id = cfg.run_id or f"pipe-{cfg.env.name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
     groups = [cfg.generator.group] if cfg.generator.group else [g.name for g in describe_env(cfg.env).groups]
@@ -57,8 +59,8 @@ def pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         print(format_result(result), flush=True)
         results["groups"][group] = {k: result[k] for k in (
             "model", "alignment_r2", "spearman", "retrieval_alignment_r2", "normalised_score_top", "r_random",
-            "r_top10", "novelty_median", "copies", "agreement_mean", "learned_nothing", "learning_signal", "plot",
-            "json")}
+            "r_top10", "novelty_median", "copies", "agreement_mean", "candidates", "first_candidates", "learned_nothing",
+            "learning_signal", "plot", "json")}
     timings["total_s"] = time.monotonic() - t0
     results["timings"] = timings
     path = out / f"pipeline-{run_id}.json"

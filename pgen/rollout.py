@@ -9,7 +9,7 @@ uniformly random actions, which is how the random level R_random is measured.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -23,9 +23,10 @@ EVAL_SEED = 10_000  # evaluation episodes never share seeds with training copies
 # `pgen evaluate` plays other episodes than the populations' checkpoint evaluations (EVAL_SEED), so a
 # checkpoint picked for its recorded return is not flattered by the noise of the episodes it was picked on
 HELDOUT_EVAL_SEED = 60_000
-# a member choosing among generated seed policies plays them on these episodes, so the first checkpoint's
-# return (EVAL_SEED) is not flattered by the noise of the episodes its policy was chosen on
-SEED_SELECTION_SEED = 30_000
+# a generated policy chosen among candidates (a seeded member's best, `pgen.selection`'s closest to a
+# target) is chosen on these episodes, so what is measured afterwards (a first checkpoint's return on
+# EVAL_SEED, `pgen evaluate` on HELDOUT_EVAL_SEED) is not flattered by the noise it was chosen on
+SELECTION_SEED = 30_000
 # a generator calibrating its return condition after its fit plays its policies on these episodes
 # (`pgen.generator.calibration`), neither the populations' nor `pgen evaluate`'s
 CALIBRATION_SEED = 45_000
@@ -124,8 +125,16 @@ def reference_returns(env_cfg: EnvConfig, others: Mapping[str, Actor], group: st
 def best_candidate(env_cfg: EnvConfig, others: Mapping[str, Actor], group: str, spec: PolicySpec,
                    params: np.ndarray, episodes: int) -> tuple[int, list[float], int]:
     """(index, mean returns, env steps) of the best of the candidate policies `params` `[K, P]` of
-    `group`, each played greedily against `others` on `episodes` selection episodes (SEED_SELECTION_SEED)."""
+    `group`, each played greedily against `others` on `episodes` selection episodes (SELECTION_SEED)."""
     steps: list[int] = []
-    means = reference_returns(env_cfg, others, group, spec, params, episodes, label="seed candidates",
-                              seed=SEED_SELECTION_SEED, env_steps=steps).mean(axis=1)
+    means = selection_returns(env_cfg, others, group, spec, episodes, "seed candidates", steps)(params)
     return int(np.argmax(means)), [float(m) for m in means], sum(steps)
+
+
+def selection_returns(env_cfg: EnvConfig, others: Mapping[str, Actor], group: str, spec: PolicySpec, episodes: int,
+                      label: str = "selection", env_steps: list[int] | None = None
+                      ) -> Callable[[np.ndarray], np.ndarray]:
+    """`params [N, P] -> [N]`: each row's mean greedy group return against `others` on the `episodes`
+    selection episodes (SELECTION_SEED). `env_steps`: as in `evaluate_returns`."""
+    return lambda params: reference_returns(env_cfg, others, group, spec, params, episodes, label=label,
+                                            seed=SELECTION_SEED, env_steps=env_steps).mean(axis=1)

@@ -273,8 +273,8 @@ def one_thread() -> Iterator[None]:
 
 def test_an_old_single_arch_version_loads_and_generates_the_same_parameters():
     """`tests/fixtures/single-arch-version` was written by pgen before this issue (its config.json has
-    no model type); today's code must give what that code generated, bit for bit (on one thread, as
-    then: a forward pass's float rounding depends on the thread count)."""
+    no model type); today's code must give what that code generated (on one thread, as then: a forward
+    pass's float rounding depends on the thread count; and up to the CPU's rounding)."""
     with one_thread():
         check_fixture()
 
@@ -287,7 +287,7 @@ def test_a_family_version_without_the_linear_readout_loads_and_generates_the_sam
         assert "linear_readout" not in json.loads((FAMILY_FIXTURE / "config.json").read_text())["model"]
         assert isinstance(gen, FamilyGenerator) and not gen.model.cfg.linear_readout
         expected = load_file(str(FAMILY_FIXTURE / "expected.safetensors"))["params"].numpy()
-        assert np.array_equal(gen.generate([-70.0, -50.0], num=3, seed=5, spec=spec(12, 12)), expected)
+        assert_generates_as_then(gen.generate([-70.0, -50.0], num=3, seed=5, spec=spec(12, 12)), expected)
 
 
 def test_the_linear_readout_is_linear_in_the_latent_and_can_be_turned_off():
@@ -311,12 +311,21 @@ def test_the_linear_readout_is_linear_in_the_latent_and_can_be_turned_off():
     assert not plain.model.cfg.linear_readout and not hasattr(plain.model, "lin_rows")
 
 
+def assert_generates_as_then(generated: np.ndarray, expected: np.ndarray) -> None:
+    """What a fixture's code generated, up to the float rounding of the CPU: the fixtures were written on
+    another CPU model, whose vector kernels round the last bit differently (|Δ| ≤ 4e-8 seen on another
+    machine); a change of the decoding itself moves parameters by orders of magnitude more."""
+    assert generated.shape == expected.shape and generated.dtype == expected.dtype
+    np.testing.assert_allclose(generated, expected, rtol=0, atol=1e-6)
+
+
 def check_fixture() -> None:
     gen = read_generator(lambda f: (FIXTURE / f).read_bytes(), "fixture", device="cpu")
     assert "type" not in json.loads((FIXTURE / "config.json").read_text())["model"]
     expected = load_file(str(FIXTURE / "expected.safetensors"))["params"].numpy()
-    assert np.array_equal(gen.generate([-70.0, -50.0], num=3, seed=5), expected)
-    assert np.array_equal(gen.generate([-70.0, -50.0], num=3, seed=5, spec=gen.spec), expected)
+    generated = gen.generate([-70.0, -50.0], num=3, seed=5)
+    assert_generates_as_then(generated, expected)
+    assert np.array_equal(gen.generate([-70.0, -50.0], num=3, seed=5, spec=gen.spec), generated)
     with pytest.raises(ArchNotSupported, match="generates only mlp-18x8x5-tanh"):
         gen.generate(-50.0, spec=spec(16))
 

@@ -10,6 +10,7 @@ import sys
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -160,17 +161,27 @@ def test_learning_signal_flags_a_population_that_learned_nothing():
     assert not learning_signal(np.array([-80.0, -60.0, -78.0]), 30.0, 4, -80.0, r_top=-60.0)["learned"]
 
 
+def known_return(rng: np.random.Generator, offset: float = -100.0
+                 ) -> tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """(SMALL's initial policy, a random unit direction u, play): a "return" that needs no env,
+    `offset + 10 · (params − init) · u` per parameter row."""
+    init = Actor(SMALL).flat_params()
+    u = rng.normal(size=init.size)
+    u /= np.linalg.norm(u)
+
+    def play(p: np.ndarray) -> np.ndarray:
+        return offset + 10.0 * (np.asarray(p, np.float64) - init) @ u
+
+    return init, u, play
+
+
 def test_a_higher_condition_yields_a_higher_return_and_a_condition_blind_generator_does_not():
     """The core promise on data where the return is a known function of the weights (a projection of
     their distance from the initial policy), so achieved returns need no env: conditioned on the
     return, generated policies' returns follow the targets; conditioned on shuffled returns, not."""
     rng = np.random.default_rng(0)
-    init = Actor(SMALL).flat_params()
-    u = rng.normal(size=init.size)
-    u /= np.linalg.norm(u)
-
-    def achieved(p: np.ndarray) -> np.ndarray:
-        return 10.0 * (np.asarray(p, np.float64) - init) @ u
+    init, u, play = known_return(rng, offset=0.0)
+    achieved = play
 
     params, runs = [], []
     for r in range(5):  # each run drifts along u at its own speed and along a direction of its own
@@ -225,12 +236,7 @@ def test_calibration_makes_a_compressed_generator_play_the_returns_it_is_asked_f
     without an env): conditioned on the record, the generator plays g⁻¹(t) for a request t (R² well
     below 1); calibrated on what its policies play, it plays t."""
     rng = np.random.default_rng(1)
-    init = Actor(SMALL).flat_params()
-    u = rng.normal(size=init.size)
-    u /= np.linalg.norm(u)
-
-    def play(p: np.ndarray) -> np.ndarray:
-        return -100.0 + 10.0 * (np.asarray(p, np.float64) - init) @ u
+    init, u, play = known_return(rng)
 
     params, runs = [], []
     for r in range(5):

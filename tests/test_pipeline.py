@@ -18,7 +18,7 @@ TINY_PIPELINE = [
     "population.max_env_steps=20000", "population.hparams={lr:[1e-3,3e-3],ent_coef:[0.002,0.01],init_scale:[1.0,1.0]}",
     "log_every_s=5", "generator.epochs=40", "generator.d_model=16", "generator.n_layers=1", "generator.latent_dim=4",
     "generator.batch_size=8", "evaluate.episodes=10", "evaluate.samples=2", "evaluate.targets=4",
-    "evaluate.max_top=2", "evaluate.states=2", "evaluate.extra_targets=[500.0]",
+    "evaluate.max_top=2", "evaluate.states=2", "evaluate.extra_targets=[500.0]", "evaluate.selection_episodes=4",
 ]
 
 
@@ -37,6 +37,11 @@ def test_pipeline_runs_populate_train_evaluate(tmp_path):
     # 4 grid targets + the dataset's maximum + one flagged extra target, 2 samples each
     assert [t["in_range"] for t in evaluation["targets"]] == [True] * 5 + [False]
     assert len(evaluation["points"]) == 12
+    # profile=quick chooses each policy among 16 and reports the first candidates (the generator alone) beside
+    assert result["candidates"] == evaluation["candidates"] == 16 and evaluation["selection_episodes"] == 4
+    assert set(result["first_candidates"]) == {"alignment_r2", "spearman", "normalised_score_top"}
+    assert all(0 <= p["candidate"] < 16 and "achieved_first" in p for p in evaluation["points"])
+    assert "the closest to its target of 16 generated" in out.stdout and "the first candidates alone" in out.stdout
     # the core promise, loosely: a higher requested return gets policies that achieve more
     achieved = [t["achieved_mean"] for t in evaluation["targets"][:5]]
     assert evaluation["spearman"] > 0.3 and achieved[-1] > achieved[0], (evaluation["spearman"], achieved)

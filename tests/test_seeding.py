@@ -65,7 +65,7 @@ def test_a_member_seeded_from_candidates_starts_from_the_best_on_the_selection_e
     """population.seed.candidates=4: each member asks for four policies, plays each greedily on the
     selection episodes, starts from the best, and counts those episodes' env steps as its own."""
     from pgen.population import populate
-    from pgen.rollout import SEED_SELECTION_SEED, actor_from_flat, evaluate_returns
+    from pgen.rollout import SELECTION_SEED, actor_from_flat, evaluate_returns
 
     store_uri = served_generator
     cfg = compose_config("populate", POPULATE + [f"store.uri={store_uri}", "run_id=best", "population.max_env_steps=800",
@@ -79,7 +79,7 @@ def test_a_member_seeded_from_candidates_starts_from_the_best_on_the_selection_e
         first = min(store.read_records(run_id=f"best-m{member:03d}").table.to_pylist(), key=lambda r: r["step"])
         candidates = gen.generate(-45.0, num=4, seed=3 * 1000 + member)
         means = [evaluate_returns(cfg.env, {"agent": actor_from_flat(gen.spec, flat)}, 4,
-                                  seed=SEED_SELECTION_SEED)["agent"].mean() for flat in candidates]
+                                  seed=SELECTION_SEED)["agent"].mean() for flat in candidates]
         assert len(set(np.round(means, 6))) > 1, means  # the candidates differ, so the choice is a real one
         chosen.append(int(np.argmax(means)))
         np.testing.assert_allclose(np.asarray(first["params"], np.float32), candidates[chosen[-1]],

@@ -30,15 +30,16 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from pgen.config import DEFAULT_TEMPERATURE, enum_value
+from pgen.config import DEFAULT_TEMPERATURE, config_from_dict, enum_value
 from pgen.generator.archgraph import ArchNotSupported, check_arch
 from pgen.generator.calibration import adopted, condition_for
-from pgen.generator.data import Normalizer, Tokenizer
+from pgen.generator.data import Normalizer, Tokenizer, reference_actors
 from pgen.generator.family_data import FamilyNormalizer
 from pgen.generator.family_model import MODEL_TYPE, ArchInputs, FamilyModelConfig, FamilyVAE, arch_inputs
 from pgen.generator.model import ModelConfig, ParamVAE
 from pgen.growth import can_grow, grow, transfer_source
 from pgen.policy import ParamLayout, PolicySpec, save_policy_file
+from pgen.rollout import selection_returns
 from pgen.store import CheckpointStore, StoreError, open_store
 
 VERSION_RE = re.compile(r"^v(\d{4,})$")
@@ -504,16 +505,29 @@ def generate_file(cfg: Any, store: CheckpointStore | None = None) -> Path:
     target = check_target(cfg.target_return)
     if not 1 <= cfg.num <= cfg.max_num:
         raise ValueError(f"num must be between 1 and {cfg.max_num}, got {cfg.num}")
+    from pgen.selection import check_selection, generate_selected  # pgen.selection imports this module
+
+    check_selection(cfg.candidates, cfg.selection_episodes)
     store = store or open_store(cfg.store)
     gen = load_generator(store, cfg.model)
     p = cfg.policy
     spec = requested_spec(gen, cfg.arch, enum_value(p.kind) if p.kind else None, p.hidden,
                           enum_value(p.activation) if p.activation else None)
-    params = gen.generate(target, cfg.num, seed=cfg.seed, temperature=cfg.temperature, spec=spec)
-    arch = "" if spec == gen.spec else f"-{spec.arch_key}"
-    out = Path(cfg.out or f"generated-{gen.name}-{gen.version}{arch}-{target:g}.safetensors").expanduser().resolve()
     extra = {"seed": str(cfg.seed), "temperature": repr(float(cfg.temperature)),
              "dataset_return_range": json.dumps(list(gen.return_range(spec)))}
+    if cfg.candidates > 1:  # each policy the closest to the target of `candidates`, played on the selection episodes
+        env_cfg = config_from_dict("train", {"env": gen.info["env"]}).env
+        returns_of = selection_returns(env_cfg, reference_actors(store, gen.info, env_cfg), gen.info["group"], spec,
+                                       cfg.selection_episodes)
+        drawn = generate_selected(gen, target, cfg.num, cfg.candidates, returns_of, seed=cfg.seed,
+                                  temperature=cfg.temperature, spec=spec)
+        params = drawn.params
+        extra.update(candidates=str(cfg.candidates), selection_episodes=str(cfg.selection_episodes),
+                     selection_returns=json.dumps([float(r[c]) for r, c in zip(drawn.returns, drawn.chosen)]))
+    else:
+        params = gen.generate(target, cfg.num, seed=cfg.seed, temperature=cfg.temperature, spec=spec)
+    arch = "" if spec == gen.spec else f"-{spec.arch_key}"
+    out = Path(cfg.out or f"generated-{gen.name}-{gen.version}{arch}-{target:g}.safetensors").expanduser().resolve()
     condition = gen.conditioned_on(target, spec)
     if condition is not None:
         extra["conditioned_on"] = repr(condition)
