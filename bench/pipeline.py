@@ -12,7 +12,8 @@ Arms (each a list of overrides on `pgen pipeline profile=quick`):
 Repeat r runs every arm with `seed=r` (`previous` only in its first `--previous-repeats` repeats;
 `--seeds` names the seeds instead).
 Per run: wall time from process start to exit, the pipeline's own stage timings and its table (R²,
-Spearman, retrieval R², score at the top, copies). Prints one row per run and per arm the median wall
+Spearman, retrieval R², score at the top, copies; with `evaluate.candidates` > 1 also the first
+candidates' R², Spearman and score: the generator alone on the same draw). Prints one row per run and per arm the median wall
 time and its ratio to `previous`'s; writes bench/results/pipeline.json (or `--out`).
 
     python3 bench/pipeline.py --repeats 3 --previous-repeats 1 --lever "epochs120=generator.epochs=120"
@@ -36,7 +37,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from rollout import PREVIOUS  # noqa: E402  (the PPO defaults before the batched backend)
 
 PREVIOUS_PROFILE = [*PREVIOUS, "population.size=3", "population.checkpoint_every=4", "population.cpus_per_worker=0.66",
-                    "population.hparams.lr=[0.00015,0.0015]", "generator.calibration.points=0"]  # no calibration then
+                    "population.hparams.lr=[0.00015,0.0015]", "generator.calibration.points=0",  # no calibration then
+                    "evaluate.candidates=1", "evaluate.temperature=0.5"]  # nor a choice among candidates
 TABLE = ("alignment_r2", "spearman", "retrieval_alignment_r2", "normalised_score_top", "copies")
 
 
@@ -52,7 +54,8 @@ def run_pipeline(arm: str, overrides: list[str], seed: int) -> dict:
         summary = json.loads(next(Path(tmp, "runs").glob("pipeline-*.json")).read_text())
     (group, table), = summary["groups"].items()
     return {"arm": arm, "seed": seed, "overrides": overrides, "wall_s": wall, "timings": summary["timings"],
-            "group": group, **{k: table[k] for k in TABLE}}
+            "group": group, **{k: table[k] for k in TABLE}, "candidates": table.get("candidates", 1),
+            "first_candidates": table.get("first_candidates")}
 
 
 def main() -> None:
@@ -83,14 +86,16 @@ def main() -> None:
             runs.append(run_pipeline(arm, overrides, seed))
             Path(args.out).write_text(json.dumps({"host": platform.node(), "runs": runs}, indent=1))
     print(f"\n{'arm':<12} {'seed':>4} {'wall':>8} {'populate':>9} {'fit':>7} {'evaluate':>9} | {'R²':>6} {'ρ':>6}"
-          f" {'retr. R²':>8} {'score':>6} {'copies':>6}")
+          f" {'retr. R²':>8} {'score':>6} {'copies':>6} | {'K':>3} {'first: R²':>9} {'ρ':>6} {'score':>6}")
     for r in runs:
         t, group = r["timings"], r["group"]
         fit_s, evaluate_s = t[f"train_generator_{group}_s"], t[f"evaluate_{group}_s"]
         print(f"{r['arm']:<12} {r['seed']:>4} {r['wall_s']:>7.0f}s {t['populate_s']:>8.0f}s"
               f" {fit_s:>6.0f}s {evaluate_s:>8.0f}s |"
               f" {r['alignment_r2']:>6.3f} {r['spearman']:>6.3f} {r['retrieval_alignment_r2']:>8.3f}"
-              f" {r['normalised_score_top']:>6.2f} {r['copies']:>6}")
+              f" {r['normalised_score_top']:>6.2f} {r['copies']:>6} | {r['candidates']:>3}" + (
+                  " {alignment_r2:>9.3f} {spearman:>6.3f} {normalised_score_top:>6.2f}".format(**r["first_candidates"])
+                  if r["first_candidates"] else ""))
     medians = {arm: statistics.median(r["wall_s"] for r in runs if r["arm"] == arm)
                for arm in dict.fromkeys(r["arm"] for r in runs)}
     base = medians.get("previous")

@@ -41,6 +41,7 @@ def test_each_policy_is_its_slots_closest_candidate_and_the_first_is_the_unselec
     data = ParamDataset(params, play(params), np.repeat([f"r{i}" for i in range(4)], 20), np.tile(np.arange(20), 4),
                         np.ones(n), np.full(n, 4))
     gen = fit(replace(TINY_GEN, epochs=20, batch_size=16), data, SMALL, seed=0).generator
+    gen.info["dataset"] = {"return_min": float(data.returns.min()), "return_max": float(data.returns.max())}  # as registered
     played = []
 
     def returns_of(rows: np.ndarray) -> np.ndarray:
@@ -61,6 +62,11 @@ def test_each_policy_is_its_slots_closest_candidate_and_the_first_is_the_unselec
         first_r2.append(play(drawn.first)), chosen_r2.append(play(drawn.params))
     targets = np.repeat([-95.0, -80.0, -70.0], 3)
     assert alignment_r2(targets, np.concatenate(chosen_r2)) > alignment_r2(targets, np.concatenate(first_r2))
+    # at or above the data's best return, the best candidate: the best return ever seen asks for the best
+    top = gen.return_range()[1]
+    for target in (top, top + 20.0):
+        drawn = generate_selected(gen, target, 3, 6, returns_of, seed=5, temperature=1.0)
+        assert drawn.chosen.tolist() == np.argmax(drawn.returns, axis=1).tolist()
     with pytest.raises(ConfigError, match="candidates must be >= 1"):
         generate_selected(gen, -80.0, 3, 0, returns_of)
 
