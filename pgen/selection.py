@@ -1,16 +1,16 @@
 """Generated policies chosen among candidates: the one whose played return is closest to the target.
 
 A generator's samples for one condition spread over tens of return units where its data is thin
-(the first checkpoints of each run: bench/README "Throughput → The main job"). With `candidates` K > 1,
-every policy handed out is the closest to the target of K generated for it: each candidate is
-played greedily on `selection_episodes` episodes of their own seeds (SELECTION_SEED: neither the
-populations' checkpoint evaluation, nor the calibration's, nor `pgen evaluate`'s held-out episodes,
-so the evaluation does not grade the choice on the noise it was made on), and the one whose mean
-return is nearest the target is kept — or, for a target at or above the best return of the
-generator's data (`return_range`'s top: the best any training checkpoint of that architecture
-recorded), the candidate that played best: asking for the best return ever seen asks for the best,
-and the evaluation's top-10 % checkpoints, re-measured on other episodes, may play above the
-best recorded one (quick profile seed 0: the top target −54.6, R_top10 −53.3). The parameters are still generated, not trained or copied:
+(the first checkpoints of each run: bench/README "Selection"). With `candidates` K > 1, every policy
+handed out is the closest to the target of K generated for it: each candidate is played greedily on
+`selection_episodes` episodes of their own seeds (SELECTION_SEED: neither the populations'
+checkpoint evaluation, nor the calibration's, nor `pgen evaluate`'s held-out episodes, so the
+evaluation does not grade the choice on the noise it was made on), and the one whose mean return is
+nearest the target is kept. A target at or above the best return of the generator's data
+(`return_range`'s top: the best any training checkpoint of that architecture recorded) asks for the
+best ever seen, so there the candidate that played best is kept (the evaluation's top-10 %
+checkpoints, re-measured on other episodes, can play above that best recorded return: quick profile
+seed 0, top target −54.6, R_top10 −53.3). The parameters are still generated, not trained or copied:
 choosing costs K · `selection_episodes` episodes per policy and no gradient step.
 
 The first candidate of every slot is drawn with exactly the noise of `candidates=1` (the same call,
@@ -38,7 +38,7 @@ class Selection:
     """`num` policies for one target: the ones handed out, each slot's first candidate, and what every
     candidate played on the selection episodes."""
 
-    params: np.ndarray  # [num, P]: per slot, the candidate whose selection return is closest to the target
+    params: np.ndarray  # [num, P]: per slot, the chosen candidate (closest to the target; at the top, the best)
     first: np.ndarray  # [num, P]: per slot, the first candidate (what `candidates=1` gives)
     chosen: np.ndarray  # [num]: index of the chosen candidate per slot (0 … K-1)
     returns: np.ndarray  # [num, K]: each candidate's mean selection return (NaN: non-finite parameters); [num, 0] for K = 1
