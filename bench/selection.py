@@ -46,7 +46,7 @@ def stats(values: list[float]) -> dict[str, float]:
 
 def per_arch(result: dict) -> list[dict]:
     """The metrics of one evaluation, one row per architecture (one row for a single-architecture version)."""
-    archs = result["archs"] if "archs" in result else [{**result, "arch": result["arch"], "trained": True}]
+    archs = result["archs"] if "archs" in result else [{**result, "trained": True}]
     return [{"arch": a["arch"], "trained": a["trained"], **{k: a[k] for k in KEYS},
              "first": a["first_candidates"], "copies": a["copies"], "novelty_median": a["novelty_median"]}
             for a in archs]

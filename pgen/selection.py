@@ -55,37 +55,26 @@ def closest(targets: np.ndarray, returns: np.ndarray) -> np.ndarray:
 def generate_selected(gen: BaseGenerator, target: float, num: int, candidates: int,
                       returns_of: Callable[[np.ndarray], np.ndarray], seed: int = 0,
                       temperature: float = DEFAULT_TEMPERATURE, spec: PolicySpec | None = None) -> Selection:
-    """`num` policies of `spec` for `target`, each the closest to it of `candidates` generated ones.
+    """`num` policies of `spec` for `target`, each the closest to it of `candidates` generated ones (at
+    a target ≥ the top of `gen.return_range(spec)`: the best one).
 
     `returns_of(params [N, P]) -> [N]` plays finite parameter rows on the selection episodes (it is
     not called for K = 1). Candidate 1 of every slot is `gen.generate(target, num, seed, …)` itself;
     candidates 2…K are `gen.generate(target, num · (K − 1), seed + CANDIDATE_NOISE_OFFSET, …)`."""
     check_selection(candidates, 1)
     first = gen.generate(target, num, seed=seed, temperature=temperature, spec=spec)
-    more = (gen.generate(target, num * (candidates - 1), seed=seed + CANDIDATE_NOISE_OFFSET, temperature=temperature,
-                         spec=spec) if candidates > 1 else first[:0])
-    return choose(target, first, more, returns_of, best_from=gen.return_range(spec)[1])
-
-
-def choose(target: float, first: np.ndarray, more: np.ndarray, returns_of: Callable[[np.ndarray], np.ndarray],
-           best_from: float = np.inf) -> Selection:
-    """Per slot, the candidate closest to `target` (from `target` ≥ `best_from` on: the best one): slot
-    j's candidates are `first[j]` and the rows `more[j·(K−1) … (j+1)·(K−1))` (K − 1 = len(more) /
-    len(first); none: `first` is handed out unplayed)."""
-    num = len(first)
-    if len(more) == 0:
+    if candidates == 1:
         return Selection(first, first, np.zeros(num, np.int64), np.empty((num, 0)))
-    if len(more) % num:
-        raise ValueError(f"{len(more)} more candidates do not split over {num} slots")
-    pool = np.concatenate([first[:, None], more.reshape(num, len(more) // num, -1)], axis=1)  # [num, K, P]
-    candidates = pool.shape[1]
+    more = gen.generate(target, num * (candidates - 1), seed=seed + CANDIDATE_NOISE_OFFSET, temperature=temperature,
+                        spec=spec)
+    pool = np.concatenate([first[:, None], more.reshape(num, candidates - 1, -1)], axis=1)  # [num, K, P]
     flat = pool.reshape(num * candidates, -1)
     finite = np.isfinite(flat).all(axis=1)
     returns = np.full(num * candidates, np.nan)
     if finite.any():
         returns[finite] = returns_of(flat[finite])
     returns = returns.reshape(num, candidates)
-    if target >= best_from:  # the best finite one (none: the first)
+    if target >= gen.return_range(spec)[1]:  # the best finite one (none: the first)
         chosen = np.argmax(np.where(np.isfinite(returns), returns, -np.inf), axis=1)
     else:
         chosen = closest(np.full(num, float(target)), returns)
