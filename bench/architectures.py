@@ -4,11 +4,11 @@ populations of several architectures, measured on those and on architectures it 
 1. Data (skipped when the store exists): `pgen populate` of `--members` members spread over
    `--train-archs`, for each `--inits` (population.arch_init: `grown` — one base network grown into
    every architecture — and `independent`), one store each under bench/results/runs/.
-2. Per init and seed, `pgen train-generator generator.family=true` on that store (or, with
+2. Per init and seed, `pgen train-generator generator=family` on that store (or, with
    `--reuse`, the version an earlier run registered), then `pgen evaluate` over the trained and the
    `--heldout` architectures: per architecture, R², Spearman, score at the top target, novelty, and in
    the same run on the same held-out fixed-seed episodes random init, Net2Net transfer of the best
-   checkpoint and retrieval + transfer (`pgen/evaluate_family.py`); and per training architecture the
+   checkpoint and retrieval + transfer (`pgen/evaluation/evaluate.py`); and per training architecture the
    fit's reconstruction error on its validation runs beside predicting the centre and copying the
    nearest training row (`heldout_recon`: does the model generalise to a run it never saw?); and
    per held-out architecture of a depth never trained, the same metrics when the model decodes it
@@ -55,19 +55,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from pgen.generator.sample import FamilyGenerator
+    from pgen.generator.family.kind import FamilyGenerator
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 RACE_ARMS = ["random", "transfer", "generated"]  # the seeding race's arms before --seed-candidates
 sys.path.insert(0, str(ROOT / "bench"))
-from seeding import steps_to  # noqa: E402  (bench/seeding.py: env steps to a threshold)
 from generator import check_reused  # noqa: E402  (bench/generator.py: --reuse of a version fitted otherwise stops)
+from seeding import steps_to  # noqa: E402  (bench/seeding.py: env steps to a threshold)
 
 from pgen.config import DEFAULT_TEMPERATURE  # noqa: E402
 
 KEYS = ("alignment_r2", "spearman", "normalised_score_top", "transfer_score", "transfer_alignment_r2",
-        "retrieval_transfer_alignment_r2", "retrieval_transfer_spearman", "retrieval_transfer_score_top",
+        "retrieval_alignment_r2", "retrieval_spearman", "retrieval_normalised_score_top",
         "random_init_score", "novelty_median", "copies", "min_relative_l2", "agreement_mean", "transfer_source",
         "transfer_checkpoint")
 
@@ -121,40 +121,34 @@ def heldout_recon(store_path: Path, gen: FamilyGenerator) -> dict[str, dict]:
     references that learn nothing: predicting the centre, and copying the nearest training row."""
     import torch
 
-    from pgen.config import GeneratorConfig
-    from pgen.generator.family_data import load_family
-    from pgen.generator.family_fit import _Arch
-    from pgen.generator.model import reconstruction_loss
+    from pgen.dataset.slices import load_slice
     from pgen.store import CheckpointStore
 
     ds = gen.info["dataset"]
-    data = load_family(CheckpointStore(str(store_path)), gen.info["env_key"], gen.info["group"], gen.trained_specs)
+    data = load_slice(CheckpointStore(str(store_path)), gen.info["env_key"], gen.info["group"], gen.trained_specs)
     out = {}
     for key, part in sorted(data.parts.items()):
         val, train = np.isin(part.run_ids, ds["val_runs"]), np.isin(part.run_ids, ds["train_runs"])
         if not val.any():
             continue
-        # the fit's own tensors of this architecture (no augmentation: the default permute_prob 0)
-        a = _Arch(data, key, np.flatnonzero(train), np.flatnonzero(val), gen.normalizer, GeneratorConfig(), None,
-                  gen.device)
-        with torch.no_grad():
-            model_val, model_train = (float(a.losses(gen.model, x, c, None, use_mean=True)[0])
-                                      for x, c in ((a.x_val, a.c_val), (a.x, a.c)))
-        blocks = a.inputs.graph.blocks_of
-        nearest = a.x[torch.cdist(a.x_val, a.x).argmin(1)]
+        spec = data.specs[key]
+        x_val, x_train = (gen.standardise(part.params[rows], spec) for rows in (val, train))
+        model_val, model_train = (gen.reconstruction_loss(gen.reconstruct(part.params[rows], part.returns[rows], spec),
+                                                          x, spec) for rows, x in ((val, x_val), (train, x_train)))
+        nearest = x_train[torch.cdist(torch.from_numpy(x_val), torch.from_numpy(x_train)).argmin(1).numpy()]
         out[key] = {"val_runs": sorted(set(part.run_ids[val].tolist())), "model_val": model_val,
-                    "model_train": model_train,
-                    "centre_val": float(reconstruction_loss(blocks(torch.zeros_like(a.x_val)), blocks(a.x_val), a.masks)),
-                    "nearest_train_row_val": float(reconstruction_loss(blocks(nearest), blocks(a.x_val), a.masks))}
+                    "model_train": model_train, "centre_val": gen.reconstruction_loss(np.zeros_like(x_val), x_val, spec),
+                    "nearest_train_row_val": gen.reconstruction_loss(nearest, x_val, spec)}
     return out
 
 
 def measure(store_path: Path, init: str, seed: int, args: argparse.Namespace) -> dict:
+    from pgen.commands.train_generator import train_generator
     from pgen.config import compose_config, to_dict
-    from pgen.evaluate import evaluate_generator, format_result
-    from pgen.evaluate_family import measure_family_baselines
-    from pgen.generator.sample import load_generator
-    from pgen.generator.train import train_generator
+    from pgen.evaluation.baselines import measure_baselines
+    from pgen.evaluation.evaluate import evaluate_generator
+    from pgen.evaluation.report import format_result
+    from pgen.generator.versions import load_generator
     from pgen.store import CheckpointStore
 
     store = CheckpointStore(str(store_path))
@@ -162,7 +156,7 @@ def measure(store_path: Path, init: str, seed: int, args: argparse.Namespace) ->
     out_dir = RESULTS / "runs" / "architectures"
     t0 = time.perf_counter()
     cfg = compose_config("train-generator", [
-        f"store.uri={store_path}", "generator.family=true", f"generator.name={name}", f"seed={seed}",
+        f"store.uri={store_path}", "generator=family", f"generator.name={name}", f"seed={seed}",
         "generator.archs=[" + ",".join(map(hidden_text, args.train_archs)) + "]",
         f"torch_threads={args.threads}", f"out_dir={out_dir}", *args.overrides])
     if args.reuse:
@@ -175,7 +169,7 @@ def measure(store_path: Path, init: str, seed: int, args: argparse.Namespace) ->
     ecfg = evaluate_config(store_path, gen.model_id, out_dir, args,
                            "evaluate.archs=[" + ",".join(map(hidden_text, args.heldout)) + "]")
     t0 = time.perf_counter()
-    base = measure_family_baselines(store, gen.info, ecfg.evaluate, label=f"evaluate {gen.model_id}")
+    base = measure_baselines(store, gen.info, ecfg.evaluate, label=f"evaluate {gen.model_id}")
     result = evaluate_generator(ecfg, store, gen, base)
     print(format_result(result), flush=True)
     direct, asked, widths = direct_depth(gen, base), unclamped(gen, base), other_widths(gen, base)
@@ -187,7 +181,8 @@ def measure(store_path: Path, init: str, seed: int, args: argparse.Namespace) ->
             "evaluate_s": time.perf_counter() - t0, "overrides": args.overrides, "temperature": args.temperature,
             "generator": gen.info["generator"],
             "plot": os.path.relpath(png, RESULTS.parent), "r_random": result["r_random"], "r_top10": result["r_top10"],
-            "best_trained": result["best_trained"], "dataset": result["dataset"], "targets": result["targets"],
+            "best_trained": result["best_trained"], "dataset": result["dataset"],
+            "targets": [t["target"] for t in result["targets"]], "top_target": result["top_target"],
             "recon": recon, "direct_depth": direct, "unclamped": asked, "uncalibrated": as_asked,
             "calibration": gen.info.get("calibration"),
             "unseen_widths": "grown" if gen.grow_unseen_width else "decoded", "other_widths": widths,
@@ -204,12 +199,12 @@ def set_unseen_widths(gen: FamilyGenerator, args: argparse.Namespace) -> None:
 def variant(gen: FamilyGenerator, base, switch: str, specs: list, value: bool = False) -> dict:
     """The metrics of `specs` with the generator's boolean `switch` set to `value`, on the same
     baselines (every other setting the version's; the switch is restored after)."""
-    from pgen.evaluate_family import evaluate_arch
+    from pgen.evaluation.evaluate import evaluate_arch
 
     before = getattr(gen, switch)
     setattr(gen, switch, value)
     try:
-        return {s.arch_key: {k: v for k, v in evaluate_arch(gen, base, s, lambda: None).items() if k in KEYS}
+        return {s.arch_key: {k: v for k, v in evaluate_arch(gen, base, s, lambda _done: None).items() if k in KEYS}
                 for s in specs}
     finally:
         setattr(gen, switch, before)
@@ -218,7 +213,7 @@ def variant(gen: FamilyGenerator, base, switch: str, specs: list, value: bool = 
 def direct_depth(gen: FamilyGenerator, base) -> dict:
     """Per held-out architecture of a depth never trained, the metrics of decoding it directly
     (`grow_unseen_depth=False`), beside the default (decoded cut and deepened)."""
-    from pgen.evaluate_family import evaluation_specs
+    from pgen.evaluation.evaluate import evaluation_specs
 
     deeper = [s for s in evaluation_specs(gen, base.settings) if len(gen.decoded_as(s).hidden) != len(s.hidden)]
     return variant(gen, base, "grow_unseen_depth", deeper)
@@ -228,7 +223,7 @@ def unclamped(gen: FamilyGenerator, base) -> dict:
     """Per architecture whose condition the default clips (a target of the grid outside its
     `return_range`), the metrics of conditioning on every target as asked
     (`clamp_to_arch_range=False`), beside the default."""
-    from pgen.evaluate_family import evaluation_specs
+    from pgen.evaluation.evaluate import evaluation_specs
 
     def clipped(s) -> bool:
         low, high = gen.return_range(s)
@@ -240,7 +235,7 @@ def unclamped(gen: FamilyGenerator, base) -> dict:
 def uncalibrated(gen: FamilyGenerator, base) -> dict:
     """Per architecture of a calibrated version, the metrics of conditioning through no calibration
     curve (`calibrated=False`: the target as asked, still clipped to its range), beside the default."""
-    from pgen.evaluate_family import evaluation_specs
+    from pgen.evaluation.evaluate import evaluation_specs
 
     return variant(gen, base, "calibrated", [s for s in evaluation_specs(gen, base.settings) if gen.calibration_for(s)])
 
@@ -249,7 +244,7 @@ def other_widths(gen: FamilyGenerator, base) -> dict:
     """Per held-out architecture of widths never trained, the metrics with the other handling of
     new widths than the version's (`grow_unseen_width`: decoded as its transfer source and widened,
     or decoded directly), beside the version's own: {"setting": "grown" | "decoded", "archs": {...}}."""
-    from pgen.evaluate_family import evaluation_specs
+    from pgen.evaluation.evaluate import evaluation_specs
 
     other = not gen.grow_unseen_width
     specs = evaluation_specs(gen, base.settings)
@@ -266,9 +261,9 @@ def other_widths(gen: FamilyGenerator, base) -> dict:
 def measure_single(store_path: Path, init: str, seed: int, hidden: list[int], args: argparse.Namespace) -> dict:
     """Today's single-architecture generator on one training architecture's slice of the same data, same
     generator overrides and evaluation settings: the "no worse than single-arch" baseline."""
+    from pgen.commands.train_generator import train_generator
     from pgen.config import compose_config
-    from pgen.evaluate import evaluate_generator
-    from pgen.generator.train import train_generator
+    from pgen.evaluation.evaluate import evaluate_generator
     from pgen.store import CheckpointStore
 
     store = CheckpointStore(str(store_path))
@@ -289,13 +284,14 @@ def seeding_race(store_path: Path, row: dict, args: argparse.Namespace) -> dict:
     """Populations of `--seed-arch` from random init, transfer of the best checkpoint, and the generator."""
     import ray
 
+    from pgen.commands.populate import populate as run_population
     from pgen.config import compose_config
-    from pgen.generator.sample import load_generator, requested_spec
-    from pgen.growth import grow
-    from pgen.policy import PolicySpec
-    from pgen.population import populate as run_population
-    from pgen.rollout import best_candidate
-    from pgen.seeding import write_seed_run
+    from pgen.dataset.seed_runs import write_seed_run
+    from pgen.generator.sample import requested_spec
+    from pgen.generator.versions import load_generator
+    from pgen.policies.growth import grow
+    from pgen.policies.rollout import best_candidate
+    from pgen.policies.spec import PolicySpec
     from pgen.store import CheckpointStore
 
     gen = load_generator(CheckpointStore(str(store_path)), row["model"], device="cpu")
@@ -316,7 +312,7 @@ def seeding_race(store_path: Path, row: dict, args: argparse.Namespace) -> dict:
               "population.cpus_per_worker=0.66", "log_every_s=60", *args.race_overrides]
     ray.init(address="local", include_dashboard=False, log_to_driver=False)  # its own Ray, never another session's
     runs, t0 = [], time.time()
-    top = row["targets"][-1]
+    top = row["top_target"]
     for seed in args.seeds_race:
         cfg = compose_config("populate", common + [f"seed={seed}"])
         transfer = grow(best_params, src, spec)[None]
@@ -391,7 +387,7 @@ def plot_summary(rows: list[dict], path: Path) -> None:
         for j, row in enumerate(rows):
             x = np.arange(len(row["archs"])) + (2 * j) * width
             ax.bar(x, [a[key] for a in row["archs"]], width, label=f"generated ({row['init']} init, seed {row['seed']})")
-            base = "transfer_score" if key == "normalised_score_top" else "retrieval_transfer_alignment_r2"
+            base = "transfer_score" if key == "normalised_score_top" else "retrieval_alignment_r2"
             ax.bar(x + width, [a[base] for a in row["archs"]], width, alpha=0.5,
                    label=f"{'transfer of the best' if base == 'transfer_score' else 'retrieval + transfer'}"
                          f" ({row['init']}, s{row['seed']})")
@@ -464,7 +460,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "architectures.json"))
     ap.add_argument("overrides", nargs="*", help="generator.* Hydra overrides, e.g. generator.epochs=150")
     args = ap.parse_args()
-    from pgen.progress import setup_logging
+    from pgen.util.progress import setup_logging
 
     setup_logging()
     path = Path(args.out)
@@ -502,7 +498,7 @@ def main() -> None:
             print(f"{r['init']:<12} {r['seed']:>4} {a['arch']:<24} {'trained' if a['trained'] else 'held out':>8}"
                   f" {a['alignment_r2']:>6.2f} {a['spearman']:>6.2f} {a['normalised_score_top']:>6.2f} |"
                   f" {a['transfer_score']:>8.2f} {a['transfer_alignment_r2']:>6.2f} |"
-                  f" {a['retrieval_transfer_alignment_r2']:>12.2f} | {a['random_init_score']:>6.2f} |"
+                  f" {a['retrieval_alignment_r2']:>12.2f} | {a['random_init_score']:>6.2f} |"
                   f" {a['novelty_median']:>7.2f} {a['copies']:>6}")
     for r in rows:
         for arch, c in r.get("recon", {}).items():

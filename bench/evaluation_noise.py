@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from pgen.config import compose_config
-from pgen.evaluate import evaluate_generator, measure_baselines
-from pgen.generator.sample import load_generator
-from pgen.progress import setup_logging
+from pgen.evaluation.baselines import measure_baselines
+from pgen.evaluation.evaluate import evaluate_generator
+from pgen.generator.versions import load_generator
 from pgen.store import open_store
+from pgen.util.progress import setup_logging
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KEYS = ("alignment_r2", "spearman", "normalised_score_top")

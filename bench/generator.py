@@ -28,12 +28,13 @@ import shutil
 import time
 from pathlib import Path
 
+from pgen.commands.train_generator import train_generator
 from pgen.config import DEFAULT_TEMPERATURE, compose_config, to_dict
-from pgen.evaluate import evaluate_generator, format_result
-from pgen.generator.sample import load_generator
-from pgen.generator.train import train_generator
-from pgen.progress import setup_logging
+from pgen.evaluation.evaluate import evaluate_generator
+from pgen.evaluation.report import format_result
+from pgen.generator.versions import load_generator
 from pgen.store import CheckpointStore
+from pgen.util.progress import setup_logging
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SLICES = {"simple_spread": "agent", "simple_tag": "adversary"}

@@ -42,9 +42,9 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 def run_job(job: dict) -> dict:
     import torch
 
+    from pgen.commands.train import train
     from pgen.config import compose_config
-    from pgen.progress import setup_logging
-    from pgen.train import train
+    from pgen.util.progress import setup_logging
 
     torch.set_num_threads(1)
     setup_logging()
@@ -110,9 +110,9 @@ def main() -> None:
     a = p.parse_args()
 
     from pgen.config import EnvConfig, compose_config
-    from pgen.plots import plot_curves
-    from pgen.policy import load_policies
-    from pgen.rollout import evaluate_returns
+    from pgen.policies.policy_file import load_policies
+    from pgen.policies.rollout import evaluate_returns
+    from pgen.util.plots import plot_curves
 
     variants = [parse_variant(v) for v in (a.variant or ["defaults"])]
     jobs = [{"env": a.env, "variant": name, "overrides": overrides, "seed": seed, "steps": a.steps, "group": a.group,

@@ -42,10 +42,10 @@ OPEN = ["loop.reseed_every=0", "loop.serve=false", "loop.retrain_every=100000000
 
 def model_name(overrides: list[str]) -> str:
     from pgen.config import compose_config
-    from pgen.generator.train import generator_name
+    from pgen.generator.versions import default_name
 
     cfg = compose_config("loop", overrides)
-    return generator_name(cfg.env, cfg.policy, cfg.generator)
+    return default_name(cfg.env, cfg.policy, cfg.generator)
 
 
 class Load:

@@ -65,7 +65,7 @@ def timed(fn, steps_per_call: int, seconds: float) -> float:
 
 def learner_rate(overrides: list[str], seconds: float, what: str, threads: int = 1) -> float:
     from pgen.config import compose_config
-    from pgen.learner import PPOLearner
+    from pgen.learner.ppo import PPOLearner
 
     cfg = compose_config("train", overrides)
     learner = PPOLearner(cfg.env, cfg.policy, cfg.algo, 0, max_env_steps=None)

@@ -1,11 +1,11 @@
-"""Seeding speed-up (DESIGN.md "Metrics"): env steps a random-init population needs to reach a return
+"""Seeding speed-up (docs/design.md "Metrics"): env steps a random-init population needs to reach a return
 threshold, divided by the env steps a generator-seeded population needs, same run, several seeds.
 
 For each seed s, two populations of `--members` members train side by side on one local Ray with
 the same config, the same per-member PPO hyper-parameters and the same budget:
 
 - random: the default start (every member from the population's shared random initial policy);
-- seeded: members start from a seed run written by `pgen.seeding.write_seed_run`, the function
+- seeded: members start from a seed run written by `pgen.dataset.seed_runs.write_seed_run`, the function
   behind Serve's /v1/seed: `--members` policies the generator made for `--target` (seed s).
 
 Steps to a threshold = env steps at the first checkpoint whose greedy return (population.eval_episodes
@@ -58,12 +58,12 @@ def main() -> None:
 
     import ray
 
+    from pgen.commands.populate import populate
     from pgen.config import compose_config
-    from pgen.generator.sample import load_generator
-    from pgen.population import populate
-    from pgen.progress import setup_logging
-    from pgen.seeding import write_seed_run
+    from pgen.dataset.seed_runs import write_seed_run
+    from pgen.generator.versions import load_generator
     from pgen.store import CheckpointStore
+    from pgen.util.progress import setup_logging
 
     gen = load_generator(CheckpointStore(str(Path(args.store).resolve())), args.model, device="cpu")
     if gen.info["env"]["name"] != "simple_spread" and not args.overrides:

@@ -1,4 +1,4 @@
-"""Generated policies chosen among candidates (`evaluate.candidates`, pgen.selection) against the
+"""Generated policies chosen among candidates (`evaluate.candidates`, pgen.evaluation.selection) against the
 generator alone, on the same noise draws (issue 15's alignment goals; issue 17's per architecture).
 
 For one registered version, `--draws` noise draws (`evaluate.seed` = 0 … draws − 1: the same baselines,
@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from pgen.config import compose_config
-from pgen.evaluate import evaluate_generator, measure_baselines
-from pgen.generator.sample import FamilyGenerator, load_generator
-from pgen.progress import setup_logging
+from pgen.evaluation.baselines import measure_baselines
+from pgen.evaluation.evaluate import evaluate_generator
+from pgen.generator.versions import load_generator
 from pgen.store import open_store
+from pgen.util.progress import setup_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evaluation_noise import write_models  # noqa: E402
@@ -46,22 +47,16 @@ def stats(values: list[float]) -> dict[str, float]:
 
 def per_arch(result: dict) -> list[dict]:
     """The metrics of one evaluation, one row per architecture (one row for a single-architecture version)."""
-    archs = result["archs"] if "archs" in result else [{**result, "trained": True}]
     return [{"arch": a["arch"], "trained": a["trained"], **{k: a[k] for k in KEYS},
              "first": a["first_candidates"], "copies": a["copies"], "novelty_median": a["novelty_median"]}
-            for a in archs]
+            for a in result["archs"]]
 
 
 def measure(store_uri: str, model: str, ks: list[int], n: int, overrides: list[str]) -> dict:
     cfg = compose_config("evaluate", [f"store.uri={store_uri}", f"model={model}", *overrides])
     store = open_store(cfg.store)
     gen = load_generator(store, model)
-    if isinstance(gen, FamilyGenerator):
-        from pgen.evaluate_family import measure_family_baselines
-
-        base = measure_family_baselines(store, gen.info, cfg.evaluate, label=f"evaluate {gen.model_id}")
-    else:
-        base = measure_baselines(store, gen.info, cfg.evaluate, label=f"evaluate {gen.model_id}")
+    base = measure_baselines(store, gen.info, cfg.evaluate, label=f"evaluate {gen.model_id}")
     rows = []
     for seed in range(n):
         for k in ks:

@@ -150,7 +150,8 @@ def floor_app(num_params: int, single: bool):
 def serve_main(args) -> None:
     """`--serve LEVER`: a Ray instance in the lever's mode with its apps; READY on stdout, stops at EOF."""
     from pgen.config import compose_config
-    from serve.app import GRPC_SERVICER, build, ray_serve_env
+    from serve.app import build
+    from serve.launcher import GRPC_SERVICER, ray_serve_env
 
     lever = lever_settings(args.serve)
     base = compose_config("serve", [f"{k}={v}" for k, v in lever.items()])
@@ -176,7 +177,7 @@ def serve_main(args) -> None:
             continue
         serve.run(build(compose_config("serve", fixed + overrides)), name=name, route_prefix=f"/{name}", blocking=False)
     if "floor" in apps:
-        from pgen.generator.sample import load_generator
+        from pgen.generator.versions import load_generator
         from pgen.store import CheckpointStore
 
         num_params = load_generator(CheckpointStore(args.store), MODEL, device="cpu").layout.num_params
@@ -431,9 +432,9 @@ def measure(server: Server, spec: dict, during=None) -> dict:
 
 def make_store(store: Path) -> None:
     """A synthetic simple_spread slice and the three bench generators, one epoch each."""
+    from pgen.commands.train_generator import train_generator
     from pgen.config import compose_config
-    from pgen.generator.train import train_generator
-    from pgen.policy import PolicySpec
+    from pgen.policies.spec import PolicySpec
     from pgen.store import CheckpointStore
     from tests.test_generator import fill_store
 
@@ -493,9 +494,9 @@ def decode_curve(store: str, models: list[str]) -> dict:
     """Decode time per policy against policies per forward pass, one thread, in this process."""
     import torch
 
-    from pgen.generator.sample import load_generator
+    from pgen.generator.versions import load_generator
     from pgen.store import CheckpointStore
-    from serve.app import DecodeJob, decode_jobs
+    from serve.decoder import DecodeJob, decode_jobs
 
     torch.set_num_threads(1)
     out = {}
@@ -540,7 +541,7 @@ def batching_runs(args, store: str) -> list[dict]:
 
 def swap_run(args, store: str) -> dict:
     """32 clients on `app` while a new version of MODEL is registered halfway through."""
-    from pgen.generator.sample import load_generator, save_generator
+    from pgen.generator.versions import load_generator, save_generator
     from pgen.store import CheckpointStore
 
     server = Server(args.default_lever, store, {"app": []})
@@ -757,8 +758,8 @@ def tables(result: dict) -> str:
             bb.setdefault((r["model"], r["num"], r["mode"]), []).append(r)
         bm = {k: median_row(v) for k, v in bb.items()}
         result["batching_table"] = [{"model": k[0], "num": k[1], "mode": k[2], **v} for k, v in bm.items()]
-        lines.append(f"\n| generator | num | batched req/s | p50 | p99 | unbatched req/s | p50 | p99 | batched / unbatched"
-                     f" | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        lines.append("\n| generator | num | batched req/s | p50 | p99 | unbatched req/s | p50 | p99 | batched / unbatched"
+                     " | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for model, num in dict.fromkeys((k[0], k[1]) for k in bm):
             b, u = bm[(model, num, "batched")], bm[(model, num, "unbatched")]
             lines.append(f"| {model} | {num} | {b['throughput']:.1f} | {ms(b['p50_ms'])} | {ms(b['p99_ms'])}"

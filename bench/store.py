@@ -112,7 +112,7 @@ def streaming_cost(uris: dict[str, str], endpoint_url: str | None, rounds: int) 
     import torch
 
     from pgen.config import compose_config, to_dict
-    from pgen.population import PopulationWorker
+    from pgen.population.worker import PopulationWorker
 
     torch.set_num_threads(1)
     workers = {}

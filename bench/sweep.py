@@ -31,13 +31,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from pgen.commands.train_generator import train_generator
 from pgen.config import EvaluateConfig, compose_config, config_from_dict, to_dict
 from pgen.envs import env_key
-from pgen.evaluate import evaluate_generator, measure_baselines
-from pgen.generator.sample import load_generator
-from pgen.generator.train import train_generator
-from pgen.progress import setup_logging
+from pgen.evaluation.baselines import measure_baselines
+from pgen.evaluation.evaluate import evaluate_generator
+from pgen.generator.versions import load_generator
 from pgen.store import CheckpointStore
+from pgen.util.progress import setup_logging
 from tune.sweep import sweep
 from tune.trainable import EVALUATION_KEYS, objective
 

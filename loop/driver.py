@@ -9,7 +9,7 @@ members together) or Ctrl-C / SIGTERM / `ray job stop`:
   grown by `loop.retrain_every` checkpoints, it fits a new version on all the data so far,
   warm-started from the previous one, registers it (not promoted) and measures it beside the served
   version on the same grid and episodes;
-- the **promotion gate** (`pgen.gate`): the new version becomes LATEST unless it is worse than the
+- the **promotion gate** (`pgen.evaluation.gate`): the new version becomes LATEST unless it is worse than the
   served one by more than `loop.tolerance`; every decision is a record in the store and a log line,
   and a rejected version stays registered, servable as `name@version`;
 - **Serve**: the app of `serve/app.py` deployed on the loop's Ray (`loop.serve`, with `serve.*`), or
@@ -40,17 +40,17 @@ from pathlib import Path
 from typing import Any
 
 from pgen.config import ConfigError, LoopConfig, PopulateConfig, SeedConfig, ServeConfig, to_dict
-from pgen.deployment import generator_handle
-from pgen.fileio import atomic_write
-from pgen.gate import decide, record_decision
-from pgen.generator.calibration import check_calibration_settings
-from pgen.selection import check_selection
-from pgen.generator.sample import promote
-from pgen.generator.train import generator_name, slice_spec
-from pgen.population import (PopulationWorker, algo_settings_drawn_per_member, check_member_resources,
-                             check_seed_settings, member_hparams)
-from pgen.progress import format_duration, log
-from pgen.ray_runtime import init_ray
+from pgen.dataset.slices import slice_spec
+from pgen.evaluation.calibration import check_calibration_settings
+from pgen.evaluation.gate import decide, record_decision
+from pgen.evaluation.selection import check_selection
+from pgen.generator.versions import default_name, promote
+from pgen.population.served import generator_handle
+from pgen.population.worker import (PopulationWorker, algo_settings_drawn_per_member, check_member_resources,
+                                    check_seed_settings, member_hparams)
+from pgen.util.fileio import atomic_write
+from pgen.util.progress import format_duration, log
+from pgen.util.ray_runtime import init_ray
 from pgen.store import CheckpointStore, open_store, portable_store_config
 from loop.state import LoopState, Member
 from loop.trainer import GeneratorTrainer
@@ -107,7 +107,7 @@ class Loop:
         self.store: CheckpointStore = open_store(cfg.store)
         self.store_cfg = portable_store_config(cfg.store)
         self.group, _ = slice_spec(cfg.env, cfg.policy, cfg.generator.group)
-        self.name = generator_name(cfg.env, cfg.policy, cfg.generator)
+        self.name = default_name(cfg.env, cfg.policy, cfg.generator)
         self.app = cfg.loop.app or cfg.serve.app_name
         loop_id = cfg.loop.loop_id or f"loop-{cfg.env.name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
         state = LoopState.load(self.store, loop_id)
@@ -431,7 +431,7 @@ class Loop:
 
 def plot_loop(summary: dict[str, Any], path: Path) -> Path:
     """The best checkpoint return over the loop's env steps, promotions and reseeds marked."""
-    from pgen.plots import plt, save_figure  # matplotlib, headless (Agg)
+    from pgen.util.plots import plt, save_figure  # matplotlib, headless (Agg)
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     points = [(s, b) for _, s, b in summary["history"] if b is not None]

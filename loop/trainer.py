@@ -4,7 +4,7 @@
 checkpoint of its slice so far (`pgen train-generator`'s `train_generator`, warm-started from the
 version `previous` where its layout and model shape allow — the plan is in the version's
 `config.json`, `warm_start`), registers it without promoting it, then measures it and the served
-version on the new version's grid, episodes and baselines (`pgen.gate`). The driver decides.
+version on the new version's grid, episodes and baselines (`pgen.evaluation.gate`). The driver decides.
 
 The actor is created with `max_restarts` and its calls with `max_task_retries`: a trainer killed
 mid-fit is restarted and the fit retried from scratch. What the killed attempt wrote is invisible:
@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from pgen.config import EvaluateConfig, LoopConfig, TrainGeneratorConfig, config_from_dict
-from pgen.evaluate import evaluate_generator, measure_baselines
-from pgen.gate import gate_metrics
-from pgen.generator.sample import load_generator
-from pgen.generator.train import train_generator
-from pgen.progress import log, setup_logging
+from pgen.commands.train_generator import train_generator
+from pgen.evaluation.baselines import measure_baselines
+from pgen.evaluation.evaluate import evaluate_generator
+from pgen.evaluation.gate import gate_metrics
+from pgen.generator.versions import load_generator
+from pgen.util.progress import log, setup_logging
 from pgen.store import open_store
 
 

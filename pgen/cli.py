@@ -1,16 +1,21 @@
-"""`pgen <command> [hydra overrides]`: the one console script."""
+"""`pgen <command> [hydra overrides]`: the one console script.
+
+Each command is a `main(cfg)` (or `run(cfg)`) function in its own module, imported when it runs: the
+library commands in `pgen/commands/`, and `serve`, `tune`, `loop` in the packages beside `pgen/`
+(which import pgen; pgen's libraries never import them: this dispatcher is the one place above all).
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
-from typing import Callable
 
 from omegaconf import OmegaConf
 
 from pgen.config import ConfigError, compose_config, to_dict
 from pgen.envs import EnvError
 from pgen.store import StoreError
-from pgen.progress import setup_logging
+from pgen.util.progress import setup_logging
 
 USAGE = """usage: pgen <command> [key=value ...] [--cfg]
 
@@ -18,11 +23,11 @@ commands:
   populate   start population.size Ray actors that train and stream checkpoints to store.uri
   dataset    summarise the checkpoints in a store: counts, return range and histogram, bad rows
   train      train one population member in-process with IPPO/MAPPO (no Ray)
-  train-generator  fit the return-conditioned VAE on a store slice; register a version
+  train-generator  fit the return-conditioned VAE on a store slice; register a version (generator=single | family)
   generate   write num policies for target_return to a safetensors policy file
   evaluate   generated policies over a grid of targets vs random, top-10 % and retrieval baselines
   pipeline   the main job: populate -> train-generator -> evaluate (profile=quick | full)
-  serve      the generator as an HTTP endpoint on Ray Serve (serve/app.py): /v1/generate, /v1/seed
+  serve      the generator as an HTTP endpoint on Ray Serve (serve/): /v1/generate, /v1/seed
   tune       Ray Tune sweep of the generator's hyper-parameters; registers the best (profile=quick | full)
   loop       the service: populations, generator versions behind a promotion gate, Serve and seeding, until stopped
 
@@ -31,73 +36,14 @@ env.id=<module with parallel_env> env.kwargs.<k>=<v> seed=1 run_dir=/abs/path ..
 --cfg prints the composed config and exits.
 """
 
-
-def _train(cfg) -> None:
-    from pgen.train import train
-
-    train(cfg)
-
-
-def _populate(cfg) -> None:
-    from pgen.population import populate
-
-    populate(cfg)
-
-
-def _dataset(cfg) -> None:
-    from pgen.dataset import format_summary, summarise
-
-    print(format_summary(summarise(cfg)))
-
-
-def _train_generator(cfg) -> None:
-    from pgen.generator.train import train_generator
-
-    train_generator(cfg)
-
-
-def _generate(cfg) -> None:
-    from pgen.generator.sample import generate_file
-
-    path = generate_file(cfg)
-    print(f"wrote {cfg.num} policies for target_return={cfg.target_return} to {path}")
-
-
-def _evaluate(cfg) -> None:
-    from pgen.evaluate import evaluate_generator, format_result
-
-    print(format_result(evaluate_generator(cfg)))
-
-
-def _pipeline(cfg) -> None:
-    from pgen.pipeline import pipeline
-
-    pipeline(cfg)
-
-
-def _serve(cfg) -> None:
-    # `serve/` sits beside `pgen/` (DESIGN.md): pgen itself never imports it, only this shortcut does
-    from serve.app import run
-
-    run(cfg)
-
-
-def _tune(cfg) -> int:
-    from tune.sweep import run  # the top-level tune/ package (DESIGN.md: pgen never imports it at module level)
-
-    return run(cfg)
-
-
-def _loop(cfg) -> int:
-    from loop.driver import run  # the top-level loop/ package: it deploys serve/, which pgen never imports
-
-    return run(cfg)
-
-
-COMMANDS: dict[str, Callable] = {"train": _train, "populate": _populate, "dataset": _dataset,
-                                 "train-generator": _train_generator, "generate": _generate,
-                                 "evaluate": _evaluate, "pipeline": _pipeline, "serve": _serve, "tune": _tune,
-                                 "loop": _loop}
+# command → "module:function" (the function takes the composed config and returns an exit status or None)
+COMMANDS: dict[str, str] = {
+    "train": "pgen.commands.train:main", "populate": "pgen.commands.populate:main",
+    "dataset": "pgen.commands.dataset:main", "train-generator": "pgen.commands.train_generator:main",
+    "generate": "pgen.commands.generate:main", "evaluate": "pgen.commands.evaluate:main",
+    "pipeline": "pgen.commands.pipeline:main", "serve": "serve.launcher:run", "tune": "tune.sweep:run",
+    "loop": "loop.driver:run",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         if show:
             print(OmegaConf.to_yaml(to_dict(cfg)))
             return 0
-        status = COMMANDS[command](cfg)
+        module, function = COMMANDS[command].split(":")
+        status = getattr(importlib.import_module(module), function)(cfg)
     except (ConfigError, EnvError, StoreError, ValueError) as err:
         print(f"pgen {command}: error: {err}", file=sys.stderr)
         return 2

@@ -7,8 +7,9 @@ dataclass objects (`compose_config`), never a live Hydra context: Ray workers ha
 
 from __future__ import annotations
 
+import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any, Dict, List, Optional
 
@@ -38,7 +39,7 @@ class Activation(str, Enum):
 
 
 class ArchInit(str, Enum):
-    grown = "grown"  # each arch's shared initial actor is one base network grown into it (pgen/growth.py)
+    grown = "grown"  # each arch's shared initial actor is one base network grown into it (pgen/policies/growth.py)
     independent = "independent"  # each arch draws its own shared initial actor
 
 
@@ -236,7 +237,7 @@ class DatasetConfig:
 
 @dataclass
 class CalibrationSettings:
-    """After a fit, how the return condition is calibrated (README "Calibration"): `samples` policies are
+    """After a fit, how the return condition is calibrated (docs/generator.md "Calibration"): `samples` policies are
     generated for each of `points` returns (half at the training returns' quantiles, half evenly over
     their range) and `refine` more, and played greedily on `episodes` calibration episodes; a request
     for t is conditioned on the return whose policies achieved t, if the curve passes its validation."""
@@ -255,20 +256,13 @@ class CalibrationSettings:
 
 @dataclass
 class GeneratorConfig:
-    """The conditional transformer VAE (DESIGN.md "Generator") and how it is trained."""
+    """What every generator kind shares (docs/generator.md): the conditional transformer VAE's size,
+    its training and the return condition's calibration. A kind's settings are its subclass below,
+    chosen by `generator=<kind>` (`pgen/conf/generator/<kind>.yaml`; `pgen.generator.kinds`)."""
 
-    name: Optional[str] = None  # store name; default <env.name>-<group>-<arch>
+    kind: str = "single"  # set by the config group `generator=<kind>`, not by hand
+    name: Optional[str] = None  # store name; default <env.name>-<group>-<arch key, or the family key>
     group: Optional[str] = None  # the env group whose weights it learns; default: every group (pipeline) / the first
-    # an arch-family generator (README "Architectures"): one model for every architecture of the family of
-    # `policy` (its kind and activation; any hidden sizes) in the store, or of `archs` when given
-    family: bool = False
-    archs: List[List[int]] = field(default_factory=list)  # hidden sizes of the architectures to train on
-    readout_dim: int = 64  # family: k of the bilinear read-out of each weight block
-    # family: a per-unit read-out linear in (z, return) beside the transformer's (off: it reconstructs
-    # held-out runs better but scores lower at the top target, bench/README "Architectures")
-    linear_readout: bool = False
-    tokenisation: Tokenisation = Tokenisation.neuron
-    chunk_size: int = 64  # values per token when tokenisation=chunk
     d_model: int = 64
     n_layers: int = 2  # transformer blocks in the encoder and in the decoder
     n_heads: int = 4
@@ -291,7 +285,6 @@ class GeneratorConfig:
     # this many fixed-seed greedy episodes, and the generator conditions on that (the recorded return
     # was measured against co-trained policies, which change as they train); 0: the recorded return
     rescore_episodes: int = 50
-    return_balance: float = 0.0  # rows drawn ∝ density(return)^-return_balance (0: uniform; 1: each return bin equally)
     val_fraction: float = 0.2  # fraction of runs held out for validation (split by run, never by row)
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     device: str = "auto"  # auto: cuda when present, else cpu
@@ -299,8 +292,35 @@ class GeneratorConfig:
 
 
 @dataclass
+class SingleGeneratorConfig(GeneratorConfig):
+    """`generator=single` (the default): one VAE per (env, group, arch) slice, over the tokens of that
+    one architecture (`pgen/generator/single/`)."""
+
+    kind: str = "single"
+    tokenisation: Tokenisation = Tokenisation.neuron
+    chunk_size: int = 64  # values per token when tokenisation=chunk
+    return_balance: float = 0.0  # rows drawn ∝ density(return)^-return_balance (0: uniform; 1: each return bin equally)
+
+
+@dataclass
+class FamilyGeneratorConfig(GeneratorConfig):
+    """`generator=family`: one VAE for every architecture of the family of `policy` (its kind and
+    activation; any hidden sizes) in the store, or of `archs` when given (`pgen/generator/family/`)."""
+
+    kind: str = "family"
+    archs: List[List[int]] = field(default_factory=list)  # hidden sizes of the architectures to train on
+    readout_dim: int = 64  # k of the bilinear read-out of each weight block
+    # a per-unit read-out linear in (z, return) beside the transformer's (off: it reconstructs held-out
+    # runs better but scores lower at the top target, bench/README "Architectures")
+    linear_readout: bool = False
+
+
+GENERATOR_KINDS: Dict[str, type] = {"single": SingleGeneratorConfig, "family": FamilyGeneratorConfig}
+
+
+@dataclass
 class EvaluateSettings:
-    """How `pgen evaluate` measures a generator (DESIGN.md "Metrics")."""
+    """How `pgen evaluate` measures a generator (docs/design.md "Metrics")."""
 
     episodes: int = 50  # fixed-seed evaluation episodes per policy
     stochastic: bool = False  # sample actions instead of greedy ones
@@ -309,7 +329,7 @@ class EvaluateSettings:
     samples: int = 5  # generated policies per target
     temperature: float = DEFAULT_TEMPERATURE  # ε ~ N(0, temperature² I)
     # > 1: each sample is the closest to its target of this many generated policies, played on
-    # `selection_episodes` selection episodes (pgen.selection); the table also reports the first candidates
+    # `selection_episodes` selection episodes (pgen.evaluation.selection); the table also reports the first candidates
     candidates: int = 1
     selection_episodes: int = 100  # 30 chose on episode noise: chosen policies then played ~5 off on others
     top_fraction: float = 0.1  # R_top10: the best this fraction of training checkpoints ...
@@ -319,7 +339,7 @@ class EvaluateSettings:
     # arch-family generators: hidden sizes of more architectures to evaluate beside the trained ones
     # (held-out ones, e.g. [[96,96],[256,256]]); a single-architecture generator takes only its own
     archs: List[List[int]] = field(default_factory=list)
-    random_inits: int = 5  # family: freshly initialised policies per architecture (the random-init baseline)
+    random_inits: int = 5  # freshly initialised policies per architecture (the random-init baseline)
     out_dir: str = "pgen-runs/evaluate"  # <out_dir>/<model>@<version>/{evaluation.json,alignment.png}
 
 
@@ -330,7 +350,7 @@ class TrainGeneratorConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)  # the kind: generator=<kind>
     seed: int = 0
     torch_threads: int = 2
     out_dir: str = "pgen-runs/generators"  # TensorBoard events and loss-curve PNG: <out_dir>/<name>/<version>/
@@ -358,7 +378,7 @@ class GenerateConfig:
     seed: int = 0
     temperature: float = DEFAULT_TEMPERATURE
     # > 1: each policy is the closest to target_return of this many generated ones, played greedily on
-    # `selection_episodes` selection episodes against the generator's reference (pgen.selection)
+    # `selection_episodes` selection episodes against the generator's reference (pgen.evaluation.selection)
     candidates: int = 1
     selection_episodes: int = 100
     out: Optional[str] = None  # default generated-<name>-<version>-<target>.safetensors
@@ -381,7 +401,7 @@ class PipelineConfig(LearnerSetup):
 
     profile: str = "quick"
     store: StoreConfig = field(default_factory=StoreConfig)
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)  # the kind: generator=<kind>
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
     run_id: Optional[str] = None  # population prefix; default pipe-<env>-<utc time>
     log_every_s: float = 30.0
@@ -484,7 +504,7 @@ class SweepConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)  # the base (default) configuration
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)  # the base configuration; its kind: generator=<kind>
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)  # the final objective's rollouts
     tune: SweepSettings = field(default_factory=SweepSettings)
     seed: int = 0
@@ -526,7 +546,7 @@ class LoopConfig(LearnerSetup):
 
     profile: str = "quick"
     store: StoreConfig = field(default_factory=StoreConfig)
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)  # the kind: generator=<kind>
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)  # the promotion gate's grid and episodes
     serve: ServeSettings = field(default_factory=ServeSettings)
     loop: LoopSettings = field(default_factory=LoopSettings)
@@ -543,14 +563,25 @@ CONFIG_MODULES: Dict[str, str] = {"tune": "pgen.conf.tune", "loop": "pgen.conf.l
 _cs = ConfigStore.instance()
 for _name, _node in SCHEMAS.items():
     _cs.store(name=f"{_name.replace('-', '_')}_schema", node=_node)
+for _name, _node in GENERATOR_KINDS.items():  # the `generator` group: pgen/conf/generator/<kind>.yaml
+    _cs.store(group="generator", name=f"{_name}_schema", node=_node)
 
 
-def env_overrides(overrides: List[str]) -> List[str]:
-    """`overrides` as Hydra should read them for the env: `env=custom` first when they set `env.id`
-    without choosing an `env=` group (a module named by `env.id` gets the kwargs given for it and
-    none of the default env's), and `env.kwargs.<k>=<v>` as add-or-set (`++`), since an env's
-    kwargs are its own and need not be in its YAML."""
-    out = [f"++{o}" if o.startswith("env.kwargs.") else o for o in overrides]
+def normalise_overrides(overrides: List[str]) -> List[str]:
+    """`overrides` as Hydra should read them: `env=custom` first when they set `env.id` without
+    choosing an `env=` group (a module named by `env.id` gets the kwargs given for it and none of the
+    default env's), `env.kwargs.<k>=<v>` as add-or-set (`++`), since an env's kwargs are its own and
+    need not be in its YAML, and the former `generator.family=true|false` as the generator kind
+    `generator=family|single` (logged)."""
+    out = []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key == "generator.family" and value.lower() in ("true", "false"):
+            kind = "family" if value.lower() == "true" else "single"
+            logging.getLogger("pgen").info(f"{o} is the generator kind generator={kind}")
+            out.append(f"generator={kind}")
+        else:
+            out.append(f"++{o}" if o.startswith("env.kwargs.") else o)
     keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
     if "env.id" in keys and "env" not in keys:
         out.insert(0, "env=custom")
@@ -566,21 +597,45 @@ def compose_config(command: str, overrides: List[str] | None = None) -> Any:
     """Compose `pgen/conf/<command>.yaml` (for a command of CONFIG_MODULES, that package's
     `<command>.yaml`, e.g. `pgen/conf/tune/tune.yaml`) with Hydra overrides into the command's dataclass.
 
-    `env.id=<module>` without `env=<name>` selects the `custom` env group (`env_overrides`). Never
+    `env.id=<module>` without `env=<name>` selects the `custom` env group (`normalise_overrides`). Never
     changes the working directory. Raises ConfigError with Hydra's message on a bad key, type or value.
     """
     if command not in SCHEMAS:
         raise ConfigError(f"unknown command {command!r}; known: {', '.join(sorted(SCHEMAS))}")
     try:
         with initialize_config_module(config_module=CONFIG_MODULES.get(command, "pgen.conf"), version_base="1.3"):
-            cfg = compose(config_name=command, overrides=env_overrides(list(overrides or [])))
+            cfg = compose(config_name=command, overrides=normalise_overrides(list(overrides or [])))
         out = OmegaConf.to_object(cfg)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(f"bad config for `pgen {command}`: {err}") from err
+        raise ConfigError(f"bad config for `pgen {command}`: {err}{_kind_hint(overrides or [])}") from err
     env = getattr(out, "env", None)
     if env is not None and not env.name:
         env.name = default_env_name(env.id)
+    check_generator_kind(command, out)
     return out
+
+
+def _kind_hint(overrides: List[str]) -> str:
+    """For an override of a setting that the chosen generator kind does not have but another does:
+    which kind has it."""
+    chosen = next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("generator=")), "single")
+    have = {f.name for f in fields(GENERATOR_KINDS.get(chosen, GeneratorConfig))}
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key.startswith("generator.") and key.count(".") == 1 and key[10:] not in have:
+            owners = [k for k, c in GENERATOR_KINDS.items() if key[10:] in {f.name for f in fields(c)}]
+            if owners:
+                return f"\n{key} is a setting of generator={' | '.join(owners)}, not of generator={chosen}"
+    return ""
+
+
+def check_generator_kind(command: str, cfg: Any) -> None:
+    """ConfigError when a config's `generator.kind` is not the kind of its settings (the kind is
+    chosen with `generator=<kind>`, which brings that kind's settings)."""
+    gen = getattr(cfg, "generator", None)
+    if gen is not None and type(gen) is not GENERATOR_KINDS.get(gen.kind):
+        raise ConfigError(f"bad config for `pgen {command}`: generator.kind={gen.kind!r} with the settings of"
+                          f" {type(gen).__name__}: choose the generator kind with generator=<{'|'.join(GENERATOR_KINDS)}>")
 
 
 def enum_value(value: Any) -> Any:
@@ -595,8 +650,17 @@ def to_dict(cfg: Any) -> Dict[str, Any]:
 
 def config_from_dict(command: str, data: Dict[str, Any]) -> Any:
     """Rebuild a command's typed config from `to_dict` output (how configs reach Ray actors)."""
+    schema = OmegaConf.structured(SCHEMAS[command])
+    gen = data.get("generator")
+    if isinstance(gen, dict) and "generator" in schema:  # the settings of the generator kind `kind`
+        kind = gen.get("kind", "single")
+        if kind not in GENERATOR_KINDS:
+            raise ConfigError(f"bad config for `pgen {command}`: generator.kind {kind!r} is not one of"
+                              f" {', '.join(GENERATOR_KINDS)}")
+        schema = OmegaConf.merge(schema, {"generator": OmegaConf.structured(GENERATOR_KINDS[kind])})
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(SCHEMAS[command]), data)
-        return OmegaConf.to_object(merged)
+        out = OmegaConf.to_object(OmegaConf.merge(schema, data))
     except OmegaConfBaseException as err:
         raise ConfigError(f"bad config for `pgen {command}`: {err}") from err
+    check_generator_kind(command, out)
+    return out

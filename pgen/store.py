@@ -2,7 +2,7 @@
 
 One `CheckpointStore` serves a local folder (a path or `file:///abs/path`) and any S3-compatible
 service (`s3://bucket/prefix`) through the same interface; the layout and the record are the
-contract in DESIGN.md ("Store URI", "Layout under the store", "Checkpoint record").
+contract in docs/design.md ("Store URI", "Layout under the store", "Checkpoint record").
 
 - Every object is written whole and once: locally a temp file (name starting with ".") is
   hard-linked to its final name, which fails if that name exists; on S3 a single PUT with
@@ -389,7 +389,7 @@ class CheckpointStore:
         compare-and-swap loop (S3 `If-Match` on the ETag read; locally a lock file), so concurrent
         writers never move it backwards where the store enforces conditions. Returns whether it
         moved. On a store that ignores them, readers must not trust the pointer alone (see
-        `pgen.generator.sample`)."""
+        `pgen.generator.versions`)."""
         key = _check_key(key)
         while True:
             current, tag = self._backend.get_pointer(key)

@@ -10,7 +10,7 @@ def local_serve_env() -> dict[str, str]:
     ports of Serve's HAProxy ingress (stats, metrics, fallback proxies) moved to free ones, so that
     test runs beside each other on one machine do not collide, and a short drain on shutdown."""
     from pgen.config import ServeSettings
-    from serve.app import ray_serve_env
+    from serve.launcher import ray_serve_env
 
     stats, metrics, http, grpc = free_ports(4)
     return {**ray_serve_env(ServeSettings()), "RAY_SERVE_HAPROXY_STATS_PORT": str(stats),

@@ -5,13 +5,9 @@ single-architecture versions, mixed-architecture populations and bad architectur
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -20,23 +16,26 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from pgen.config import GeneratorConfig, compose_config
+from pgen.config import FamilyGeneratorConfig, compose_config
+from pgen.dataset.slices import ParamDataset, Slice, archs_in_store
 from pgen.envs import describe_env, env_key
-from pgen.generator.archgraph import MAX_WIDTH, ArchGraph, ArchNotSupported, arch_code, spec_from_code
-from pgen.generator.calibration import condition_for
-from pgen.generator.data import ParamDataset
-from pgen.generator.family_data import FamilyData, FamilyNormalizer, family_archs, load_family
-from pgen.generator.sample import FamilyGenerator, load_generator, read_generator, requested_spec, save_generator
-from pgen.generator.train import fit
-from pgen.growth import base_spec, can_grow, family_key, grow, growth_problem, transfer_source
-from pgen.policy import Actor, PolicySpec
-from pgen.population import member_policy, shared_initial_actor
-from pgen.store import CheckpointStore, params_checksum
+from pgen.generator.condition import condition_for
+from pgen.generator.family.archgraph import MAX_WIDTH, ArchGraph, arch_code, spec_from_code
+from pgen.generator.family.kind import FamilyGenerator
+from pgen.generator.family.normalize import FamilyNormalizer
+from pgen.generator.fit import fit
+from pgen.generator.sample import ArchNotSupported, requested_spec
+from pgen.generator.versions import load_generator, read_generator, save_generator
+from pgen.policies.growth import base_spec, can_grow, family_key, grow, growth_problem, transfer_source
+from pgen.policies.nets import Actor
+from pgen.policies.spec import PolicySpec
+from pgen.population.worker import member_policy, shared_initial_actor
+from pgen.store import CheckpointStore
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "single-arch-version"
 FAMILY_FIXTURE = FIXTURE.with_name("family-version")
-TINY = GeneratorConfig(family=True, d_model=16, n_layers=1, n_heads=2, latent_dim=4, fourier_features=4, readout_dim=8,
-                       epochs=3, batch_size=8, kl_warmup_epochs=2, log_every_s=60)
+TINY = FamilyGeneratorConfig(d_model=16, n_layers=1, n_heads=2, latent_dim=4, fourier_features=4, readout_dim=8,
+                             epochs=3, batch_size=8, kl_warmup_epochs=2, log_every_s=60)
 SUPPORTED = [PolicySpec("mlp", 18, h, 5, True) for h in [(8,), (32, 32), (64, 64), (96, 96), (256, 256), (64, 64, 64),
                                                          (7, 13, 5, 3), (512,)]] + [
     PolicySpec("mlp", 7, (16, 24), 3, False, "relu"), PolicySpec("gru", 10, (12, 8), 4, True),
@@ -106,7 +105,7 @@ def test_unit_graph_and_arch_code_round_trip_for_every_supported_architecture(s)
     assert PolicySpec.from_arch_key(s.arch_key) == s
 
 
-def synthetic_family(specs: list[PolicySpec], runs: int = 3, per_run: int = 8, seed: int = 0) -> FamilyData:
+def synthetic_family(specs: list[PolicySpec], runs: int = 3, per_run: int = 8, seed: int = 0) -> Slice:
     """Per architecture, runs that drift from one base network grown into it; return grows with progress."""
     rng = np.random.default_rng(seed)
     base = base_spec(specs)
@@ -123,7 +122,7 @@ def synthetic_family(specs: list[PolicySpec], runs: int = 3, per_run: int = 8, s
         parts[s.arch_key] = ParamDataset(np.stack(params), np.tile(-80.0 + 4.0 * np.arange(per_run), runs),
                                          np.array(run_ids), np.tile(1000 * np.arange(per_run), runs), np.ones(n),
                                          np.full(n, 4))
-    return FamilyData(parts, {s.arch_key: s for s in specs})
+    return Slice(parts, {s.arch_key: s for s in specs})
 
 
 def test_the_scale_law_follows_fan_in_and_the_centre_of_an_unseen_arch_is_a_grown_mean():
@@ -374,9 +373,10 @@ def test_a_mixed_population_spreads_members_over_archs_and_grows_one_base_into_e
 
 def test_mixed_population_to_family_generator_generate_and_evaluate_end_to_end(tmp_path):
     """The README's "Architectures" commands at a tiny budget: `pgen populate population.archs=…`,
-    `pgen train-generator generator.family=true`, `pgen generate arch=…` / `policy.hidden=…` and
+    `pgen train-generator generator=family`, `pgen generate arch=…` / `policy.hidden=…` and
     `pgen evaluate evaluate.archs=…` over a held-out architecture."""
-    from tests.test_population import TINY as POP_TINY, pgen
+    from tests.test_population import TINY as POP_TINY
+    from tests.test_population import pgen
 
     store_dir = tmp_path / "store"
     common = [f"store.uri={store_dir}"]
@@ -387,9 +387,9 @@ def test_mixed_population_to_family_generator_generate_and_evaluate_end_to_end(t
     store = CheckpointStore(str(store_dir))
     runs = {m: json.loads(store.get(f"runs/mix-m00{m}/run.json")) for m in range(4)}
     assert [runs[m]["arch"]["agent"] for m in range(4)] == ["mlp-18x8x5-tanh", "mlp-18x8x8x5-tanh"] * 2
-    assert [s.arch_key for s in family_archs(store, env_key(describe_env_cfg()), "agent", "mlp-18xHx5-tanh")] == [
+    assert [s.arch_key for s in archs_in_store(store, env_key(describe_env_cfg()), "agent", "mlp-18xHx5-tanh")] == [
         "mlp-18x8x5-tanh", "mlp-18x8x8x5-tanh"]
-    out = pgen("train-generator", *common, "generator.family=true", "generator.epochs=2", "generator.d_model=16",
+    out = pgen("train-generator", *common, "generator=family", "generator.epochs=2", "generator.d_model=16",
                "generator.n_layers=1", "generator.n_heads=2", "generator.latent_dim=4", "generator.readout_dim=8",
                "generator.batch_size=4", "generator.calibration.validation_samples=0",  # a 2-epoch fit's curves, unchecked
                f"out_dir={tmp_path / 'gen'}", cwd=tmp_path)
@@ -401,7 +401,7 @@ def test_mixed_population_to_family_generator_generate_and_evaluate_end_to_end(t
     assert info["model"]["type"] == "arch-family" and info["dataset"]["arch_rows"] == {
         "mlp-18x8x5-tanh": 6, "mlp-18x8x8x5-tanh": 6}
     assert set(info["dataset"]["max_step"]) == {f"mix-m00{m}" for m in range(4)}
-    # calibrated after the fit, one curve per trained architecture (README "Calibration")
+    # calibrated after the fit, one curve per trained architecture (docs/generator.md "Calibration")
     assert sorted(info["calibration"]) == info["archs"]
     assert all(len(c["conditions"]) == len(c["fitted"]) >= 2 for c in info["calibration"].values())
     assert next((tmp_path / "gen").rglob("calibration.png")).stat().st_size > 1000
@@ -431,7 +431,7 @@ def test_mixed_population_to_family_generator_generate_and_evaluate_end_to_end(t
     held_out = result["archs"][-1]
     assert all(a["calibrated"] for a in result["archs"])
     assert [r["conditioned_on"] for r in held_out["targets"]] == pytest.approx(
-        np.clip(condition_for(info["calibration"]["mlp-18x8x8x5-tanh"], np.array(result["targets"])),
+        np.clip(condition_for(info["calibration"]["mlp-18x8x8x5-tanh"], np.array([r["target"] for r in held_out["targets"]])),
                 *info["arch_return_range"]["mlp-18x8x8x5-tanh"]).tolist())
     # transfer: the best trained checkpoint (of whichever trained architecture it is) grown into the
     # held-out one; novelty: against the largest trained architecture that grows into it
@@ -450,7 +450,8 @@ def test_serve_requests_name_an_architecture_and_one_batch_decodes_several():
     the model: a 422); a batch of requests for two architectures decodes each as it would alone."""
     from pydantic import ValidationError
 
-    from serve.app import DecodeJob, GenerateRequest, SeedRequest, decode_jobs
+    from serve.decoder import DecodeJob, decode_jobs
+    from serve.schemas import GenerateRequest, SeedRequest
 
     req = GenerateRequest(model="fam", target_return=-50.0, hidden=[96, 96])
     assert req.arch_request() == {"arch": None, "hidden": [96, 96], "kind": None, "activation": None}

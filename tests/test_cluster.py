@@ -16,8 +16,8 @@ import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from pgen.config import ServeSettings, compose_config
-from pgen.population import check_member_resources
-from serve.app import ray_serve_env
+from pgen.population.worker import check_member_resources
+from serve.launcher import ray_serve_env
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"

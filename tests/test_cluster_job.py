@@ -28,7 +28,7 @@ import boto3
 import pytest
 import yaml
 
-from pgen.generator.sample import load_generator
+from pgen.generator.versions import load_generator
 from pgen.store import CheckpointStore
 from tests.s3server import free_port, free_ports
 from tests.serving import local_serve_env

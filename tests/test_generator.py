@@ -16,21 +16,29 @@ import numpy as np
 import pytest
 import torch
 
-from pgen.config import CalibrationSettings, GeneratorConfig, compose_config
+from pgen.commands.train_generator import train_generator
+from pgen.config import CalibrationSettings, SingleGeneratorConfig, compose_config
+from pgen.dataset.slices import ParamDataset, Slice, load_rows, split_by_run
 from pgen.envs import env_key
-from pgen.generator.calibration import calibration_curve, condition_for, validation
-from pgen.generator.data import (Normalizer, ParamDataset, Tokenizer, load_slice, permutation_index,
-                                 return_balance_weights, split_by_run)
-from pgen.generator.sample import GeneratorNotFound, list_generators, load_generator, resolve_model, save_generator
-from pgen.generator.train import fit, train_generator
-from pgen.metrics import (action_agreement, alignment_r2, cross_run_nn_median, isotonic_increasing, learning_signal,
-                          min_relative_l2, nearest, normalised_score, r2_gain, spearman, target_percentiles)
-from pgen.policy import Actor, PolicySpec, read_policy_file
+from pgen.evaluation.calibration import calibration_curve, validation
+from pgen.evaluation.metrics import (action_agreement, alignment_r2, cross_run_nn_median, isotonic_increasing,
+                                     learning_signal, min_relative_l2, nearest, normalised_score, r2_gain, spearman,
+                                     target_percentiles)
+from pgen.generator.augment import permutation_index
+from pgen.generator.condition import condition_for
+from pgen.generator.fit import fit
+from pgen.generator.single.kind import return_balance_weights
+from pgen.generator.single.normalize import Normalizer
+from pgen.generator.single.tokens import Tokenizer
+from pgen.generator.versions import GeneratorNotFound, list_generators, load_generator, resolve_model
+from pgen.policies.nets import Actor
+from pgen.policies.policy_file import read_policy_file
+from pgen.policies.spec import PolicySpec
 from pgen.store import CheckpointStore, params_checksum
 
 SPECS = [PolicySpec("mlp", 18, (64, 64), 5, True), PolicySpec("mlp", 7, (16,), 3, False, "relu"),
          PolicySpec("gru", 10, (12, 8), 4, True), PolicySpec("gru", 6, (5, 7), 2, False)]
-TINY_GEN = GeneratorConfig(d_model=16, n_layers=1, n_heads=2, latent_dim=4, fourier_features=4, epochs=4,
+TINY_GEN = SingleGeneratorConfig(d_model=16, n_layers=1, n_heads=2, latent_dim=4, fourier_features=4, epochs=4,
                            batch_size=8, kl_warmup_epochs=2, log_every_s=60,
                            calibration=CalibrationSettings(points=4, samples=1, episodes=4, validation_samples=2))
 SPREAD = compose_config("train-generator").env  # simple_spread: one group "agent", obs 18, 5 actions
@@ -115,7 +123,7 @@ def test_normalizer_centres_per_parameter_scales_per_layer_and_round_trips():
     # the condition is the return's percentile: a few very low returns do not squash the top
     skewed = Normalizer.fit(params, np.array([-150.0] * 2 + list(np.linspace(-60, -40, 18))), tok)
     assert skewed.condition(torch.tensor([-50.0])).item() == pytest.approx(0.55, abs=0.03)
-    assert torch.equal(Normalizer.from_tensors(norm.tensors()).return_knots, norm.return_knots)
+    assert torch.equal(Normalizer.from_tensors(norm.tensors()).returns.knots, norm.returns.knots)
 
 
 def test_metrics_match_their_definitions():
@@ -199,7 +207,7 @@ def test_a_higher_condition_yields_a_higher_return_and_a_condition_blind_generat
 
     def rho(condition: np.ndarray) -> float:
         data = ParamDataset(params, condition, np.array(runs), np.tile(np.arange(30), 5), np.ones(n), np.full(n, 4))
-        gen = fit(cfg, data, SMALL, seed=0).generator
+        gen = fit(cfg, Slice.of(SMALL, data), SMALL, seed=0).generator
         return spearman(np.repeat(targets, 3), achieved(gen.generate(targets, num=3, seed=1, temperature=0.5)))
 
     assert rho(returns) >= 0.8
@@ -249,7 +257,7 @@ def test_calibration_makes_a_compressed_generator_play_the_returns_it_is_asked_f
     recorded = lo + (plays - lo) ** 2 / (hi - lo)  # monotone, squeezes the low returns together
     n = len(params)
     data = ParamDataset(params, recorded, np.array(runs), np.tile(np.arange(30), 5), np.ones(n), np.full(n, 4))
-    gen = fit(replace(TINY_GEN, epochs=40, batch_size=16, kl_warmup_epochs=10), data, SMALL, seed=0).generator
+    gen = fit(replace(TINY_GEN, epochs=40, batch_size=16, kl_warmup_epochs=10), Slice.of(SMALL, data), SMALL, seed=0).generator
     targets = np.linspace(np.percentile(recorded, 5), np.percentile(recorded, 95), 8)
 
     def r2() -> float:
@@ -305,8 +313,10 @@ def test_a_slice_that_learned_nothing_is_flagged_by_train_generator_and_evaluate
     assert result["learned_nothing"] is True and result["learning_signal"]["reasons"]
 
 
-def synthetic_records(spec: PolicySpec, runs: int = 3, per_run: int = 12, seed: int = 0) -> list[list[dict]]:
-    """Checkpoints that move from a shared init along a per-run direction; return grows with progress."""
+def synthetic_records(spec: PolicySpec, runs: int = 3, per_run: int = 12, seed: int = 0,
+                      prefix: str = "syn") -> list[list[dict]]:
+    """Checkpoints that move from a shared init along a per-run direction; return grows with progress;
+    runs `<prefix>-m000`, `<prefix>-m001`, …"""
     rng = np.random.default_rng(seed)
     init = Actor(spec).flat_params()
     out = []
@@ -315,7 +325,7 @@ def synthetic_records(spec: PolicySpec, runs: int = 3, per_run: int = 12, seed: 
         rows = []
         for k in range(per_run):
             params = (init + k * direction).astype(np.float32)
-            rows.append({"run_id": f"syn-m{r:03d}", "member": r, "env_id": SPREAD.id, "env_key": env_key(SPREAD),
+            rows.append({"run_id": f"{prefix}-m{r:03d}", "member": r, "env_id": SPREAD.id, "env_key": env_key(SPREAD),
                          "group": "agent", "arch": spec.arch_key, "step": 1000 * k, "update": k,
                          "return_mean": -80.0 + 4.0 * k + r, "return_std": 1.0, "episodes": 4,
                          "num_params": int(params.size), "params": params, "checksum": params_checksum(params),
@@ -341,12 +351,12 @@ def train_cfg(store_uri: str, **generator):
 def test_fit_resumes_exactly_from_a_saved_state(tmp_path, return_balance):
     store = CheckpointStore(str(tmp_path / "store"))
     fill_store(store)
-    data = load_slice(store, env_key(SPREAD), "agent", SMALL.arch_key, Actor(SMALL).layout.num_params)
+    data = load_rows(store, env_key(SPREAD), "agent", SMALL.arch_key, Actor(SMALL).layout.num_params)
     cfg = replace(TINY_GEN, permute_prob=0.5, return_balance=return_balance)
     if return_balance:
         with pytest.raises(ValueError, match="generator.return_balance must be a finite number >= 0"):
-            fit(replace(cfg, return_balance=-0.5), data, SMALL, seed=0)
-    full = fit(cfg, data, SMALL, seed=0)
+            fit(replace(cfg, return_balance=-0.5), Slice.of(SMALL, data), SMALL, seed=0)
+    full = fit(cfg, Slice.of(SMALL, data), SMALL, seed=0)
 
     def stop_after_two(metrics, save):
         if metrics["epoch"] == 2:
@@ -354,8 +364,8 @@ def test_fit_resumes_exactly_from_a_saved_state(tmp_path, return_balance):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        fit(cfg, data, SMALL, seed=0, callback=stop_after_two)
-    resumed = fit(cfg, data, SMALL, seed=0, resume=tmp_path / "state")
+        fit(cfg, Slice.of(SMALL, data), SMALL, seed=0, callback=stop_after_two)
+    resumed = fit(cfg, Slice.of(SMALL, data), SMALL, seed=0, resume=tmp_path / "state")
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
     assert resumed.history[-1]["train_loss"] == pytest.approx(full.history[-1]["train_loss"], rel=1e-5)
     for (k, a), b in zip(full.generator.model.state_dict().items(), resumed.generator.model.state_dict().values()):
@@ -365,19 +375,19 @@ def test_fit_resumes_exactly_from_a_saved_state(tmp_path, return_balance):
 def test_a_warm_start_begins_from_the_previous_weights_and_says_so(tmp_path):
     store = CheckpointStore(str(tmp_path / "store"))
     fill_store(store)
-    data = load_slice(store, env_key(SPREAD), "agent", SMALL.arch_key, Actor(SMALL).layout.num_params)
-    first = fit(TINY_GEN, data, SMALL, seed=0).generator
+    data = load_rows(store, env_key(SPREAD), "agent", SMALL.arch_key, Actor(SMALL).layout.num_params)
+    first = fit(TINY_GEN, Slice.of(SMALL, data), SMALL, seed=0).generator
     first.info.update(name="spread", version="v0001")  # as registered
     # lr 0: the warm-started model is the previous one, weight for weight (AdamW's decay scales with lr)
-    again = fit(replace(TINY_GEN, epochs=1, lr=0.0), data, SMALL, seed=1, warm_start=first).generator
+    again = fit(replace(TINY_GEN, epochs=1, lr=0.0), Slice.of(SMALL, data), SMALL, seed=1, warm_start=first).generator
     for (k, a), b in zip(first.model.state_dict().items(), again.model.state_dict().values()):
         assert torch.equal(a, b), k
     assert again.info["warm_start"] == {"from": first.model_id, "weights": True, "normalizer": "refitted to this data"}
-    cold = fit(replace(TINY_GEN, epochs=1, lr=0.0), data, SMALL, seed=1).generator
+    cold = fit(replace(TINY_GEN, epochs=1, lr=0.0), Slice.of(SMALL, data), SMALL, seed=1).generator
     assert cold.info["warm_start"]["from"] is None
     assert any(not torch.equal(a, b) for a, b in zip(cold.model.state_dict().values(),
                                                      first.model.state_dict().values()))
-    other = fit(replace(TINY_GEN, epochs=1, d_model=2 * TINY_GEN.d_model), data, SMALL, seed=1, warm_start=first)
+    other = fit(replace(TINY_GEN, epochs=1, d_model=2 * TINY_GEN.d_model), Slice.of(SMALL, data), SMALL, seed=1, warm_start=first)
     assert other.generator.info["warm_start"]["from"] is None
     assert "another model configuration" in other.generator.info["warm_start"]["why"]
 
@@ -492,7 +502,7 @@ def test_train_generator_on_an_empty_slice_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("tokenisation", ["neuron", "chunk"])
 def test_gru_generator_end_to_end(tmp_path, tokenisation):
     """A GRU slice: train, register, generate, and the generated policies play the env."""
-    from pgen.rollout import evaluate_returns
+    from pgen.policies.rollout import evaluate_returns
 
     spec = PolicySpec("gru", 18, (8, 8), 5, True)
     store_uri = str(tmp_path / "store")
@@ -514,9 +524,10 @@ def test_multi_group_slices_condition_on_returns_against_the_reference(tmp_path)
     co-trained prey of the best adversary checkpoint), the generator and `pgen evaluate` use those
     returns, and `generator.rescore_episodes=0` keeps the recorded ones."""
     from pgen.envs import describe_env
-    from pgen.evaluate import measure_baselines
-    from pgen.rollout import actor_from_flat, evaluate_returns
-    from pgen.generator.train import open_slice
+    from pgen.evaluation.baselines import measure_baselines
+    from pgen.evaluation.training_data import open_slice
+    from pgen.policies.nets import actor_from_flat
+    from pgen.policies.rollout import evaluate_returns
 
     cfg = compose_config("train-generator", ["env=simple_tag", f"store.uri={tmp_path / 'store'}", "policy.hidden=[8]",
                                              "generator.group=adversary", f"out_dir={tmp_path / 'gens'}"])
@@ -541,18 +552,18 @@ def test_multi_group_slices_condition_on_returns_against_the_reference(tmp_path)
     cfg.generator = replace(TINY_GEN, group="adversary", rescore_episodes=3, epochs=1)
     sl = open_slice(store, cfg.env, cfg.policy, cfg.generator)
     assert sl.reference["run_id"] == "tag-m001" and sl.reference["step"] == 3000  # best recorded adversary
-    prey = load_slice(store, env_key(cfg.env), "agent", specs["agent"].arch_key, specs["agent"].layout.num_params,
+    prey = load_rows(store, env_key(cfg.env), "agent", specs["agent"].arch_key, specs["agent"].layout.num_params,
                       run_ids=["tag-m001"])
     prey_actor = actor_from_flat(specs["agent"], prey.params[prey.steps == 3000][0])
     for i in (0, 5):
         expected = evaluate_returns(cfg.env, {"agent": prey_actor,
-                                              "adversary": actor_from_flat(specs["adversary"], sl.data.params[i])}, 3)
+                                              "adversary": actor_from_flat(specs["adversary"], sl.data.parts[specs["adversary"].arch_key].params[i])}, 3)
         assert sl.data.returns[i] == pytest.approx(expected["adversary"].mean())
     gen = train_generator(cfg, store)
     rescored = gen.info["dataset"]["rescored"]
     assert rescored["episodes"] == 3 and sorted(rescored["returns"]) == ["tag-m000", "tag-m001"]
     train = np.isin(sl.data.run_ids, gen.info["dataset"]["train_runs"])
-    assert gen.normalizer.return_low == pytest.approx(sl.data.returns[train].min())
+    assert gen.normalizer.returns.low == pytest.approx(sl.data.returns[train].min())
     assert gen.info["dataset"]["return_max"] == pytest.approx(sl.data.returns[train].max())
     settings = compose_config("evaluate", ["evaluate.episodes=2", "evaluate.targets=2", "evaluate.max_top=1"]).evaluate
     base = measure_baselines(store, load_generator(store, gen.name).info, settings)

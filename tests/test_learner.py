@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from pgen.config import compose_config
-from pgen.learner import PPOLearner, RunningMeanStd, compute_gae
-from pgen.state import encode_trainer_state, restore_trainer_state
+from pgen.learner.ppo import PPOLearner, RunningMeanStd, compute_gae
+from pgen.learner.state import encode_trainer_state, restore_trainer_state
 
 
 def test_gae_matches_a_hand_computed_case():

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -21,8 +20,8 @@ import requests
 from loop.driver import check_config, reseed_target
 from loop.state import LoopState, Member
 from pgen.config import ConfigError, compose_config
-from pgen.gate import decide, gate_records, record_decision
-from pgen.generator.sample import list_generators, resolve_model
+from pgen.evaluation.gate import decide, gate_records, record_decision, with_gates
+from pgen.generator.versions import list_generators, resolve_model
 from pgen.store import CheckpointStore
 from tests.s3server import free_port
 from tests.test_population import PopulateProcess
@@ -149,7 +148,7 @@ def test_the_loop_runs_itself_through_faults_and_serves_every_promotion(tmp_path
         assert len(decided_before) >= 2, loop.output[-4000:]
         # 3. resume: the same loop continues to its budget, now with its members paused during fits
         # (and fewer of them: paused fits run one after another, each holding the whole population)
-        resumed = PopulateProcess(*args, "resume=true", "loop.pause_during_fit=true", "loop.retrain_every=24",
+        resumed = PopulateProcess(*args, "resume=true", "loop.pause_during_fit=true", "loop.retrain_every=48",
                                   command="loop", cwd=tmp_path)
         output = resumed.finish(timeout=600)
     finally:
@@ -175,7 +174,8 @@ def test_the_loop_runs_itself_through_faults_and_serves_every_promotion(tmp_path
         state.served.split("@")[1]
     # no partial version: every version folder either is complete or is invisible to readers
     listed = {(m["name"], m["version"]) for m in list_generators(store)}
-    assert all(m["gate"] is not None for m in list_generators(store) if f"{m['name']}@{m['version']}" in records)
+    assert all(m["gate"] is not None for m in with_gates(list_generators(store), store)
+               if f"{m['name']}@{m['version']}" in records)
     folders = {tuple(k.split("/")[1:3]) for k in store.list("generators/") if k.count("/") == 3}
     assert {f for f in folders if store.exists(f"generators/{f[0]}/{f[1]}/config.json")} == listed
     assert {tuple(d["model_id"].split("@")) for d in state.decisions} <= listed
@@ -200,3 +200,34 @@ def test_the_loop_runs_itself_through_faults_and_serves_every_promotion(tmp_path
     summary = json.loads((tmp_path / "out" / "svc" / "summary.json").read_text())
     assert summary["decisions"] and (tmp_path / "out" / "svc" / "best_return.png").stat().st_size > 5000
     assert list((tmp_path / "out" / "svc" / "tensorboard").glob("events.out.tfevents*"))
+
+
+def test_the_loop_with_an_arch_family_generator(tmp_path):
+    """`pgen loop generator=family` with members spread over two architectures: versions of the family
+    are fitted (cold), gated on the default architecture's figures, promoted and served; a reseeded
+    member asks the served generator for its own architecture."""
+    port = free_port()
+    args = [*LOOP, "generator=family", "generator.readout_dim=8", "policy.hidden=[8]",
+            "population.archs=[{hidden:[8]},{hidden:[8,8]}]", "population.size=2", "loop.retrain_every=16",
+            "loop.pause_during_fit=true", "loop.reseed_every=12", "loop.reseed_fraction=0.5",
+            "loop.reseed_min_env_steps=2000",
+            f"store.uri={tmp_path / 'store'}", "loop.loop_id=fam", f"serve.port={port}",
+            f"loop.out_dir={tmp_path / 'out'}", "loop.max_env_steps=40000"]
+    run = PopulateProcess(*args, command="loop", cwd=tmp_path)
+    output = run.finish(timeout=400)
+    assert run.proc.returncode == 0, output[-4000:]
+    store = CheckpointStore(str(tmp_path / "store"))
+    state = LoopState.load(store, "fam")
+    assert state.decisions and state.served, output[-3000:]
+    name = "simple_spread-agent-mlp-18xHx5-tanh"
+    assert state.served.startswith(f"{name}@") and resolve_model(store, name)[1] == state.served.split("@")[1]
+    info = json.loads(store.get(f"generators/{name}/{state.served.split('@')[1]}/config.json"))
+    assert info["model"]["type"] == "arch-family" and info["archs"] == ["mlp-18x8x5-tanh", "mlp-18x8x8x5-tanh"]
+    assert all(d["warm_start"]["from"] is None for d in state.decisions)  # family versions start cold
+    assert state.reseeds, output[-3000:]
+    rows = store.read_records(columns=["run_id", "origin", "arch", "step"]).table.to_pylist()
+    seeded = [r for r in rows if r["origin"].startswith(f"seeded:{name}@") and r["step"] == 0]
+    assert seeded and {r["arch"] for r in seeded} <= {"mlp-18x8x5-tanh", "mlp-18x8x8x5-tanh"}
+    for r in seeded:  # each reseeded run kept the architecture of its slot (member m trains archs[m mod 2])
+        slot = int(r["run_id"].split("-m")[1][:3])
+        assert r["arch"] == ["mlp-18x8x5-tanh", "mlp-18x8x8x5-tanh"][slot % 2], r

@@ -259,7 +259,7 @@ TINY = ["algo.num_envs=4", "algo.rollout_steps=25", "algo.update_epochs=2", "pop
 def test_ppo_on_the_vector_backend_trains_as_on_pettingzoo(env):
     runs = {}
     for backend in ("vector", "pettingzoo"):
-        from pgen.learner import PPOLearner
+        from pgen.learner.ppo import PPOLearner
 
         cfg = compose_config("train", TINY + [f"env={env}", f"env.backend={backend}"])
         learner = PPOLearner(cfg.env, cfg.policy, cfg.algo, cfg.seed, cfg.population.max_env_steps)
@@ -277,8 +277,9 @@ def test_ppo_on_the_vector_backend_trains_as_on_pettingzoo(env):
 
 @pytest.mark.parametrize("cfg", [TAG, replace(SPREAD, kwargs={"N": 3, "continuous_actions": True})], ids=["tag", "spread-box"])
 def test_evaluate_returns_is_the_same_on_both_backends(cfg):
-    from pgen.rollout import evaluate_returns
-    from pgen.policy import Actor, PolicySpec
+    from pgen.policies.nets import Actor
+    from pgen.policies.rollout import evaluate_returns
+    from pgen.policies.spec import PolicySpec
 
     groups = group_agents(make_parallel_env(cfg), cfg.id)
     torch.manual_seed(0)
@@ -296,9 +297,9 @@ def test_evaluate_returns_is_the_same_on_both_backends(cfg):
 def test_a_policy_file_trained_on_the_vector_backend_plays_the_same_on_mpe2(tmp_path):
     """Train on the batched backend, write the policy file; rolled out on mpe2 directly (the PettingZoo
     backend) on the same fixed-seed episodes, it gets exactly the return the batched backend reports."""
-    from pgen.policy import load_policies
-    from pgen.rollout import evaluate_returns
-    from pgen.train import train
+    from pgen.commands.train import train
+    from pgen.policies.policy_file import load_policies
+    from pgen.policies.rollout import evaluate_returns
 
     cfg = compose_config("train", TINY + ["env.backend=vector", "population.max_env_steps=2000",
                                           f"run_dir={tmp_path}", "run_id=vec"])

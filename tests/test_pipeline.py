@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from pgen.generator.sample import load_generator
+from pgen.generator.versions import load_generator
 from pgen.store import CheckpointStore
 from tests.test_population import pgen
 

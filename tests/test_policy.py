@@ -7,7 +7,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from pgen.policy import Actor, ParamLayout, PolicySpec, load_policies, read_policy_file, save_policy_file
+from pgen.policies.nets import Actor
+from pgen.policies.policy_file import load_policies, read_policy_file, save_policy_file
+from pgen.policies.spec import ParamLayout, PolicySpec
 
 SPECS = [
     PolicySpec("mlp", 18, (64, 64), 5, True, "tanh"),
@@ -32,6 +34,13 @@ def test_layout_round_trip_is_exact(spec):
     other.load_flat_params(flat)
     assert np.array_equal(other.flat_params(), flat)
     assert ParamLayout.from_json(layout.to_json()) == layout
+
+
+@pytest.mark.parametrize("spec", SPECS + [PolicySpec("mlp", 3, (4, 5, 6, 7), 2, True, "tanh")], ids=lambda s: s.arch_key)
+def test_the_layout_a_spec_names_is_the_networks_own(spec):
+    """`PolicySpec.layout` follows from the spec alone (docs/design.md "ParamLayout"): the actor
+    registers exactly those tensors, in that order."""
+    assert spec.layout == Actor(spec).layout == ParamLayout.of(Actor(spec))
 
 
 def test_arch_key_examples():

@@ -10,13 +10,12 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pgen.config import compose_config
-from pgen.population import member_hparams
+from pgen.population.worker import member_hparams
 from pgen.store import CheckpointStore, params_checksum
 from tests.tcp_proxy import TcpProxy
 
@@ -193,7 +192,8 @@ def test_seed_from_starts_members_from_seed_checkpoints(tmp_path):
     store = CheckpointStore(str(store_dir))
     cfg = compose_config("populate", TINY)
     from pgen.envs import env_key
-    from pgen.policy import Actor, PolicySpec
+    from pgen.policies.nets import Actor
+    from pgen.policies.spec import PolicySpec
 
     spec = PolicySpec("mlp", 18, (64, 64), 5, True, "tanh")
     seeds = [Actor(spec).flat_params() for _ in range(2)]
@@ -220,7 +220,7 @@ def test_seed_from_starts_members_from_seed_checkpoints(tmp_path):
 
 
 def test_an_algo_setting_population_hparams_draws_per_member_is_named_with_how_to_pin_it():
-    from pgen.population import algo_settings_drawn_per_member
+    from pgen.population.worker import algo_settings_drawn_per_member
 
     assert algo_settings_drawn_per_member(compose_config("populate", [])) == []
     (line,) = algo_settings_drawn_per_member(compose_config("populate", ["algo.lr=5e-4", "algo.gamma=0.95"]))

@@ -8,13 +8,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pgen.commands.train_generator import train_generator
 from pgen.config import compose_config
-from pgen.generator.sample import load_generator
-from pgen.generator.train import train_generator
+from pgen.generator.versions import load_generator
 from pgen.store import CheckpointStore
-from tests.test_generator import fill_store, train_cfg
 from tests.s3server import free_ports
 from tests.serving import local_serve_env
+from tests.test_generator import fill_store, train_cfg
 
 POPULATE = ["policy.hidden=[8]", "population.size=2", "population.max_env_steps=400", "population.eval_episodes=4",
             "algo.num_envs=4", "algo.rollout_steps=50", "population.checkpoint_every=1",
@@ -27,7 +27,7 @@ def served_generator(tmp_path_factory):
     import ray
     from ray import serve
 
-    from serve.app import run
+    from serve.launcher import run
 
     store_uri = str(tmp_path_factory.mktemp("seeding") / "store")
     fill_store(CheckpointStore(store_uri))
@@ -44,7 +44,7 @@ def served_generator(tmp_path_factory):
 
 
 def test_population_members_seeded_through_a_deployment_handle(served_generator):
-    from pgen.population import populate
+    from pgen.commands.populate import populate
 
     store_uri = served_generator
     cfg = compose_config("populate", POPULATE + [f"store.uri={store_uri}", "run_id=handle",
@@ -64,8 +64,9 @@ def test_population_members_seeded_through_a_deployment_handle(served_generator)
 def test_a_member_seeded_from_candidates_starts_from_the_best_on_the_selection_episodes(served_generator):
     """population.seed.candidates=4: each member asks for four policies, plays each greedily on the
     selection episodes, starts from the best, and counts those episodes' env steps as its own."""
-    from pgen.population import populate
-    from pgen.rollout import SELECTION_SEED, actor_from_flat, evaluate_returns
+    from pgen.commands.populate import populate
+    from pgen.policies.nets import actor_from_flat
+    from pgen.policies.rollout import SELECTION_SEED, evaluate_returns
 
     store_uri = served_generator
     cfg = compose_config("populate", POPULATE + [f"store.uri={store_uri}", "run_id=best", "population.max_env_steps=800",
@@ -93,7 +94,7 @@ def test_a_member_seeded_from_candidates_starts_from_the_best_on_the_selection_e
 
 
 def test_seeding_through_a_handle_needs_a_target_and_excludes_seed_from(tmp_path):
-    from pgen.population import populate
+    from pgen.commands.populate import populate
 
     base = POPULATE + [f"store.uri={tmp_path / 'store'}", "population.seed.model=spread"]
     with pytest.raises(ValueError, match="population.seed.target_return"):

@@ -1,4 +1,4 @@
-"""Generated policies chosen among candidates (pgen.selection): the choice itself on a known return
+"""Generated policies chosen among candidates (pgen.evaluation.selection): the choice itself on a known return
 function, `pgen evaluate evaluate.candidates=K` and `pgen generate candidates=K` on simple_spread."""
 
 from __future__ import annotations
@@ -9,15 +9,17 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from pgen.commands.train_generator import train_generator
 from pgen.config import ConfigError, compose_config
-from pgen.evaluate import evaluate_generator
-from pgen.generator.data import ParamDataset
-from pgen.generator.sample import load_generator
-from pgen.generator.train import fit, train_generator
-from pgen.metrics import alignment_r2
-from pgen.policy import Actor, read_policy_file
-from pgen.rollout import selection_returns
-from pgen.selection import closest, generate_selected
+from pgen.dataset.slices import ParamDataset, Slice
+from pgen.evaluation.evaluate import evaluate_generator
+from pgen.evaluation.metrics import alignment_r2
+from pgen.evaluation.selection import closest, generate_selected
+from pgen.generator.fit import fit
+from pgen.generator.versions import load_generator
+from pgen.policies.nets import Actor
+from pgen.policies.policy_file import read_policy_file
+from pgen.policies.rollout import selection_returns
 from pgen.store import CheckpointStore
 from tests.test_generator import SMALL, SPREAD, TINY_GEN, fill_store, known_return, pgen, train_cfg
 
@@ -40,7 +42,7 @@ def test_each_policy_is_its_slots_closest_candidate_and_the_first_is_the_unselec
     n = len(params)
     data = ParamDataset(params, play(params), np.repeat([f"r{i}" for i in range(4)], 20), np.tile(np.arange(20), 4),
                         np.ones(n), np.full(n, 4))
-    gen = fit(replace(TINY_GEN, epochs=20, batch_size=16), data, SMALL, seed=0).generator
+    gen = fit(replace(TINY_GEN, epochs=20, batch_size=16), Slice.of(SMALL, data), SMALL, seed=0).generator
     gen.info["dataset"] = {"return_min": float(data.returns.min()), "return_max": float(data.returns.max())}  # as registered
     played = []
 

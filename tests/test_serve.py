@@ -14,10 +14,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import shutil
+import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,11 +29,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pgen.generator.sample import load_generator
-from pgen.generator.train import train_generator
-from pgen.policy import load_policies, read_policy_file
+from pgen.commands.train_generator import train_generator
+from pgen.generator.versions import load_generator
+from pgen.policies.policy_file import load_policies, read_policy_file
 from pgen.store import CheckpointStore
-from tests.s3server import free_port, free_ports
+from tests.s3server import free_ports
 from tests.serving import local_serve_env
 from tests.test_generator import SMALL, fill_store, pgen, train_cfg
 
@@ -375,7 +374,7 @@ def test_pgen_serve_rejects_a_bad_config_with_a_clear_error(tmp_path):
 
 
 def test_a_batch_decodes_every_job_as_if_it_were_alone(tmp_path):
-    from serve.app import DecodeJob, decode_jobs
+    from serve.decoder import DecodeJob, decode_jobs
 
     store = CheckpointStore(str(tmp_path / "store"))
     fill_store(store)
@@ -469,7 +468,7 @@ def test_the_split_layout_answers_as_the_single_one(server):
 
 def test_pgen_serve_starts_its_ray_in_the_adopted_mode_and_leaves_the_environment_alone(monkeypatch):
     from pgen.config import ServeProxy, ServeSettings
-    from serve.app import environment, ray_serve_env
+    from serve.launcher import environment, ray_serve_env
 
     assert ray_serve_env(ServeSettings()) == {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
     assert ray_serve_env(ServeSettings(proxy=ServeProxy.python, throughput_optimized=False)) == {

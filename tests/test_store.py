@@ -212,10 +212,11 @@ def tiny_generator(name: str):
     """A registrable (untrained) generator of a 2-2-2 MLP policy."""
     from dataclasses import asdict
 
-    from pgen.generator.data import Normalizer, Tokenizer
-    from pgen.generator.model import ModelConfig, ParamVAE
-    from pgen.generator.sample import Generator
-    from pgen.policy import PolicySpec
+    from pgen.generator.single.kind import SingleArchGenerator
+    from pgen.generator.single.model import ModelConfig, ParamVAE
+    from pgen.generator.single.normalize import Normalizer
+    from pgen.generator.single.tokens import Tokenizer
+    from pgen.policies.spec import PolicySpec
 
     spec = PolicySpec("mlp", 2, (2,), 2, True, "tanh")
     tokenizer = Tokenizer(spec.layout, "neuron", 4)
@@ -226,7 +227,7 @@ def tiny_generator(name: str):
             "policy_spec": spec.to_json(), "layout": spec.layout.to_json(), "arch": spec.arch_key,
             "env": {"name": "spread", "id": "mpe2.simple_spread_v3", "kwargs": {}}, "env_key": "spread",
             "group": "agent", "dataset": {"return_min": 0.0, "return_max": 3.0}}
-    return Generator(model, tokenizer, Normalizer.fit(params, np.arange(4.0), tokenizer), info)
+    return SingleArchGenerator(model, tokenizer, Normalizer.fit(params, np.arange(4.0), tokenizer), info)
 
 
 class HeldAtLatest:
@@ -260,7 +261,7 @@ class HeldAtLatest:
 def test_latest_never_moves_back_under_concurrent_registrations(store, older_last):
     """Two trainers register at once: the first claims v0002, the second v0003; both then reach LATEST,
     in either order. LATEST must end at v0003 and readers must say so."""
-    from pgen.generator.sample import list_generators, resolve_model, save_generator
+    from pgen.generator.versions import list_generators, resolve_model, save_generator
 
     assert save_generator(store, tiny_generator("race"), {}) == "v0001"
     held = HeldAtLatest(store)

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from pgen.policy import load_policies, read_policy_file
+from pgen.policies.policy_file import load_policies, read_policy_file
 
 TINY = ["algo.num_envs=4", "algo.rollout_steps=25", "algo.update_epochs=2", "log_every_s=0"]
 

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 
 from pgen.cli import main
-from pgen.config import GeneratorConfig, SearchParam, compose_config
-from pgen.generator.sample import list_generators, load_generator
-from pgen.progress import log
+from pgen.config import SearchParam, SingleGeneratorConfig, compose_config
+from pgen.generator.versions import list_generators, load_generator
+from pgen.policies.spec import PolicySpec
 from pgen.store import CheckpointStore
-from tests.test_generator import SMALL, fill_store
+from pgen.util.progress import log
+from tests.test_generator import fill_store
 from tests.test_population import pgen, pgen_background
 from tune.space import default_point, search_space
 from tune.sweep import INTERRUPTED, storage_location, trial_resources
@@ -38,7 +39,7 @@ def space(**entries: dict) -> dict[str, SearchParam]:
 
 
 def test_search_space_becomes_tune_domains_and_the_default_point():
-    base = GeneratorConfig()
+    base = SingleGeneratorConfig()
     domains = search_space(space(d_model={"choice": [32, 64]}, lr={"loguniform": [1e-3, 1e-2]},
                                  n_layers={"randint": [1, 3]}, beta={"uniform": [0.0, 0.5]},
                                  tokenisation={"choice": ["neuron", "chunk"]}, dropout=None), base)
@@ -73,7 +74,7 @@ def test_bad_search_spaces_are_clear_errors(entries, message):
     from pgen.config import ConfigError
 
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
-        search_space(space(**entries), GeneratorConfig())
+        search_space(space(**entries), SingleGeneratorConfig())
 
 
 def test_trials_ask_for_gpus_only_when_told():
@@ -87,7 +88,7 @@ def test_default_point_outside_the_space_is_a_clear_error():
     from pgen.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"generator.lr=0.003 is outside tune.space.lr"):
-        default_point(space(lr={"loguniform": [1e-4, 1e-3]}), GeneratorConfig())
+        default_point(space(lr={"loguniform": [1e-4, 1e-3]}), SingleGeneratorConfig())
 
 
 @pytest.mark.parametrize("args, message", [
@@ -258,3 +259,27 @@ def test_tune_profiles_compose():
     assert full.generator.epochs == 200 and full.tune.space["chunk_size"] is None
     search_space(full.tune.space, full.generator)
     assert compose_config("pipeline", ["profile=quick"]).population.size == 6  # the pipeline's own profile
+
+
+def test_a_sweep_of_an_arch_family_generator_registers_a_family_version(tmp_path):
+    """`pgen tune generator=family`: trials fit the family kind on every architecture of the family in
+    the store; the space's single-architecture settings (tokenisation) are left out, with a log line;
+    the best trial is registered as a family version that generates an architecture it never saw."""
+    store_uri = tmp_path / "store"
+    for hidden in ((8,), (8, 8)):
+        fill_store(CheckpointStore(str(store_uri)), spec=PolicySpec("mlp", 18, hidden, 5, True), runs=2, per_run=6,
+                   prefix=f"syn{len(hidden)}")
+    out = pgen("tune", *TINY_SWEEP, "generator=family", "generator.readout_dim=8", f"store.uri={store_uri}",
+               f"tune.storage={tmp_path / 'ray'}", "tune.name=fam", f"out_dir={tmp_path / 'out'}", "generator.epochs=2",
+               "tune.num_samples=2", "tune.grace_period=2", "generator.calibration.validation_samples=0",
+               cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "tune.space.tokenisation: not a setting of generator=family; not swept" in out.stderr
+    summary = json.loads((tmp_path / "out" / "fam" / "sweep.json").read_text())
+    assert summary["slice"]["arch"] == "mlp-18xHx5-tanh" and summary["slice"]["archs"] == [
+        "mlp-18x8x5-tanh", "mlp-18x8x8x5-tanh"]
+    assert all("tokenisation" not in t["config"] for t in summary["trials"])
+    gen = load_generator(CheckpointStore(str(store_uri)), "simple_spread-agent-mlp-18xHx5-tanh")
+    assert gen.info["model"]["type"] == "arch-family" and gen.info["generator"]["kind"] == "family"
+    assert gen.generate(-60.0, num=2, spec=PolicySpec("mlp", 18, (12, 12), 5, True)).shape == (
+        2, PolicySpec("mlp", 18, (12, 12), 5, True).layout.num_params)

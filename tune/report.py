@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-from pgen.fileio import atomic_write  # noqa: E402
+from pgen.util.fileio import atomic_write  # noqa: E402
 
 SCORES = ("objective", "alignment_r2", "spearman", "normalised_score_top")
 

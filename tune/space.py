@@ -2,8 +2,10 @@
 
 Each entry names a `generator.*` setting and exactly one range: `choice: [...]`, `uniform: [low,
 high]`, `loguniform: [low, high]` (low > 0) or `randint: [low, high]` (integers, both inclusive).
-A setting not in the space (or set to null) keeps its `generator.*` value in every trial. Bad
-entries raise ConfigError naming the key, before Ray starts.
+A setting not in the space (or set to null) keeps its `generator.*` value in every trial. The
+settings are those of the generator kind swept (`generator=<kind>`): an entry that is a setting of
+another kind only (a profile's `tokenisation` in a sweep of `generator=family`) is left out, with a
+log line. Bad entries raise ConfigError naming the key, before Ray starts.
 """
 
 from __future__ import annotations
@@ -16,29 +18,32 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from ray import tune
 
-from pgen.config import ConfigError, GeneratorConfig, SearchParam, enum_value
+from pgen.config import GENERATOR_KINDS, ConfigError, GeneratorConfig, SearchParam, enum_value
+from pgen.util.progress import log
 
 # settings every trial must share: the ASHA budget, the validation runs that make val_loss comparable,
 # where and how it runs, and the store name the best trial is registered under
-FIXED = {"epochs": "it is ASHA's budget (max_t); set generator.epochs",
+FIXED = {"kind": "choose the generator kind with generator=<kind>", "epochs": "it is ASHA's budget (max_t); set generator.epochs",
          "val_fraction": "every trial must be validated on the same held-out runs",
          "name": "the best trial is registered under generator.name", "group": "a sweep is of one group",
          "device": "set generator.device", "log_every_s": "set generator.log_every_s"}
 KINDS = ("choice", "uniform", "loguniform", "randint")
 
 
-def _check_value(key: str, value: Any, where: str) -> Any:
-    """`value` as the typed generator setting `key` would hold it, or ConfigError."""
+def _check_value(key: str, value: Any, where: str, kind: type) -> Any:
+    """`value` as the typed generator setting `key` (of the config class `kind`) would hold it, or ConfigError."""
     try:
-        typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(GeneratorConfig), {key: value}))
+        typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(kind), {key: value}))
     except OmegaConfBaseException as err:
         raise ConfigError(f"{where}: {value!r} is not a valid generator.{key}: {err.msg}") from None
     return enum_value(getattr(typed, key))
 
 
-def _entries(space: dict[str, SearchParam | None]) -> dict[str, tuple[str, list]]:
-    """{key: (kind, values)} of the non-null entries, validated."""
-    sweepable = sorted(f.name for f in fields(GeneratorConfig) if f.name not in FIXED)
+def _entries(space: dict[str, SearchParam | None], base: GeneratorConfig) -> dict[str, tuple[str, list]]:
+    """{key: (kind, values)} of the non-null entries that are settings of `base`'s generator kind, validated."""
+    cls = type(base)
+    sweepable = sorted(f.name for f in fields(cls) if f.name not in FIXED)
+    of_other_kinds = {f.name for other in GENERATOR_KINDS.values() for f in fields(other)} - {f.name for f in fields(cls)}
     out = {}
     for key, param in space.items():
         if param is None:
@@ -46,6 +51,9 @@ def _entries(space: dict[str, SearchParam | None]) -> dict[str, tuple[str, list]
         where = f"tune.space.{key}"
         if key in FIXED:
             raise ConfigError(f"{where}: cannot be swept: {FIXED[key]}")
+        if key in of_other_kinds:
+            log.info(f"{where}: not a setting of generator={base.kind}; not swept")
+            continue
         if key not in sweepable:
             raise ConfigError(f"{where}: not a generator setting; sweepable: {', '.join(sweepable)}")
         given = [(kind, getattr(param, kind)) for kind in KINDS if getattr(param, kind) is not None]
@@ -58,17 +66,17 @@ def _entries(space: dict[str, SearchParam | None]) -> dict[str, tuple[str, list]
         if kind == "choice":
             if not values:
                 raise ConfigError(f"{where}.choice: empty list")
-            values = [_check_value(key, v, f"{where}.choice") for v in values]
+            values = [_check_value(key, v, f"{where}.choice", cls) for v in values]
         else:
             if len(values) != 2 or not values[0] < values[1]:
                 raise ConfigError(f"{where}.{kind}: expected [low, high] with low < high, got {values}")
             if kind == "loguniform" and values[0] <= 0:
                 raise ConfigError(f"{where}.loguniform: low must be > 0, got {values[0]}")
-            kind_type = get_type_hints(GeneratorConfig)[key]
+            kind_type = get_type_hints(cls)[key]
             if kind_type not in (int, float) or (kind_type is int and kind != "randint"):
                 use = "randint or choice" if kind_type is int else "choice"
                 raise ConfigError(f"{where}: generator.{key} is not a float; use {use}")
-            values = [_check_value(key, v, f"{where}.{kind}") for v in values]
+            values = [_check_value(key, v, f"{where}.{kind}", cls) for v in values]
         out[key] = (kind, values)
     if not out:
         raise ConfigError("tune.space is empty: give at least one generator setting to sweep, "
@@ -86,7 +94,7 @@ def _candidates(key: str, entries: dict[str, tuple[str, list]], base: GeneratorC
 
 def search_space(space: dict[str, SearchParam | None], base: GeneratorConfig) -> dict[str, Any]:
     """Ray Tune domains for the swept settings (`param_space` of the Tuner)."""
-    entries = _entries(space)
+    entries = _entries(space, base)
     heads, widths = _candidates("n_heads", entries, base), _candidates("d_model", entries, base)
     bad = [(d, h) for d, h in itertools.product(widths or [], heads or []) if d % h]
     if bad:
@@ -100,7 +108,7 @@ def search_space(space: dict[str, SearchParam | None], base: GeneratorConfig) ->
 def default_point(space: dict[str, SearchParam | None], base: GeneratorConfig) -> dict[str, Any]:
     """The base configuration's values of the swept settings (the first trial with include_default)."""
     point = {}
-    for key, (kind, values) in _entries(space).items():
+    for key, (kind, values) in _entries(space, base).items():
         value = enum_value(getattr(base, key))
         inside = value in values if kind == "choice" else values[0] <= value <= values[1]
         if not inside:

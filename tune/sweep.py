@@ -34,14 +34,13 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from pgen.config import ConfigError, SweepConfig, SweepSettings, enum_value, to_dict
-from pgen.evaluate import measure_baselines
-from pgen.generator.data import split_by_run
-from pgen.generator.sample import read_generator, save_generator
-from pgen.generator.train import generator_name, open_slice
-from pgen.fileio import atomic_write
-from pgen.ray_runtime import init_ray
-from pgen.progress import Progress, format_duration, log
+from pgen.evaluation.baselines import measure_baselines
+from pgen.evaluation.training_data import open_slice
+from pgen.generator.versions import default_name, read_generator, save_generator
 from pgen.store import CheckpointStore, open_store, s3_endpoint
+from pgen.util.fileio import atomic_write
+from pgen.util.progress import Progress, format_duration, log
+from pgen.util.ray_runtime import init_ray
 from tune.report import format_trials, plot_trials, trial_rows
 from tune.space import default_point, search_space
 from tune.trainable import TrialSetup, train_trial
@@ -192,7 +191,7 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
     if cfg.resume and not cfg.tune.name:
         raise ConfigError(f"resume=true needs tune.name=<the sweep's name>; sweeps in {cfg.tune.storage}:"
                           f" {', '.join(_sweeps(path, fs)) or 'none'}")
-    name = cfg.tune.name or (f"tune-{generator_name(cfg.env, cfg.policy, cfg.generator)}"
+    name = cfg.tune.name or (f"tune-{default_name(cfg.env, cfg.policy, cfg.generator)}"
                              f"-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}")
     experiment = f"{path}/{name}"
     shown = experiment if fs is None else f"{cfg.tune.storage.rstrip('/')}/{name}"  # where users find it
@@ -211,12 +210,12 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
     # after every check above: in a multi-group env opening the slice re-measures each checkpoint's return
     store = open_store(cfg.store)
     sl = open_slice(store, cfg.env, cfg.policy, cfg.generator, label="tune")
-    train_idx, val_idx = split_by_run(sl.data.run_ids, cfg.generator.val_fraction, cfg.seed)
-    if len(val_idx) == 0:
+    train_idx, val_idx = sl.data.split(cfg.generator.val_fraction, cfg.seed)  # as every trial's fit splits it
+    runs = lambda idx: sorted({r for k, p in sl.data.parts.items() for r in p.run_ids[idx[k]].tolist()})  # noqa: E731
+    if not runs(val_idx):
         raise ValueError(f"tune: the slice has {len(set(sl.data.run_ids.tolist()))} run(s); a sweep needs at least 2"
                          " (trials are compared on held-out validation runs) and generator.val_fraction > 0")
-    info = sl.info(cfg.seed, sorted(set(sl.data.run_ids[train_idx].tolist())),
-                   sorted(set(sl.data.run_ids[val_idx].tolist())))
+    info = sl.info(cfg.seed, runs(train_idx), runs(val_idx))
     baselines = measure_baselines(store, info, cfg.evaluate, label=f"tune {name}")
     setup = TrialSetup(to_dict(cfg.generator), sl.data, sl.spec, cfg.seed, info, baselines, cfg.evaluate,
                        cfg.tune.checkpoint_every, max(1, int(cfg.tune.cpus_per_trial)))
@@ -237,7 +236,8 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
     finished = [r for r in rows if r["status"] in ("TERMINATED", "ERROR")]
     summary: dict[str, Any] = {
         "name": name, "storage": shown, "store": store.uri, "profile": cfg.profile,
-        "slice": {"env_key": sl.key, "group": sl.group, "arch": sl.spec.arch_key, "rows": int(len(sl.data)),
+        "slice": {"env_key": sl.key, "group": sl.group, "arch": sl.slice_key, "archs": info["archs"],
+                  "rows": int(len(sl.data)),
                   "train_runs": info["dataset"]["train_runs"], "val_runs": info["dataset"]["val_runs"]},
         "search": enum_value(cfg.tune.search), "metric": cfg.tune.metric, "epochs": cfg.generator.epochs,
         "num_samples": cfg.tune.num_samples, "space": {k: to_dict(v) for k, v in cfg.tune.space.items() if v},

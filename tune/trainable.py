@@ -1,4 +1,4 @@
-"""One trial of a sweep: `pgen.generator.train.fit`, unchanged, reporting to Ray Tune.
+"""One trial of a sweep: `pgen.generator.fit.fit`, unchanged, reporting to Ray Tune.
 
 Every epoch the trial reports fit's metrics (`epoch`, `train_loss`, `val_loss`, `val_recon`, …)
 with `tune.report`; every `checkpoint_every` epochs the report carries a checkpoint that fit's
@@ -6,7 +6,7 @@ with `tune.report`; every `checkpoint_every` epochs the report carries a checkpo
 `tune.get_checkpoint()` with `fit(..., resume=folder)`, which picks up exactly where it stopped.
 
 The last epoch's report waits for the final objective: the trained generator is rolled out over
-the target grid against the sweep's baselines (`pgen.evaluate.evaluate_generator`), and the report
+the target grid against the sweep's baselines (`pgen.evaluation.evaluate.evaluate_generator`), and the report
 adds `alignment_r2`, `spearman`, `normalised_score_top` and `objective` (their sum), with a
 checkpoint holding the generator's version files and its evaluation. Trials ASHA stops earlier
 never reach it.
@@ -26,12 +26,13 @@ import torch
 from ray import tune
 
 from pgen.config import EvaluateConfig, EvaluateSettings, config_from_dict
-from pgen.evaluate import Baselines, evaluate_generator
-from pgen.generator.data import ParamDataset
-from pgen.generator.calibration import calibrate
-from pgen.generator.sample import generator_files
-from pgen.generator.train import fit
-from pgen.policy import PolicySpec
+from pgen.dataset.slices import Slice
+from pgen.evaluation.baselines import Baselines
+from pgen.evaluation.calibration import calibrate
+from pgen.evaluation.evaluate import evaluate_generator
+from pgen.generator.fit import fit
+from pgen.generator.versions import generator_files
+from pgen.policies.spec import PolicySpec
 
 EVALUATION_KEYS = ("alignment_r2", "spearman", "normalised_score_top", "retrieval_alignment_r2", "r_random", "r_top10",
                    "novelty_median", "copies", "min_relative_l2", "agreement_mean")
@@ -48,7 +49,7 @@ class TrialSetup:
     """What every trial shares, put once into Ray's object store by `tune.with_parameters`."""
 
     base: dict[str, Any]  # the base generator config (to_dict), which a trial's config overrides
-    data: ParamDataset
+    data: Slice
     spec: PolicySpec
     seed: int
     slice_info: dict[str, Any]  # TrainingSlice.info: what the version records about its slice

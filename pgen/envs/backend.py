@@ -14,7 +14,7 @@ from pgen.envs.base import VectorEnv
 from pgen.envs.loading import EnvError
 from pgen.envs.mpe import MPEVecEnv, supports
 from pgen.envs.pettingzoo import SubprocVecEnv, VecEnv
-from pgen.progress import log
+from pgen.util.progress import log
 
 _logged: set[tuple[str, str]] = set()  # (env id, message) lines already logged by this process
 

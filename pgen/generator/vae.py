@@ -1,0 +1,95 @@
+"""The parts every generator kind's VAE shares: the return condition's embedding, the encoder and
+decoder transformers, the maps to and from the latent, and the two losses.
+
+A kind's model (`single/model.py`, `family/model.py`) adds how a policy's parameters become tokens
+and come back; what it encodes is `[CLS, condition, (arch,) tokens...]` → CLS → (μ, log σ²) of a
+global latent z, and it decodes `[z, condition, (arch,) queries...]`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class FourierCondition(nn.Module):
+    """c `[B]` → `[B, d_model]` from (c, sin 2^k π c, cos 2^k π c) for k < n."""
+
+    def __init__(self, n: int, d_model: int):
+        super().__init__()
+        self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(n, dtype=torch.float32), persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(2 * n + 1, d_model), nn.GELU(), nn.Linear(d_model, d_model))
+
+    def features(self, c: torch.Tensor) -> torch.Tensor:
+        angles = c[:, None] * self.freqs
+        return torch.cat([c[:, None], angles.sin(), angles.cos()], dim=-1)
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.features(c))
+
+
+def transformer(cfg) -> nn.TransformerEncoder:
+    """Pre-norm transformer blocks of `cfg` (d_model, n_heads, n_layers, dropout)."""
+    block = nn.TransformerEncoderLayer(cfg.d_model, cfg.n_heads, 4 * cfg.d_model, cfg.dropout, activation="gelu",
+                                       batch_first=True, norm_first=True)
+    return nn.TransformerEncoder(block, cfg.n_layers, norm=nn.LayerNorm(cfg.d_model), enable_nested_tensor=False)
+
+
+def add_vae_core(vae: nn.Module, cfg) -> None:
+    """The parts every generator VAE has (`cfg`: a model config with d_model, n_heads, n_layers,
+    dropout, latent_dim, fourier_features): the CLS token, the encoder's and decoder's condition
+    embeddings, the two transformers and the maps to and from the latent.
+    ValueError when d_model is not divisible by n_heads."""
+    if cfg.d_model % cfg.n_heads:
+        raise ValueError(f"d_model {cfg.d_model} is not divisible by n_heads {cfg.n_heads}")
+    d = cfg.d_model
+    vae.cls = nn.Parameter(0.02 * torch.randn(d))
+    vae.enc_cond = FourierCondition(cfg.fourier_features, d)
+    vae.dec_cond = FourierCondition(cfg.fourier_features, d)
+    vae.encoder = transformer(cfg)
+    vae.decoder = transformer(cfg)
+    vae.to_latent = nn.Linear(d, 2 * cfg.latent_dim)
+    vae.from_latent = nn.Linear(cfg.latent_dim, d)
+
+
+def gaussian(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[B, 2 · latent]` → (μ, log σ²), the log-variance clamped to [−12, 8]."""
+    mu, logvar = params.chunk(2, dim=-1)
+    return mu, logvar.clamp(-12.0, 8.0)
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor, prior_logvar: torch.Tensor,
+                  free_bits: float = 0.0) -> torch.Tensor:
+    """KL(q(z|x, c) ‖ p(z|c)) of diagonal Gaussians, summed over latent dims, mean over the batch.
+    With `free_bits` > 0 each dimension's batch-mean KL counts as at least that many nats (no
+    gradient below it), which keeps the decoder from ignoring z."""
+    per_dim = 0.5 * (prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1.0)
+    per_dim = per_dim.mean(0)
+    if free_bits > 0:
+        per_dim = per_dim.clamp_min(free_bits)
+    return per_dim.sum()
+
+
+def reconstruction_loss(pred: list[torch.Tensor], target: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tensor:
+    """Mean squared error of each part's real (unpadded) values, averaged over parts with equal weight."""
+    losses = []
+    for p, t, m in zip(pred, target, masks):
+        m = m.to(p.device)
+        losses.append(((p - t).pow(2) * m).sum() / (m.sum() * p.shape[0]))
+    return torch.stack(losses).mean()
+
+
+def losses(model: nn.Module, parts: list[torch.Tensor], masks: list[torch.Tensor], c: torch.Tensor,
+           rng: torch.Generator | None, use_mean: bool = False, free_bits: float = 0.0, ctx: tuple = ()
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reconstruction, KL) of a batch: `parts` what the model encodes (tokens or blocks), `ctx` what
+    its methods take after the condition (the family model: the architecture's inputs); `use_mean`
+    decodes the posterior mean (validation) instead of a sample."""
+    if use_mean:
+        mu, logvar = model.encode(parts, c, *ctx)
+        pred = model.decode(mu, c, *ctx)
+    else:
+        pred, mu, logvar = model(parts, c, *ctx, rng)
+    return reconstruction_loss(pred, parts, masks), kl_divergence(mu, logvar, *model.prior_params(c, *ctx), free_bits)
