@@ -1,9 +1,9 @@
-"""Every command example of README.md, run as a user would type it.
+"""Every command example of README.md and docs/, run as a user would type it.
 
-The examples are read from the README's ```bash blocks. Each has an entry in `EXAMPLES`: how the test
+The examples are read from the ```bash blocks of README.md and docs/*.md. Each has an entry in `EXAMPLES`: how the test
 runs it (`Run`: appended overrides that shrink its budget, then to completion or to its first sign
 of life), or which test runs it elsewhere (`Elsewhere`). An example without an entry, or an entry
-whose example left the README, fails `test_every_readme_example_has_a_test`, so an example cannot be
+whose example left the docs, fails `test_every_readme_example_has_a_test`, so an example cannot be
 added or changed without a test that runs it.
 
 The examples run in order, in one scratch folder (so `./pgen-store` and `pgen-runs/` carry from one
@@ -95,7 +95,7 @@ EXAMPLES: dict[str, Run | Elsewhere] = {
     # architectures (one generator for a family)
     "pgen populate population.size=16 'population.archs=[{hidden:[32,32]},{hidden:[64,64]},{hidden:[128,128]},"
     "{hidden:[64]}]'": Elsewhere(ARCHS),
-    "pgen train-generator generator.family=true": Elsewhere(ARCHS),
+    "pgen train-generator generator=family": Elsewhere(ARCHS),
     "pgen generate model=simple_spread-agent-mlp-18xHx5-tanh target_return=-50 arch=mlp-18x96x96x5-tanh":
         Elsewhere(ARCHS),
     "pgen generate model=simple_spread-agent-mlp-18xHx5-tanh target_return=-50 policy.hidden=[256,256]":
@@ -143,11 +143,14 @@ EXAMPLES: dict[str, Run | Elsewhere] = {
 }
 
 
-def readme_examples(path: Path = ROOT / "README.md") -> list[str]:
-    """The commands of the README's ```bash blocks: continuation lines joined, comments dropped,
-    `export` lines (settings, not commands) left out."""
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def readme_examples(paths: list[Path] = DOCS) -> list[str]:
+    """The commands of the ```bash blocks of README.md and docs/: continuation lines joined, comments
+    dropped, `export` lines (settings, not commands) left out; in the order of the files."""
     commands, block, pending = [], False, ""
-    for line in path.read_text().splitlines():
+    for line in (line for path in paths for line in path.read_text().splitlines()):
         if line.startswith("```"):
             block = line.strip() == "```bash"
             continue
