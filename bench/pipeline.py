@@ -11,10 +11,11 @@ Arms (each a list of overrides on `pgen pipeline profile=quick`):
              --lever "epochs120=generator.epochs=120".
 Repeat r runs every arm with `seed=r` (`previous` only in its first `--previous-repeats` repeats;
 `--seeds` names the seeds instead).
-Per run: wall time from process start to exit, the pipeline's own stage timings and its table (R²,
-Spearman, retrieval R², score at the top, copies; with `evaluate.candidates` > 1 also the first
-candidates' R², Spearman and score: the generator alone on the same draw). Prints one row per run and per arm the median wall
-time and its ratio to `previous`'s; writes bench/results/pipeline.json (or `--out`).
+Per run: wall time from process start to exit, the pipeline's own stage timings and its table: the
+generator alone (one request, the defaults) — R², Spearman, score at the top, novelty, copies — beside
+retrieval and the memorisation audit's noisy retrieval and interpolation (R², score at the top,
+novelty), and with `evaluate.candidates` > 1 the choice among candidates. Prints one row per run and
+per arm the median wall time and its ratio to `previous`'s; writes bench/results/pipeline.json (or `--out`).
 
     python3 bench/pipeline.py --repeats 3 --previous-repeats 1 --lever "epochs120=generator.epochs=120"
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -39,7 +41,8 @@ from rollout import PREVIOUS  # noqa: E402  (the PPO defaults before the batched
 PREVIOUS_PROFILE = [*PREVIOUS, "population.size=3", "population.checkpoint_every=4", "population.cpus_per_worker=0.66",
                     "population.hparams.lr=[0.00015,0.0015]", "generator.calibration.points=0",  # no calibration then
                     "evaluate.candidates=1", "evaluate.temperature=0.5"]  # nor a choice among candidates
-TABLE = ("alignment_r2", "spearman", "retrieval_alignment_r2", "normalised_score_top", "copies")
+TABLE = ("alignment_r2", "spearman", "normalised_score_top", "novelty_median", "copies", "retrieval_alignment_r2",
+         "retrieval_normalised_score_top", "noisy_retrieval", "interpolation", "candidates", "chosen")
 
 
 def run_pipeline(arm: str, overrides: list[str], seed: int) -> dict:
@@ -54,8 +57,7 @@ def run_pipeline(arm: str, overrides: list[str], seed: int) -> dict:
         summary = json.loads(next(Path(tmp, "runs").glob("pipeline-*.json")).read_text())
     (group, table), = summary["groups"].items()
     return {"arm": arm, "seed": seed, "overrides": overrides, "wall_s": wall, "timings": summary["timings"],
-            "group": group, **{k: table[k] for k in TABLE}, "candidates": table.get("candidates", 1),
-            "first_candidates": table.get("first_candidates")}
+            "group": group, **{k: table.get(k) for k in TABLE}}
 
 
 def main() -> None:
@@ -85,17 +87,21 @@ def main() -> None:
                 continue
             runs.append(run_pipeline(arm, overrides, seed))
             Path(args.out).write_text(json.dumps({"host": platform.node(), "runs": runs}, indent=1))
-    print(f"\n{'arm':<12} {'seed':>4} {'wall':>8} {'populate':>9} {'fit':>7} {'evaluate':>9} | {'R²':>6} {'ρ':>6}"
-          f" {'retr. R²':>8} {'score':>6} {'copies':>6} | {'K':>3} {'first: R²':>9} {'ρ':>6} {'score':>6}")
+    print(f"\n{'arm':<12} {'seed':>4} {'wall':>8} {'populate':>9} {'fit':>7} {'evaluate':>9} | generator: {'R²':>6}"
+          f" {'ρ':>6} {'score':>6} {'nov.':>5} {'copies':>6} | retrieval: {'R²':>6} {'score':>6} | noisy: {'R²':>6}"
+          f" {'score':>6} {'nov.':>5} | interp.: {'R²':>6} {'score':>6} {'nov.':>5} | chosen: {'R²':>6} {'score':>6}")
     for r in runs:
         t, group = r["timings"], r["group"]
         fit_s, evaluate_s = t[f"train_generator_{group}_s"], t[f"evaluate_{group}_s"]
-        print(f"{r['arm']:<12} {r['seed']:>4} {r['wall_s']:>7.0f}s {t['populate_s']:>8.0f}s"
-              f" {fit_s:>6.0f}s {evaluate_s:>8.0f}s |"
-              f" {r['alignment_r2']:>6.3f} {r['spearman']:>6.3f} {r['retrieval_alignment_r2']:>8.3f}"
-              f" {r['normalised_score_top']:>6.2f} {r['copies']:>6} | {r['candidates']:>3}" + (
-                  " {alignment_r2:>9.3f} {spearman:>6.3f} {normalised_score_top:>6.2f}".format(**r["first_candidates"])
-                  if r["first_candidates"] else ""))
+        n, i, c = r["noisy_retrieval"] or {}, r["interpolation"] or {}, r["chosen"]
+        print(f"{r['arm']:<12} {r['seed']:>4} {r['wall_s']:>7.0f}s {t['populate_s']:>8.0f}s {fit_s:>6.0f}s"
+              f" {evaluate_s:>8.0f}s | {'':>10} {r['alignment_r2']:>6.3f} {r['spearman']:>6.3f}"
+              f" {r['normalised_score_top']:>6.2f} {r['novelty_median']:>5.2f} {r['copies']:>6} | {'':>10}"
+              f" {r['retrieval_alignment_r2']:>6.3f} {r['retrieval_normalised_score_top'] or float('nan'):>6.2f} |"
+              f" {'':>6} {n.get('alignment_r2', float('nan')):>6.3f} {n.get('normalised_score_top', float('nan')):>6.2f}"
+              f" {n.get('novelty_median', float('nan')):>5.2f} | {'':>8} {i.get('alignment_r2', float('nan')):>6.3f}"
+              f" {i.get('normalised_score_top', float('nan')):>6.2f} {i.get('novelty_median', float('nan')):>5.2f} |"
+              + (f" {'':>7} {c['alignment_r2']:>6.3f} {c['normalised_score_top']:>6.2f}" if c else ""))
     medians = {arm: statistics.median(r["wall_s"] for r in runs if r["arm"] == arm)
                for arm in dict.fromkeys(r["arm"] for r in runs)}
     base = medians.get("previous")
@@ -103,7 +109,7 @@ def main() -> None:
     for arm, wall in medians.items():
         ratio = f"  {base / wall:.2f}× faster than previous (goal ≥ 2)" if base and arm != "previous" else ""
         print(f"{arm:<12} median wall {wall:.0f} s{ratio}")
-    summary = {"host": platform.node(), "command": "python3 bench/pipeline.py " + " ".join(sys.argv[1:]),
+    summary = {"host": platform.node(), "command": "python3 bench/pipeline.py " + shlex.join(sys.argv[1:]),
                "arms": arms, "median_wall_s": medians,
                "speedup_vs_previous": {a: base / w for a, w in medians.items() if base and a != "previous"}, "runs": runs}
     Path(args.out).write_text(json.dumps(summary, indent=1))

@@ -1,10 +1,11 @@
 """Generated policies chosen among candidates (`evaluate.candidates`, pgen.evaluation.selection) against the
-generator alone, on the same noise draws (issue 15's alignment goals; issue 17's per architecture).
+generator alone, on the same noise draws (per architecture).
 
 For one registered version, `--draws` noise draws (`evaluate.seed` = 0 … draws − 1: the same baselines,
-target grid and held-out episodes each time) at each K of `--candidates`. Every evaluation with K > 1
-also plays each slot's first candidate — exactly the K = 1 policy of that draw — on the same held-out
-episodes, so "first" is the generator alone and "chosen" the closest of K, paired. Per K it prints the
+target grid and held-out episodes each time) at each K of `--candidates`. Every evaluation plays the
+generator alone — each slot's first candidate, exactly the K = 1 policy of that draw — and with K > 1
+the choice among K on the same held-out episodes, so "first" is the generator alone and "chosen" the
+closest of K, paired. Per K it prints the
 mean ± standard deviation (min … max) of R², Spearman ρ and the score at the top over the draws, the
 copies, the median novelty and what the choice cost (selection env steps per handed-out policy, and the
 evaluation's seconds beside K = 1's); writes bench/results/selection.json (or `--out`; rows of other
@@ -47,8 +48,9 @@ def stats(values: list[float]) -> dict[str, float]:
 
 def per_arch(result: dict) -> list[dict]:
     """The metrics of one evaluation, one row per architecture (one row for a single-architecture version)."""
-    return [{"arch": a["arch"], "trained": a["trained"], **{k: a[k] for k in KEYS},
-             "first": a["first_candidates"], "copies": a["copies"], "novelty_median": a["novelty_median"]}
+    return [{"arch": a["arch"], "trained": a["trained"], **{k: (a["chosen"] or a)[k] for k in KEYS},
+             "first": {k: a[k] for k in KEYS} if a["chosen"] else None, "copies": a["copies"],
+             "novelty_median": a["novelty_median"]}
             for a in result["archs"]]
 
 

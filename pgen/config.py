@@ -275,12 +275,21 @@ class GeneratorConfig:
     kl_warmup_epochs: int = 30  # β rises linearly from 0 over these epochs
     free_bits: float = 0.0  # nats per latent dim below which the KL is not penalised (0: plain β-VAE)
     conditional_prior: bool = True  # p(z | return) learned with the model; false: p(z) = N(0, I)
+    # classifier-free guidance: the share of training rows whose return condition is dropped (a learned
+    # "no condition" takes its place), and the guidance w of generation: a policy is decoded as
+    # dec(z, none) + w · (dec(z, return) − dec(z, none)), z from p(z | return); w 1 is plain conditioning
+    condition_dropout: float = 0.0
+    guidance: float = 1.0
     lr: float = 3e-3
     weight_decay: float = 0.01
     batch_size: int = 16
     epochs: int = 300
     permute_prob: float = 0.0  # chance a training vector's hidden units are randomly permuted
     noise_std: float = 0.005  # Gaussian noise added to standardised training vectors
+    # weight of the functional loss beside the weights' reconstruction: the KL of a decoded policy's
+    # action distribution from its source checkpoint's on the slice's probe states (0: weights only)
+    functional_weight: float = 0.0
+    functional_sequences: int = 16  # probe sequences (of T steps) each batch's functional loss reads
     # multi-group envs: each checkpoint's return is re-measured against the reference policies over
     # this many fixed-seed greedy episodes, and the generator conditions on that (the recorded return
     # was measured against co-trained policies, which change as they train); 0: the recorded return
@@ -326,10 +335,10 @@ class EvaluateSettings:
     stochastic: bool = False  # sample actions instead of greedy ones
     targets: int = 8  # grid points from the 5th to the 95th percentile of the dataset's returns (+ its maximum)
     extra_targets: List[float] = field(default_factory=list)  # more targets; outside the dataset's range is flagged
-    samples: int = 5  # generated policies per target
+    samples: int = 5  # generated policies per target (and noisy-retrieval policies: the audit)
     temperature: float = DEFAULT_TEMPERATURE  # ε ~ N(0, temperature² I)
-    # > 1: each sample is the closest to its target of this many generated policies, played on
-    # `selection_episodes` selection episodes (pgen.evaluation.selection); the table also reports the first candidates
+    # > 1: beside the generator alone (the headline), a row of policies each the closest to its target
+    # of this many generated, played on `selection_episodes` selection episodes (pgen.evaluation.selection)
     candidates: int = 1
     selection_episodes: int = 100  # 30 chose on episode noise: chosen policies then played ~5 off on others
     top_fraction: float = 0.1  # R_top10: the best this fraction of training checkpoints ...
@@ -340,6 +349,9 @@ class EvaluateSettings:
     # (held-out ones, e.g. [[96,96],[256,256]]); a single-architecture generator takes only its own
     archs: List[List[int]] = field(default_factory=list)
     random_inits: int = 5  # freshly initialised policies per architecture (the random-init baseline)
+    # the memorisation audit (Zeng et al. 2025): interpolation averages the checkpoints whose returns
+    # are the k nearest the target's; noisy retrieval adds Gaussian noise to the retrieved checkpoint
+    interpolation_k: int = 4
     out_dir: str = "pgen-runs/evaluate"  # <out_dir>/<model>@<version>/{evaluation.json,alignment.png}
 
 

@@ -218,7 +218,7 @@ def pipeline_run(ray_cluster, s3_server, tmp_path_factory) -> PipelineRun:
 
 def test_pipeline_runs_as_one_job(pipeline_run, s3_server):
     assert pipeline_run.returncode == 0, pipeline_run.output[-5000:]
-    assert "alignment R²" in pipeline_run.output and "succeeded" in pipeline_run.output
+    assert "generator (one request)" in pipeline_run.output and "succeeded" in pipeline_run.output
     summary = json.loads((pipeline_run.out_dir / "pipeline-cpipe.json").read_text())
     assert summary["store"] == pipeline_run.store_uri
     assert summary["groups"]["agent"]["model"] == f"{MODEL}@v0001"

@@ -217,7 +217,7 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
                          " (trials are compared on held-out validation runs) and generator.val_fraction > 0")
     info = sl.info(cfg.seed, runs(train_idx), runs(val_idx))
     baselines = measure_baselines(store, info, cfg.evaluate, label=f"tune {name}")
-    setup = TrialSetup(to_dict(cfg.generator), sl.data, sl.spec, cfg.seed, info, baselines, cfg.evaluate,
+    setup = TrialSetup(to_dict(cfg.generator), sl.data, sl.probes, sl.spec, cfg.seed, info, baselines, cfg.evaluate,
                        cfg.tune.checkpoint_every, max(1, int(cfg.tune.cpus_per_trial)))
     init_ray()
     # Tune warns when a trial's checkpoints (num_to_keep=2) force frequent experiment snapshots; they are small

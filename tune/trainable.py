@@ -26,6 +26,7 @@ import torch
 from ray import tune
 
 from pgen.config import EvaluateConfig, EvaluateSettings, config_from_dict
+from pgen.dataset.probes import Probes
 from pgen.dataset.slices import Slice
 from pgen.evaluation.baselines import Baselines
 from pgen.evaluation.calibration import calibrate
@@ -50,6 +51,7 @@ class TrialSetup:
 
     base: dict[str, Any]  # the base generator config (to_dict), which a trial's config overrides
     data: Slice
+    probes: Probes  # the slice's probe states
     spec: PolicySpec
     seed: int
     slice_info: dict[str, Any]  # TrainingSlice.info: what the version records about its slice
@@ -88,7 +90,7 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         if checkpoint is not None:
             checkpoint.to_directory(resume)
         result = fit(cfg, setup.data, setup.spec, setup.seed, callback, resume=Path(resume) if checkpoint else None,
-                     label=f"trial {tune.get_context().get_trial_id()}")
+                     label=f"trial {tune.get_context().get_trial_id()}", probes=setup.probes)
     if not last:
         raise RuntimeError(f"resumed at epoch {len(result.history)} of {cfg.epochs}: nothing left to train")
     if result.train_runs != setup.slice_info["dataset"]["train_runs"]:
@@ -103,7 +105,8 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         settings = replace(setup.evaluate, out_dir=str(Path(folder) / "evaluation"))
         evaluation = evaluate_generator(EvaluateConfig(evaluate=settings, torch_threads=setup.threads), gen=gen,
                                         baselines=setup.baselines)
-        for name, blob in generator_files(gen, {"final": last["metrics"], "history": result.history}).items():
+        metrics = {"final": last["metrics"], "history": result.history, "behaviour": result.behaviour}
+        for name, blob in generator_files(gen, metrics).items():
             (Path(folder) / name).write_bytes(blob)
         summary = {k: evaluation[k] for k in EVALUATION_KEYS}
         tune.report({**last["metrics"], **summary, "objective": objective(evaluation)},

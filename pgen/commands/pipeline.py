@@ -59,9 +59,10 @@ def pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         timings[f"evaluate_{group}_s"] = time.monotonic() - stage
         print(format_result(result), flush=True)
         results["groups"][group] = {k: result[k] for k in (
-            "model", "alignment_r2", "spearman", "retrieval_alignment_r2", "normalised_score_top", "r_random",
-            "r_top10", "novelty_median", "copies", "agreement_mean", "candidates", "first_candidates", "learned_nothing",
-            "learning_signal", "plot", "json")}
+            "model", "alignment_r2", "spearman", "normalised_score_top", "novelty_median", "copies", "agreement_mean",
+            "retrieval_alignment_r2", "retrieval_spearman", "retrieval_normalised_score_top", "noisy_retrieval",
+            "interpolation", "r_random", "r_top10", "candidates", "chosen", "learned_nothing", "learning_signal",
+            "plot", "json")}
     timings["total_s"] = time.monotonic() - t0
     results["timings"] = timings
     path = out / f"pipeline-{run_id}.json"

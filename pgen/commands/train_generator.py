@@ -49,14 +49,15 @@ def train_generator(cfg: TrainGeneratorConfig, store: CheckpointStore | None = N
                 writer.add_scalar(f"generator/{k}", v, metrics["epoch"])
 
     result = fit(cfg.generator, sl.data, sl.spec, cfg.seed, callback, label=f"train-generator {name}",
-                 warm_start=warm_start)
+                 warm_start=warm_start, probes=sl.probes)
     writer.close()
     gen = result.generator
     gen.info.update(sl.info(cfg.seed, result.train_runs, result.val_runs))
     curves = calibrate(gen, sl.env, sl.others, sl.data, cfg.generator.calibration, result.train_runs,
                        label=f"train-generator {name}: calibration")
     final = result.history[-1]
-    version = save_generator(store, gen, {"final": final, "history": result.history}, promoted=promoted)
+    version = save_generator(store, gen, {"final": final, "history": result.history, "behaviour": result.behaviour},
+                             promoted=promoted)
     folder = out / version
     if folder.exists():  # the same name and version in another store
         folder = out / f"{version}-{scratch.name.split('-', 1)[1]}"

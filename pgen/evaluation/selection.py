@@ -26,7 +26,6 @@ from typing import Any, Callable
 import numpy as np
 
 from pgen.config import DEFAULT_TEMPERATURE, ConfigError, EvaluateSettings
-from pgen.evaluation.metrics import alignment_r2, normalised_score, spearman
 from pgen.generator.sample import Generator
 from pgen.policies.spec import PolicySpec
 
@@ -93,36 +92,24 @@ def grid_points(gen: Generator, targets: list[float], in_range: list[bool], sett
                 play: Callable[[np.ndarray], float], returns_of: Callable[[np.ndarray], np.ndarray],
                 spec: PolicySpec | None = None, tick: Callable[[int], None] = lambda done: None
                 ) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """(points, generated `[targets · samples, P]`): `settings.samples` policies per target of the grid,
-    each chosen among `settings.candidates` (`generate_selected`), played by `play` (the held-out
-    episodes); `tick(policies done)` after each. With candidates > 1 a point also holds its `candidate`, `selection_return` and
-    `achieved_first` (the slot's first candidate on the same held-out episodes)."""
+    """(points, generated `[targets · samples, P]`): per target of the grid, `settings.samples`
+    policies of the generator alone — each exactly what `pgen generate` hands out for that target at
+    `evaluate.temperature` with the slot's seed — played by `play` (the held-out episodes) as
+    `achieved`; `tick(policies done)` after each. With candidates > 1 a point also holds the slot's
+    choice among `settings.candidates` (`generate_selected`): its `candidate`, `selection_return` and
+    `achieved_chosen` on the same held-out episodes."""
     check_selection(settings.candidates, settings.selection_episodes, "evaluate.")
     points, generated = [], []
     for k, target in enumerate(targets):
         drawn = generate_selected(gen, target, settings.samples, settings.candidates, returns_of,
                                   seed=settings.seed * 100_003 + k, temperature=settings.temperature, spec=spec)
-        for j, flat in enumerate(drawn.params):
+        for j, flat in enumerate(drawn.first):
             point = {"k": k, "target": target, "in_range": in_range[k], "sample": j, "achieved": play(flat)}
             if settings.candidates > 1:
                 c = int(drawn.chosen[j])
                 point.update(candidate=c, selection_return=float(drawn.returns[j, c]),
-                             achieved_first=point["achieved"] if c == 0 else play(drawn.first[j]))
+                             achieved_chosen=point["achieved"] if c == 0 else play(drawn.params[j]))
             points.append(point)
             generated.append(flat)
             tick(len(points))
     return points, np.stack(generated)
-
-
-def first_candidate_metrics(points: list[dict[str, Any]], top_k: int, r_random: float, r_top: float
-                            ) -> dict[str, float] | None:
-    """Alignment R², Spearman and the score at the top target of the grid's first candidates (what
-    `candidates=1` would have handed out, on the same noise), or None without selection."""
-    if not points or "achieved_first" not in points[0]:
-        return None
-    inr = [p for p in points if p["in_range"] and np.isfinite(p["achieved_first"])]
-    t, a = np.array([p["target"] for p in inr]), np.array([p["achieved_first"] for p in inr])
-    top = np.array([p["achieved_first"] for p in points if p["k"] == top_k])
-    return {"alignment_r2": alignment_r2(t, a), "spearman": spearman(t, a),
-            "normalised_score_top": float(np.nanmean(normalised_score(top, r_random, r_top)))}
-

@@ -6,7 +6,9 @@ returns are measured against (`pgen.dataset.reference`), and, in an env with sev
 re-measures every checkpoint's return against that reference (docs/design.md "achieved return": the
 other groups play one fixed reference; the recorded return was measured against co-trained policies,
 which change as they train). It also checks that the population learned something a generator can
-aim at (`metrics.learning_signal`, against uniform random play on the same episodes).
+aim at (`metrics.learning_signal`, against uniform random play on the same episodes), and reads the
+slice's probe states, or makes them on its first fit (`make_probes`): the observations of greedy
+rollouts of PROBE_CHECKPOINTS checkpoints at evenly spaced quantiles of its returns.
 """
 
 from __future__ import annotations
@@ -16,19 +18,24 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import torch
 
 from pgen.config import EnvConfig, GeneratorConfig, to_dict
+from pgen.dataset.probes import Probes, read_probes, write_probes
 from pgen.dataset.reference import reference_actors, reference_policies
 from pgen.dataset.slices import ParamDataset, Slice, load_slice, slice_spec
 from pgen.envs import env_key
 from pgen.evaluation.metrics import learning_signal, learning_warning
 from pgen.generator.kinds import kind_for
 from pgen.generator.versions import default_name
-from pgen.policies.nets import Actor
-from pgen.policies.rollout import evaluate_returns, reference_returns
+from pgen.policies.nets import Actor, actor_from_flat
+from pgen.policies.rollout import PROBE_SEED, evaluate_returns, reference_returns
 from pgen.policies.spec import PolicySpec
 from pgen.store import CheckpointStore
 from pgen.util.progress import log
+
+PROBE_CHECKPOINTS = 6  # checkpoints whose rollouts give a slice's probe states, at evenly spaced return quantiles
+PROBE_EPISODES = 4  # greedy episodes of each
 
 
 @dataclass
@@ -52,6 +59,7 @@ class TrainingSlice:
     others: dict[str, Actor]  # `reference` loaded: the actors the group's returns are measured against
     rescore_episodes: int = 0  # 0: data.returns are the records' own
     learning: dict[str, Any] = field(default_factory=dict)  # `metrics.learning_signal` of the slice
+    probes: Probes | None = None  # the slice's probe states
 
     def info(self, seed: int, train_runs: list[str], val_runs: list[str]) -> dict[str, Any]:
         """The slice's part of a version's config.json: env, group, policy, dataset summary, reference."""
@@ -117,5 +125,30 @@ def open_slice(store: CheckpointStore, env_cfg: EnvConfig, policy_cfg: Any, gen_
     learning = learning_signal(data.returns, float(np.median(data.return_std)), n_episodes, r_random)
     if not learning["learned"]:
         log.warning(learning_warning(learning, f"{label} {name}"))
+    probes = read_probes(store, key, group) or write_probes(store, key, group, make_probes(env_cfg, others, group, data))
     return TrainingSlice(store, env_cfg, key, group, spec, kind.slice_key(spec), name, data, reference, others,
-                         rescore, learning)
+                         rescore, learning, probes)
+
+
+def make_probes(env_cfg: EnvConfig, others: dict[str, Actor], group: str, data: Slice) -> Probes:
+    """The observations of `group` in PROBE_EPISODES greedy rollouts (PROBE_SEED, the other groups
+    playing `others`) of each of PROBE_CHECKPOINTS checkpoints of `data` at evenly spaced quantiles of
+    its returns, as sequences `[T, S, obs_dim]` (T the shortest rollout's steps)."""
+    rows, returns = data.rows, data.returns
+    order = np.argsort(returns, kind="stable")
+    picks = sorted(set(order[np.round(np.linspace(0, len(order) - 1, PROBE_CHECKPOINTS)).astype(int)].tolist()))
+    obs, starts, made = [], [], []
+    for n, row in enumerate(picks):
+        key, i = rows[row]
+        part = data.parts[key]
+        observed: dict[str, list] = {}
+        evaluate_returns(env_cfg, {**others, group: actor_from_flat(data.specs[key], part.params[i])}, PROBE_EPISODES,
+                         seed=PROBE_SEED + n, observations=observed)
+        obs.append(np.stack([o for o, _ in observed[group]]))
+        starts.append(np.stack([s for _, s in observed[group]]))
+        made.append({"arch": key, "run_id": str(part.run_ids[i]), "step": int(part.steps[i]),
+                     "return": float(part.returns[i])})
+    steps = min(len(o) for o in obs)
+    return Probes(torch.from_numpy(np.concatenate([o[:steps] for o in obs], axis=1)).float(),
+                  torch.from_numpy(np.concatenate([s[:steps] for s in starts], axis=1)).float(),
+                  {"checkpoints": made, "episodes": PROBE_EPISODES, "seed": PROBE_SEED})

@@ -6,6 +6,11 @@ then trains: β warm-up, AdamW with a warm-up and cosine schedule, gradient clip
 metrics. After every epoch it calls `callback(metrics, save)` with the epoch's metrics and a
 function `save(folder)` that writes a resumable training state there (safetensors + JSON);
 `fit(..., resume=folder)` continues from such a folder exactly.
+
+With the slice's probe states (`probes`), every epoch also measures the behaviour of the validation
+runs' reconstructions — the agreement of their greedy actions with the original checkpoints', and
+the KL of their action distributions — and `generator.functional_weight` > 0 adds that KL on the
+training rows' reconstructions to the loss (`behaviour.py`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, S
 
 from pgen.config import GeneratorConfig, to_dict
 from pgen.dataset.slices import Slice
+from pgen.dataset.probes import Probes
 from pgen.generator.augment import augment
+from pgen.generator.behaviour import PolicyOutputs, action_agreement, action_kl
 from pgen.generator.kind import ArchTensors
 from pgen.generator.kinds import kind_for
 from pgen.generator.sample import Generator, pick_device
@@ -35,7 +42,8 @@ from pgen.util.fileio import atomic_write
 from pgen.util.progress import Progress, log
 
 Callback = Callable[[dict[str, float], Callable[[Path], None]], None]
-Losses = Callable[[], tuple[torch.Tensor, torch.Tensor]]  # one batch's (reconstruction, KL), computed when called
+# one batch's (reconstruction, KL, functional) losses, computed when called
+Losses = Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -44,6 +52,35 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     train_runs: list[str] = field(default_factory=list)
     val_runs: list[str] = field(default_factory=list)
+    # on the probe states, the validation runs' reconstructions against two references that learn
+    # nothing: the nearest training checkpoint and the mean checkpoint (None: no probes, or no validation)
+    behaviour: dict[str, float] | None = None
+
+
+class Behaviour:
+    """One architecture's training and validation rows on the probe states (module doc)."""
+
+    def __init__(self, a: ArchTensors, probes: Probes, device: torch.device):
+        self.outputs = PolicyOutputs(a.spec)
+        self.spec, self.probes = a.spec, probes
+        with torch.no_grad():
+            self.train = self.outputs(torch.from_numpy(a.params).to(device), probes)
+            self.train_log_std = self.outputs.log_std(torch.from_numpy(a.params).to(device))
+            params_val = None if a.params_val is None else torch.from_numpy(a.params_val).to(device)
+            self.val = None if params_val is None else self.outputs(params_val, probes)
+            self.val_log_std = None if params_val is None else self.outputs.log_std(params_val)
+
+    def kl(self, flat: torch.Tensor, idx: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """The mean KL of the decoded rows `flat` from the training rows `idx`, on the probe sequences `cols`."""
+        decoded = self.outputs(flat, self.probes.columns(cols))
+        log_std = None if self.train_log_std is None else self.train_log_std[idx]
+        return action_kl(self.spec, self.train[idx][:, :, cols], decoded, log_std, self.outputs.log_std(flat)).mean()
+
+    def validate(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`[V]` agreement and KL of decoded validation rows `flat` with the originals, on every probe state."""
+        decoded = self.outputs(flat, self.probes)
+        return (action_agreement(self.spec, self.val, decoded),
+                action_kl(self.spec, self.val, decoded, self.val_log_std, self.outputs.log_std(flat)))
 
 
 @dataclass
@@ -53,19 +90,29 @@ class EpochPlan:
 
     rows: int  # training rows an epoch sees
     batches: Callable[[], Iterator[tuple[int, Losses]]]
-    validate: Losses | None
+    validate: Callable[[], dict[str, float]] | None
 
 
 def fit(cfg: GeneratorConfig, data: Slice, spec: PolicySpec, seed: int, callback: Callback | None = None,
-        resume: Path | None = None, label: str = "generator", warm_start: Generator | None = None) -> FitResult:
+        resume: Path | None = None, label: str = "generator", warm_start: Generator | None = None,
+        probes: Probes | None = None) -> FitResult:
     """Train a generator of kind `cfg.kind` on `data` for `cfg.epochs` epochs; `spec` is the
     architecture it generates by default. Returns the generator (unregistered) and its history.
+    `probes`: the slice's probe states (module doc; needed by `generator.functional_weight` > 0).
 
     `warm_start`: a previous version of the slice whose model weights the fit starts from where the
     kind allows it (`warm_start_plan`); the normaliser (parameter statistics and return percentiles)
     is refitted to this data, which has grown and moved (keeping the old statistics standardises the
     new checkpoints far outside the range the model learnt); the plan is `info["warm_start"]`."""
     kind = kind_for(cfg)
+    if cfg.functional_weight < 0 or cfg.functional_sequences < 1:
+        raise ValueError(f"generator.functional_weight must be >= 0 and generator.functional_sequences >= 1, got"
+                         f" {cfg.functional_weight} and {cfg.functional_sequences}")
+    if cfg.functional_weight > 0 and probes is None:
+        raise ValueError(f"{label}: generator.functional_weight > 0 needs the slice's probe states")
+    if not 0 <= cfg.condition_dropout < 1 or cfg.guidance < 0 or (cfg.guidance != 1 and cfg.condition_dropout == 0):
+        raise ValueError("generator.condition_dropout must be in [0, 1) and generator.guidance >= 0; a guidance other"
+                         f" than 1 needs generator.condition_dropout > 0, got {cfg.condition_dropout} and {cfg.guidance}")
     if len(data) < 2:
         raise ValueError(f"{label}: need at least 2 checkpoints to train a generator, got {len(data)}")
     if not all(np.isfinite(p.params).all() and np.isfinite(p.returns).all() for p in data.parts.values()):
@@ -86,9 +133,21 @@ def fit(cfg: GeneratorConfig, data: Slice, spec: PolicySpec, seed: int, callback
     steps = sum(math.ceil(len(a.x) / cfg.batch_size) for a in archs.values())
     schedule = lr_schedule(optimizer, cfg.lr, cfg.epochs * steps)
 
-    def arch_losses(a: ArchTensors, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return losses(model, a.parts(augment(a.x[idx], a.perms, cfg, rng)), a.masks, a.c[idx], rng,
-                      free_bits=cfg.free_bits, ctx=a.ctx)
+    behaviour = {k: Behaviour(a, probes, device) for k, a in archs.items()} if probes is not None else {}
+    sequences = probes.obs.shape[1] if probes is not None else 0
+
+    def arch_losses(key: str, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        a = archs[key]
+        c = a.c[idx]
+        if cfg.condition_dropout > 0:  # classifier-free guidance: some rows learn "no condition" (NaN)
+            dropped = (torch.rand(len(idx), generator=rng) < cfg.condition_dropout).to(c.device)
+            c = torch.where(dropped, torch.full_like(c, float("nan")), c)
+        recon, kl, pred = losses(model, a.parts(augment(a.x[idx], a.perms, cfg, rng)), a.masks, c, rng,
+                                 free_bits=cfg.free_bits, ctx=a.ctx)
+        if cfg.functional_weight == 0:
+            return recon, kl, recon.new_zeros(())
+        cols = torch.randperm(sequences, generator=rng)[:cfg.functional_sequences]
+        return recon, kl, behaviour[key].kl(a.raw(pred), idx, cols)
 
     def batches() -> Iterator[tuple[int, Losses]]:
         plan = []
@@ -100,15 +159,25 @@ def fit(cfg: GeneratorConfig, data: Slice, spec: PolicySpec, seed: int, callback
             plan = [plan[j] for j in torch.randperm(len(plan), generator=rng).tolist()]
         for key, idx in plan:
             idx = idx.to(device)
-            yield len(idx), lambda a=archs[key], idx=idx: arch_losses(a, idx)
+            yield len(idx), lambda key=key, idx=idx: arch_losses(key, idx)
 
-    def validate() -> tuple[torch.Tensor, torch.Tensor]:
-        parts = [(len(a.x_val), losses(model, a.parts(a.x_val), a.masks, a.c_val, None, use_mean=True, ctx=a.ctx))
-                 for a in archs.values() if a.x_val is not None]
-        if len(parts) == 1:
-            return parts[0][1]
-        total = sum(n for n, _ in parts)
-        return (sum(n * r for n, (r, _) in parts) / total, sum(n * k for n, (_, k) in parts) / total)
+    def validate() -> dict[str, float]:
+        """The validation rows' losses (their posterior means decoded) and, with probes, their behaviour."""
+        sums, total, agree, act_kl = np.zeros(2), 0, [], []
+        for key, a in archs.items():
+            if a.x_val is None:
+                continue
+            recon, kl, pred = losses(model, a.parts(a.x_val), a.masks, a.c_val, None, use_mean=True, ctx=a.ctx)
+            sums += len(a.x_val) * np.array([recon.item(), kl.item()])
+            total += len(a.x_val)
+            if key in behaviour:
+                ag, k = behaviour[key].validate(a.raw(pred))
+                agree.append(ag), act_kl.append(k)
+        recon, kl = sums / total
+        out = {"val_recon": recon, "val_kl": kl, "val_loss": recon + cfg.beta * kl}
+        if agree:
+            out.update(val_action_agreement=float(torch.cat(agree).mean()), val_action_kl=float(torch.cat(act_kl).mean()))
+        return out
 
     has_val = any(a.x_val is not None for a in archs.values())
     rows = sum(len(a.x) for a in archs.values())
@@ -117,7 +186,36 @@ def fit(cfg: GeneratorConfig, data: Slice, spec: PolicySpec, seed: int, callback
     model.eval()
     info = {**setup.info, "generator": to_dict(cfg), "warm_start": plan}
     runs = lambda idx: sorted({r for k, p in data.parts.items() for r in p.run_ids[idx[k]].tolist()})  # noqa: E731
-    return FitResult(setup.generator(model, setup.normalizer, info), history, runs(train_idx), runs(val_idx))
+    references = behaviour_references(archs, behaviour, setup.centre) if behaviour and has_val else None
+    if references is not None and history:
+        references.update(model_agreement=history[-1]["val_action_agreement"],
+                          model_kl=history[-1]["val_action_kl"])
+        log.info(f"{label}: greedy actions of the validation runs on the probe states, reconstructed"
+                 f" {references['model_agreement']:.3f} of them; the nearest training checkpoint's"
+                 f" {references['nearest_train_agreement']:.3f}, the mean checkpoint's {references['mean_agreement']:.3f}")
+    return FitResult(setup.generator(model, setup.normalizer, info), history, runs(train_idx), runs(val_idx),
+                     references)
+
+
+@torch.no_grad()
+def behaviour_references(archs: dict[str, ArchTensors], behaviour: dict[str, Behaviour],
+                         centre: Callable[[str], torch.Tensor]) -> dict[str, float]:
+    """On the probe states, the validation rows against two references that learn nothing: the
+    nearest training row (in the standardised space) and the mean checkpoint (`centre(arch key)`,
+    the normaliser's). Agreement and KL averaged over every validation row."""
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("nearest_train_agreement", "nearest_train_kl",
+                                                           "mean_agreement", "mean_kl")}
+    for key, a in archs.items():
+        if a.x_val is None:
+            continue
+        b = behaviour[key]
+        nearest = torch.cdist(a.x_val, a.x).argmin(1).cpu()
+        for name, flat in (("nearest_train", torch.from_numpy(a.params[nearest.numpy()])),
+                           ("mean", centre(key)[None].expand(len(a.x_val), -1))):
+            agreement, kl = b.validate(flat.to(b.val))
+            out[f"{name}_agreement"].append(agreement)
+            out[f"{name}_kl"].append(kl)
+    return {k: float(torch.cat(v).mean()) for k, v in out.items()}
 
 
 def train_epochs(cfg: GeneratorConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: LRScheduler,
@@ -149,25 +247,26 @@ def _train_epochs(cfg: GeneratorConfig, model: torch.nn.Module, optimizer: torch
         t0 = time.perf_counter()
         model.train()
         beta = cfg.beta * min(1.0, (epoch + 1) / max(1, cfg.kl_warmup_epochs))
-        sums = np.zeros(3)
+        sums = np.zeros(4)
         for rows, batch_losses in plan.batches():
             lr = optimizer.param_groups[0]["lr"]
-            recon, kl = batch_losses()
-            loss = recon + beta * kl
+            recon, kl, functional = batch_losses()
+            loss = recon + beta * kl + cfg.functional_weight * functional
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             schedule.step()
-            sums += np.array([loss.item(), recon.item(), kl.item()]) * rows
-        train_loss, train_recon, train_kl = sums / plan.rows
+            sums += np.array([loss.item(), recon.item(), kl.item(), functional.item()]) * rows
+        train_loss, train_recon, train_kl, train_functional = sums / plan.rows
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "train_recon": train_recon, "train_kl": train_kl,
                    "beta": beta, "lr": lr}
+        if cfg.functional_weight:
+            metrics["train_action_kl"] = train_functional
         if plan.validate is not None:
             model.eval()
             with torch.no_grad():
-                recon, kl = plan.validate()
-            metrics.update(val_recon=recon.item(), val_kl=kl.item(), val_loss=recon.item() + cfg.beta * kl.item())
+                metrics.update(plan.validate())
         metrics["epoch_s"] = time.perf_counter() - t0
         history.append(metrics)
         if callback is not None:
@@ -175,6 +274,8 @@ def _train_epochs(cfg: GeneratorConfig, model: torch.nn.Module, optimizer: torch
         shown = f"loss {train_loss:.4f} recon {train_recon:.4f} kl {train_kl:.1f}"
         if "val_recon" in metrics:
             shown += f" | val recon {metrics['val_recon']:.4f}"
+        if "val_action_agreement" in metrics:
+            shown += f" actions {metrics['val_action_agreement']:.3f}"
         progress.update(epoch + 1, shown, force=epoch + 1 == cfg.epochs)
     return history
 

@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -27,6 +28,10 @@ from pgen.store import CheckpointStore
 class ArchTensors:
     """One architecture's training rows as the fit loop sees them."""
 
+    spec: PolicySpec
+    params: np.ndarray  # [N, P] the training rows' parameters (float32, as stored)
+    params_val: np.ndarray | None  # the validation rows'
+    raw: Callable[[list[torch.Tensor]], torch.Tensor]  # what the model decodes → parameters [B, P] (differentiable)
     x: torch.Tensor  # [N, P] standardised training rows
     c: torch.Tensor  # [N] their conditions
     x_val: torch.Tensor | None  # validation rows (None: none of this architecture)
@@ -41,14 +46,16 @@ class ArchTensors:
 @dataclass
 class FitSetup:
     """What a kind builds for a fit: the model, its normaliser, each training architecture's tensors
-    (by arch key, sorted), what the version records (`info`), and how the fitted parts become a
-    `Generator` (`generator(model, normalizer, info)`)."""
+    (by arch key, sorted), what the version records (`info`), how the fitted parts become a
+    `Generator` (`generator(model, normalizer, info)`), and the mean checkpoint of a training
+    architecture as the normaliser holds it (`centre(arch key)`: `[P]` parameters)."""
 
     model: nn.Module
     normalizer: Any
     archs: dict[str, ArchTensors]
     info: dict[str, Any]
     generator: Callable[[nn.Module, Any, dict[str, Any]], Generator]
+    centre: Callable[[str], torch.Tensor]
 
 
 class GeneratorKind(ABC):

@@ -9,7 +9,7 @@ normaliser's `ReturnScale`; the decoded parameters are un-standardised into Para
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -81,6 +81,21 @@ class Generator:
         return self.model.cfg.latent_dim
 
     @property
+    def guidance(self) -> float:
+        """The classifier-free guidance w the version decodes with (`generator.guidance`; 1: none)."""
+        return float(self.info.get("generator", {}).get("guidance", 1.0))
+
+    def guided(self, decode: Callable[[torch.Tensor], list[torch.Tensor]], c: torch.Tensor) -> list[torch.Tensor]:
+        """`decode(condition)` of the model's parts, with the version's guidance w: dec(none) + w ·
+        (dec(c) − dec(none)); plain `decode(c)` for w = 1."""
+        parts = decode(c)
+        w = self.guidance
+        if w == 1.0:
+            return parts
+        free = decode(torch.full_like(c, float("nan")))
+        return [f + w * (p - f) for p, f in zip(parts, free)]
+
+    @property
     def trained_specs(self) -> list[PolicySpec]:
         """The architectures the generator was trained on (the default `spec` among them)."""
         return [PolicySpec.from_arch_key(k) for k in trained_arch_keys(self.info)]
@@ -102,6 +117,10 @@ class Generator:
 
     def standardise(self, flat: np.ndarray, spec: PolicySpec) -> np.ndarray:
         """Parameter vectors of `spec` in the generator's standardised space (where novelty is measured)."""
+        raise NotImplementedError
+
+    def unstandardise(self, flat: np.ndarray, spec: PolicySpec) -> np.ndarray:
+        """The inverse of `standardise`: parameter vectors of `spec` from the standardised space."""
         raise NotImplementedError
 
     def reconstruct(self, params: np.ndarray, returns: np.ndarray, spec: PolicySpec | None = None) -> np.ndarray:

@@ -15,16 +15,23 @@ from torch import nn
 
 
 class FourierCondition(nn.Module):
-    """c `[B]` → `[B, d_model]` from (c, sin 2^k π c, cos 2^k π c) for k < n."""
+    """c `[B]` → `[B, d_model]` from (c, sin 2^k π c, cos 2^k π c) for k < n. With `null`, a NaN in
+    c means *no condition* and gets features of its own, learned (classifier-free guidance)."""
 
-    def __init__(self, n: int, d_model: int):
+    def __init__(self, n: int, d_model: int, null: bool = False):
         super().__init__()
         self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(n, dtype=torch.float32), persistent=False)
         self.mlp = nn.Sequential(nn.Linear(2 * n + 1, d_model), nn.GELU(), nn.Linear(d_model, d_model))
+        self.null = nn.Parameter(torch.zeros(2 * n + 1)) if null else None
 
     def features(self, c: torch.Tensor) -> torch.Tensor:
+        missing = torch.isnan(c)
+        c = torch.where(missing, torch.zeros_like(c), c)
         angles = c[:, None] * self.freqs
-        return torch.cat([c[:, None], angles.sin(), angles.cos()], dim=-1)
+        out = torch.cat([c[:, None], angles.sin(), angles.cos()], dim=-1)
+        if self.null is not None:
+            out = torch.where(missing[:, None], self.null.expand_as(out), out)
+        return out
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.features(c))
@@ -39,15 +46,16 @@ def transformer(cfg) -> nn.TransformerEncoder:
 
 def add_vae_core(vae: nn.Module, cfg) -> None:
     """The parts every generator VAE has (`cfg`: a model config with d_model, n_heads, n_layers,
-    dropout, latent_dim, fourier_features): the CLS token, the encoder's and decoder's condition
-    embeddings, the two transformers and the maps to and from the latent.
+    dropout, latent_dim, fourier_features, null_condition): the CLS token, the encoder's and
+    decoder's condition embeddings, the two transformers and the maps to and from the latent.
     ValueError when d_model is not divisible by n_heads."""
     if cfg.d_model % cfg.n_heads:
         raise ValueError(f"d_model {cfg.d_model} is not divisible by n_heads {cfg.n_heads}")
     d = cfg.d_model
     vae.cls = nn.Parameter(0.02 * torch.randn(d))
-    vae.enc_cond = FourierCondition(cfg.fourier_features, d)
-    vae.dec_cond = FourierCondition(cfg.fourier_features, d)
+    null = getattr(cfg, "null_condition", False)
+    vae.enc_cond = FourierCondition(cfg.fourier_features, d, null)
+    vae.dec_cond = FourierCondition(cfg.fourier_features, d, null)
     vae.encoder = transformer(cfg)
     vae.decoder = transformer(cfg)
     vae.to_latent = nn.Linear(d, 2 * cfg.latent_dim)
@@ -83,13 +91,14 @@ def reconstruction_loss(pred: list[torch.Tensor], target: list[torch.Tensor], ma
 
 def losses(model: nn.Module, parts: list[torch.Tensor], masks: list[torch.Tensor], c: torch.Tensor,
            rng: torch.Generator | None, use_mean: bool = False, free_bits: float = 0.0, ctx: tuple = ()
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(reconstruction, KL) of a batch: `parts` what the model encodes (tokens or blocks), `ctx` what
-    its methods take after the condition (the family model: the architecture's inputs); `use_mean`
-    decodes the posterior mean (validation) instead of a sample."""
+           ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """(reconstruction, KL, the decoded parts) of a batch: `parts` what the model encodes (tokens or
+    blocks), `ctx` what its methods take after the condition (the family model: the architecture's
+    inputs); `use_mean` decodes the posterior mean (validation) instead of a sample."""
     if use_mean:
         mu, logvar = model.encode(parts, c, *ctx)
         pred = model.decode(mu, c, *ctx)
     else:
         pred, mu, logvar = model(parts, c, *ctx, rng)
-    return reconstruction_loss(pred, parts, masks), kl_divergence(mu, logvar, *model.prior_params(c, *ctx), free_bits)
+    return (reconstruction_loss(pred, parts, masks), kl_divergence(mu, logvar, *model.prior_params(c, *ctx), free_bits),
+            pred)

@@ -31,6 +31,8 @@ SELECTION_SEED = 30_000
 # a generator calibrating its return condition after its fit plays its policies on these episodes
 # (`pgen.evaluation.calibration`), neither the populations' nor `pgen evaluate`'s
 CALIBRATION_SEED = 45_000
+# the probe states of a slice come from rollouts on these episodes (`pgen.evaluation.training_data`)
+PROBE_SEED = 75_000
 
 
 @torch.no_grad()

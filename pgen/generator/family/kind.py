@@ -35,7 +35,7 @@ PERMUTATIONS = 64  # per architecture: the pool of hidden-unit permutations draw
 def family_model_config(cfg: FamilyGeneratorConfig, spec: PolicySpec) -> FamilyModelConfig:
     return FamilyModelConfig(spec.kind, spec.obs_dim, spec.action_dim, cfg.d_model, cfg.n_layers, cfg.n_heads,
                              cfg.latent_dim, cfg.fourier_features, cfg.readout_dim, cfg.dropout, cfg.conditional_prior,
-                             cfg.linear_readout)
+                             cfg.linear_readout, cfg.condition_dropout > 0)
 
 
 @dataclass
@@ -124,12 +124,16 @@ class FamilyGenerator(Generator):
         self.model.eval()
         a = self.inputs(at)
         c = self.normalizer.condition(torch.as_tensor(self.conditioning(returns, spec))).float().to(self.device)
-        blocks = self.model.decode(self.model.sample_latent(c, noise.to(self.device), a), c, a)
+        z = self.model.sample_latent(c, noise.to(self.device), a)
+        blocks = self.guided(lambda cond: self.model.decode(z, cond, a), c)
         flat = self.normalizer.unstandardise(a.graph.flat(blocks), at).cpu().numpy().astype(np.float32)
         return flat if at == spec else np.stack([grow(row, at, spec) for row in flat])
 
     def standardise(self, flat: np.ndarray, spec: PolicySpec) -> np.ndarray:
         return self.normalizer.standardise(torch.from_numpy(flat), spec).numpy()
+
+    def unstandardise(self, flat: np.ndarray, spec: PolicySpec) -> np.ndarray:
+        return self.normalizer.unstandardise(torch.as_tensor(flat, dtype=torch.float32), spec).numpy()
 
     @torch.no_grad()
     def reconstruct(self, params: np.ndarray, returns: np.ndarray, spec: PolicySpec | None = None) -> np.ndarray:
@@ -189,9 +193,12 @@ class FamilyKind(GeneratorKind):
 
             x, c = tensors(train.parts[key])
             x_val, c_val = tensors(val.parts[key]) if key in val.parts else (None, None)
-            archs[key] = ArchTensors(x, c, x_val, c_val, inputs.graph.blocks_of,
-                                     [torch.ones(t.shape[1:], device=device) for t in inputs.centre], (inputs,),
-                                     permutations(arch_spec, PERMUTATIONS, cfg, rng))
+            archs[key] = ArchTensors(
+                arch_spec, train.parts[key].params, val.parts[key].params if key in val.parts else None,
+                lambda parts, graph=inputs.graph, spec=arch_spec: normalizer.unstandardise(graph.flat(parts), spec),
+                x, c, x_val, c_val, inputs.graph.blocks_of,
+                [torch.ones(t.shape[1:], device=device) for t in inputs.centre], (inputs,),
+                permutations(arch_spec, PERMUTATIONS, cfg, rng))
         info = {"model": asdict(mcfg), "policy_spec": spec.to_json(), "layout": spec.layout.to_json(),
                 "arch": family_key(spec), "archs": sorted(train.parts),
                 # the returns each architecture's training rows span: what it conditions on (Generator.return_range)
@@ -199,7 +206,8 @@ class FamilyKind(GeneratorKind):
                                       for k, p in sorted(train.parts.items())},
                 # widths never trained are decoded as their transfer source and widened (FamilyGenerator.decoded_as)
                 "unseen_widths": "grown"}
-        return FitSetup(model, normalizer, archs, info, lambda m, n, i: FamilyGenerator(m, n, i))
+        return FitSetup(model, normalizer, archs, info, lambda m, n, i: FamilyGenerator(m, n, i),
+                        lambda key: normalizer.centre(train.specs[key]))
 
     def load(self, info: dict[str, Any], weights: dict[str, torch.Tensor], normalizer: dict[str, torch.Tensor]
              ) -> Generator:

@@ -53,6 +53,7 @@ class FamilyModelConfig:
     dropout: float = 0.0
     conditional_prior: bool = True
     linear_readout: bool = False  # off in versions fitted before it existed (their config has no key)
+    null_condition: bool = False  # a learned "no condition" (classifier-free guidance)
     type: str = MODEL_TYPE
 
 

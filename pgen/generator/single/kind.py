@@ -45,7 +45,7 @@ def return_balance_weights(returns: np.ndarray, alpha: float, bins: int = 20) ->
 def model_config(cfg: SingleGeneratorConfig, tokenizer: Tokenizer) -> ModelConfig:
     return ModelConfig([layer.tokens for layer in tokenizer.layers], [layer.width for layer in tokenizer.layers],
                        cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.latent_dim, cfg.fourier_features, cfg.dropout,
-                       cfg.conditional_prior)
+                       cfg.conditional_prior, cfg.condition_dropout > 0)
 
 
 @dataclass
@@ -81,13 +81,18 @@ class SingleArchGenerator(Generator):
         if self.model.training:  # eval() walks every module: not on each request of a server
             self.model.eval()
         c = self.normalizer.condition(torch.as_tensor(self.conditioning(returns))).float().to(self.device)
-        tokens = self.model.decode(self.model.sample_latent(c, noise.to(self.device)), c)
+        z = self.model.sample_latent(c, noise.to(self.device))
+        tokens = self.guided(lambda cond: self.model.decode(z, cond), c)
         flat = self.normalizer.unstandardise(self.tokenizer.flat(tokens), self.tokenizer)
         return flat.cpu().numpy().astype(np.float32)
 
     def standardise(self, flat: np.ndarray, spec: PolicySpec) -> np.ndarray:
         self.check_spec(spec)
         return self.normalizer.standardise(torch.from_numpy(flat), self.tokenizer).numpy()
+
+    def unstandardise(self, flat: np.ndarray, spec: PolicySpec) -> np.ndarray:
+        self.check_spec(spec)
+        return self.normalizer.unstandardise(torch.as_tensor(flat, dtype=torch.float32), self.tokenizer).numpy()
 
     @torch.no_grad()
     def reconstruct(self, params: np.ndarray, returns: np.ndarray, spec: PolicySpec | None = None) -> np.ndarray:
@@ -134,12 +139,14 @@ class SingleKind(GeneratorKind):
         # replacement that favours rows whose return is rare in the training set
         weights = (torch.from_numpy(return_balance_weights(rows.returns, cfg.return_balance))
                    if cfg.return_balance != 0 else None)  # the weights check the value (negative, NaN, inf)
-        arch = ArchTensors(x, c, x_val, c_val, tokenizer.tokens, [m.to(device) for m in tokenizer.masks()], (),
+        arch = ArchTensors(spec, rows.params, None if held_out is None else held_out.params,
+                           lambda parts: normalizer.unstandardise(tokenizer.flat(parts), tokenizer),
+                           x, c, x_val, c_val, tokenizer.tokens, [m.to(device) for m in tokenizer.masks()], (),
                            permutations(spec, PERMUTATIONS, cfg, rng), weights)
         info = {"model": asdict(mcfg), "policy_spec": spec.to_json(), "layout": spec.layout.to_json(),
                 "arch": spec.arch_key}
         return FitSetup(model, normalizer, {spec.arch_key: arch}, info,
-                        lambda m, n, i: SingleArchGenerator(m, tokenizer, n, i))
+                        lambda m, n, i: SingleArchGenerator(m, tokenizer, n, i), lambda _key: normalizer.param_mean)
 
     def warm_start_plan(self, cfg: SingleGeneratorConfig, spec: PolicySpec, previous: Generator | None
                         ) -> dict[str, Any]:

@@ -37,6 +37,7 @@ class ModelConfig:
     fourier_features: int = 16
     dropout: float = 0.0
     conditional_prior: bool = True  # p(z | condition) learned; else p(z) = N(0, I)
+    null_condition: bool = False  # a learned "no condition" (classifier-free guidance)
 
 
 class ParamVAE(nn.Module):
