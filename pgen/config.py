@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from importlib import resources
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any, Dict, List, Optional
@@ -614,6 +615,7 @@ def compose_config(command: str, overrides: List[str] | None = None) -> Any:
     """
     if command not in SCHEMAS:
         raise ConfigError(f"unknown command {command!r}; known: {', '.join(sorted(SCHEMAS))}")
+    _check_profile(command, overrides or [])
     try:
         with initialize_config_module(config_module=CONFIG_MODULES.get(command, "pgen.conf"), version_base="1.3"):
             cfg = compose(config_name=command, overrides=normalise_overrides(list(overrides or [])))
@@ -625,6 +627,19 @@ def compose_config(command: str, overrides: List[str] | None = None) -> Any:
         env.name = default_env_name(env.id)
     check_generator_kind(command, out)
     return out
+
+
+def _check_profile(command: str, overrides: List[str]) -> None:
+    """A command with a config package of its own (CONFIG_MODULES) takes only that package's profiles:
+    the shared ones (`pgen/conf/profile/`, e.g. `zoo`) set keys its config does not have."""
+    if command not in CONFIG_MODULES:
+        return
+    chosen = next((o.split("=", 1)[1] for o in reversed(overrides) if o.split("=", 1)[0].lstrip("+") == "profile"), None)
+    package = resources.files(CONFIG_MODULES[command]) / "profile"
+    known = sorted(f.name[:-len(".yaml")] for f in package.iterdir() if f.name.endswith(".yaml"))
+    if chosen is not None and chosen not in known:
+        raise ConfigError(f"bad config for `pgen {command}`: unknown profile={chosen}; the profiles of "
+                          f"`pgen {command}` are {' | '.join(known)}")
 
 
 def _kind_hint(overrides: List[str]) -> str:

@@ -5,7 +5,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
+from pgen.config import ConfigError, compose_config
 from pgen.policies.policy_file import load_policies, read_policy_file
 
 TINY = ["algo.num_envs=4", "algo.rollout_steps=25", "algo.update_epochs=2", "log_every_s=0"]
@@ -50,6 +52,16 @@ def test_a_bad_calibration_setting_stops_the_pipeline_before_it_populates(tmp_pa
     out = pgen("pipeline", "generator.calibration.samples=0", f"store.uri={tmp_path / 'store'}", cwd=tmp_path)
     assert out.returncode == 2 and "generator.calibration.samples" in out.stderr and "Traceback" not in out.stderr
     assert "populate" not in out.stderr and not (tmp_path / "store").exists()
+
+
+def test_a_profile_of_another_command_is_refused_by_name():
+    """`profile=zoo` is a preset of the pipeline's keys (population, generator, evaluate): `pgen tune`
+    and `pgen loop` have profiles of their own and name them instead of failing on a key."""
+    for command in ("tune", "loop"):
+        with pytest.raises(ConfigError, match=f"unknown profile=zoo; the profiles of `pgen {command}` are full | quick"):
+            compose_config(command, ["profile=zoo"])
+        assert compose_config(command, ["profile=full"]).profile == "full"
+    assert compose_config("pipeline", ["profile=zoo"]).population.size == 24
 
 
 def test_unknown_env_id_fails_clearly(tmp_path):
