@@ -31,6 +31,7 @@ from pgen.policies.nets import Actor
 from pgen.policies.spec import PolicySpec
 from pgen.population.worker import member_policy, shared_initial_actor
 from pgen.store import CheckpointStore
+from tests.test_generator import TINY_CALIBRATION
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "single-arch-version"
 FAMILY_FIXTURE = FIXTURE.with_name("family-version")
@@ -391,7 +392,7 @@ def test_mixed_population_to_family_generator_generate_and_evaluate_end_to_end(t
         "mlp-18x8x5-tanh", "mlp-18x8x8x5-tanh"]
     out = pgen("train-generator", *common, "generator=family", "generator.epochs=2", "generator.d_model=16",
                "generator.n_layers=1", "generator.n_heads=2", "generator.latent_dim=4", "generator.readout_dim=8",
-               "generator.batch_size=4", "generator.calibration.validation_samples=0",  # a 2-epoch fit's curves, unchecked
+               "generator.batch_size=4", *TINY_CALIBRATION, "generator.calibration.validation_samples=0",  # unchecked curves
                f"out_dir={tmp_path / 'gen'}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     gen = load_generator(store, None)

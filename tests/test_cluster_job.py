@@ -32,6 +32,7 @@ from pgen.generator.versions import load_generator
 from pgen.store import CheckpointStore
 from tests.s3server import free_port, free_ports
 from tests.serving import local_serve_env
+from tests.test_generator import TINY_CALIBRATION
 from tests.test_population import TINY, assert_complete_runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -202,7 +203,7 @@ SMALLEST_PIPELINE = [
     *TINY, "population.size=2", "population.max_env_steps=1200", "policy.hidden=[8]",
     "generator.d_model=16", "generator.n_layers=1", "generator.latent_dim=4", "generator.epochs=3",
     "generator.batch_size=8", "evaluate.episodes=4", "evaluate.samples=2", "evaluate.targets=2",
-    "evaluate.max_top=2", "evaluate.states=2",
+    "evaluate.max_top=2", "evaluate.states=2", *TINY_CALIBRATION,
 ]
 
 

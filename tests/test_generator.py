@@ -41,6 +41,11 @@ SPECS = [PolicySpec("mlp", 18, (64, 64), 5, True), PolicySpec("mlp", 7, (16,), 3
 TINY_GEN = SingleGeneratorConfig(d_model=16, n_layers=1, n_heads=2, latent_dim=4, fourier_features=4, epochs=4,
                            batch_size=8, kl_warmup_epochs=2, log_every_s=60,
                            calibration=CalibrationSettings(points=4, samples=1, episodes=4, validation_samples=2))
+# the same small calibration on a command line, for the tests whose fits calibrate as a user's do but that
+# test something else (the default calibration is tested by test_train_generator_and_generate_against_s3)
+TINY_CALIBRATION = ["generator.calibration.points=4", "generator.calibration.samples=1",
+                    "generator.calibration.episodes=4", "generator.calibration.refine=2",
+                    "generator.calibration.validation_samples=2"]
 SPREAD = compose_config("train-generator").env  # simple_spread: one group "agent", obs 18, 5 actions
 SMALL = PolicySpec("mlp", 18, (8,), 5, True)
 
@@ -300,7 +305,8 @@ def test_a_slice_that_learned_nothing_is_flagged_by_train_generator_and_evaluate
             store.write_part([row], row["env_key"], "agent", SMALL.arch_key, row["run_id"], seq)
     common = [f"store.uri={store.uri}"]
     out = pgen("train-generator", *common, "policy.hidden=[8]", "generator.epochs=2", "generator.d_model=16",
-               "generator.n_layers=1", "generator.latent_dim=4", f"out_dir={tmp_path / 'gen'}", cwd=tmp_path)
+               "generator.n_layers=1", "generator.latent_dim=4", *TINY_CALIBRATION, f"out_dir={tmp_path / 'gen'}",
+               cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "learned nothing a generator can aim at" in out.stderr and "population.max_env_steps" in out.stderr
     gen = load_generator(store, None)

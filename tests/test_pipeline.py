@@ -8,6 +8,7 @@ import numpy as np
 
 from pgen.generator.versions import load_generator
 from pgen.store import CheckpointStore
+from tests.test_generator import TINY_CALIBRATION
 from tests.test_population import pgen
 
 # 2 members × 20 k env steps: enough to move from the shared initial policy (about -170) towards -80,
@@ -19,6 +20,7 @@ TINY_PIPELINE = [
     "log_every_s=5", "generator.epochs=40", "generator.d_model=16", "generator.n_layers=1", "generator.latent_dim=4",
     "generator.batch_size=8", "evaluate.episodes=10", "evaluate.samples=2", "evaluate.targets=4",
     "evaluate.max_top=2", "evaluate.states=2", "evaluate.extra_targets=[500.0]", "evaluate.selection_episodes=4",
+    *TINY_CALIBRATION,
 ]
 
 

@@ -26,6 +26,7 @@ import requests
 
 from tests.s3server import free_port
 from tests.serving import local_serve_env
+from tests.test_generator import TINY_CALIBRATION
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,11 +38,11 @@ POPULATE = [*LEARN, "population.max_env_steps=400", "population.checkpoint_every
 # simple_tag's checkpoints are rescored over 10 episodes: over 2 the few catches of near-random
 # adversaries average to the same 0.0 for every checkpoint, and R² over a grid of one return is undefined
 GENERATOR = ["generator.epochs=2", "generator.d_model=16", "generator.n_layers=1", "generator.latent_dim=4",
-             "generator.batch_size=8", "generator.rescore_episodes=10"]
+             "generator.batch_size=8", "generator.rescore_episodes=10", *TINY_CALIBRATION]
 EVALUATE = ["evaluate.episodes=4", "evaluate.samples=1", "evaluate.targets=2", "evaluate.max_top=2",
             "evaluate.states=2"]
 # the profiles' search spaces stay as they are (the trials' model sizes come from them): two trials of two epochs
-TUNE = ["generator.epochs=2", "generator.rescore_episodes=10", *EVALUATE, "tune.num_samples=2", "tune.grace_period=1",
+TUNE = ["generator.epochs=2", "generator.rescore_episodes=10", *TINY_CALIBRATION, *EVALUATE, "tune.num_samples=2", "tune.grace_period=1",
         "tune.checkpoint_every=1", "log_every_s=2"]
 SERVE = ["serve.seed_eval_episodes=2", "serve.max_replicas=1"]
 MODEL = "simple_spread-agent-mlp-18x64x64x5-tanh"

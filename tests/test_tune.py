@@ -20,7 +20,7 @@ from pgen.generator.versions import list_generators, load_generator
 from pgen.policies.spec import PolicySpec
 from pgen.store import CheckpointStore
 from pgen.util.progress import log
-from tests.test_generator import fill_store
+from tests.test_generator import TINY_CALIBRATION, fill_store
 from tests.test_population import pgen, pgen_background
 from tune.space import default_point, search_space
 from tune.sweep import INTERRUPTED, storage_location, trial_resources
@@ -30,6 +30,7 @@ TINY_SWEEP = [
     "~profile", "policy.hidden=[8]", "generator.d_model=16", "generator.n_layers=1", "generator.latent_dim=4",
     "generator.batch_size=8", "generator.kl_warmup_epochs=2", "evaluate.episodes=4", "evaluate.samples=2",
     "evaluate.targets=2", "evaluate.max_top=2", "evaluate.states=2", "tune.max_concurrent=2", "log_every_s=2",
+    *TINY_CALIBRATION,
     "++tune.space={lr:{loguniform:[1e-3,1e-2]},d_model:{choice:[8,16]},tokenisation:{choice:[neuron,chunk]}}",
 ]
 
