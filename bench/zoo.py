@@ -110,6 +110,7 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.errorbar(sizes, [np.mean(v) for v in values], [np.std(v) for v in values], marker="o", capsize=3,
                         label=label, color=colour)
         ax.set(xscale="log", xticks=sizes, xticklabels=sizes, xlabel="runs in the store", title=title)
+        ax.minorticks_off()
         ax.grid(alpha=0.3)
     ax = axes[2]
     for key, label, colour in (("model_agreement", "reconstruction", "tab:blue"),
@@ -120,6 +121,7 @@ def plot(rows: list[dict], path: Path) -> None:
                     label=label, color=colour)
     ax.set(xscale="log", xticks=sizes, xticklabels=sizes, xlabel="runs in the store",
            title="held-out runs: greedy actions reproduced")
+    ax.minorticks_off()
     ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     ax.legend(fontsize=8)
