@@ -25,7 +25,7 @@ import pytest
 import requests
 
 from tests.s3server import free_port
-from tests.serving import local_serve_env
+from tests.serving import local_serve_env, stop_orphaned_haproxy
 from tests.test_generator import TINY_CALIBRATION
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,7 +205,10 @@ def _substitute(command: str, cwd: Path) -> str:
 
 
 def _until_ready(command: str, run: Run, cwd: Path, env: dict, port: int, timeout: float = 240) -> str:
-    """Start a long-running example, wait until it is ready, run `while_up`, stop it with SIGINT."""
+    """Start a long-running example, wait until it is ready, run `while_up`, stop it with SIGINT (and
+    its process group with SIGKILL a minute later). Each gets Serve side ports of its own, so that an
+    HAProxy left by an earlier example cannot take them."""
+    env = {**env, **{k: v for k, v in local_serve_env().items() if k.endswith("_PORT")}}
     log = cwd / f"example-{port}.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -237,6 +240,7 @@ def _until_ready(command: str, run: Run, cwd: Path, env: dict, port: int, timeou
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        stop_orphaned_haproxy(env)
     return log.read_text()
 
 
