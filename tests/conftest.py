@@ -1,6 +1,7 @@
 """Shared test setup: one torch thread (small nets; avoids oversubscribing a 2-core machine), and a
 moto S3 server (`s3_server`, `s3_store_uri`) for store tests."""
 
+import signal
 import uuid
 
 import pytest
@@ -9,6 +10,14 @@ import torch
 from tests.s3server import S3Server
 
 torch.set_num_threads(1)
+
+# Started as a background job of a shell without job control (as CI runners may start it), this
+# process inherits SIGINT ignored, and so would every command a test starts and then stops with
+# SIGINT as a user's Ctrl-C (pgen serve, serve run, tensorboard): each would wait out its timeout and
+# be killed instead, leaving Ray's processes behind. An ignored disposition is inherited across exec,
+# a handler is not: restoring Python's own handler here gives the commands the default SIGINT.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
