@@ -46,6 +46,14 @@ def seed_of(store: Path) -> int:
     return int(json.loads(run.read_text())["config"]["seed"])
 
 
+def arms(r: dict) -> dict:
+    """The generator alone, retrieval and the memorisation audit's arms of an evaluation result."""
+    return {"generator": {**{k: r[k] for k in KEYS}, "copies": r["copies"]},
+            "retrieval": {"alignment_r2": r["retrieval_alignment_r2"], "spearman": r["retrieval_spearman"],
+                          "normalised_score_top": r["retrieval_normalised_score_top"]},
+            **{arm: {k: r[arm][k] for k in KEYS} for arm in ARMS}}
+
+
 def measure(store_path: Path, lever: str, overrides: list[str], out: Path) -> dict:
     store = CheckpointStore(str(store_path))
     seed = seed_of(store_path)
@@ -64,10 +72,7 @@ def measure(store_path: Path, lever: str, overrides: list[str], out: Path) -> di
     r = evaluate_generator(ecfg, store, gen)
     behaviour = json.loads(store.get(f"generators/{name}/{gen.version}/metrics.json")).get("behaviour")
     return {"lever": lever, "overrides": overrides, "store": str(store_path), "seed": seed, "model": gen.model_id,
-            "fit_s": fit_s, "generator": {**{k: r[k] for k in KEYS}, "copies": r["copies"]},
-            "retrieval": {"alignment_r2": r["retrieval_alignment_r2"], "spearman": r["retrieval_spearman"],
-                          "normalised_score_top": r["retrieval_normalised_score_top"]},
-            **{arm: {k: r[arm][k] for k in KEYS} for arm in ARMS}, "behaviour": behaviour,
+            "fit_s": fit_s, **arms(r), "behaviour": behaviour,
             "targets": [{k: t[k] for k in ("target", "conditioned_on", "achieved_mean", "retrieval")}
                         for t in r["targets"]]}
 

@@ -30,11 +30,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 MODEL = "simple_spread-agent-mlp-18x64x64x5-tanh"
-# the quick profile's population member, generator and evaluation (pgen/conf/profile/quick.yaml)
+# the quick profile's population member (pgen/conf/profile/quick.yaml)
 MEMBER = ["population.max_env_steps=300000", "population.checkpoint_every=3", "population.cpus_per_worker=1"]
-FIT = ["generator.epochs=80"]
-EVALUATE = ["evaluate.episodes=30", "evaluate.targets=6", "evaluate.samples=3"]
-ARMS = ("noisy_retrieval", "interpolation")
+sys.path.insert(0, str(ROOT / "bench"))
+from levers import EVALUATE, FIT, arms  # noqa: E402  (the quick profile's fit and evaluation, one summary)
 
 
 def pgen(*args: str, cwd: Path) -> None:
@@ -83,13 +82,8 @@ def measure(root: Path, seed: int, n: int) -> dict:
          cwd=root)
     result = json.loads((runs / "evaluate" / f"{MODEL}@v0001" / "evaluation.json").read_text())
     metrics = json.loads((store / "generators" / MODEL / "v0001" / "metrics.json").read_text())
-    keys = ("alignment_r2", "spearman", "normalised_score_top", "novelty_median", "agreement_mean")
     return {"seed": seed, "runs": n, "train_runs": len(result["dataset"]["runs"]),
-            "checkpoints": result["dataset"]["checkpoints"], "fit_s": fit_s,
-            "generator": {**{k: result[k] for k in keys}, "copies": result["copies"]},
-            "retrieval": {"alignment_r2": result["retrieval_alignment_r2"], "spearman": result["retrieval_spearman"],
-                          "normalised_score_top": result["retrieval_normalised_score_top"]},
-            **{arm: {k: result[arm][k] for k in keys} for arm in ARMS},
+            "checkpoints": result["dataset"]["checkpoints"], "fit_s": fit_s, **arms(result),
             "behaviour": metrics.get("behaviour"), "val_recon": metrics["final"].get("val_recon")}
 
 
