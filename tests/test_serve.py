@@ -29,6 +29,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pgen.cli import main as cli_main
 from pgen.commands.train_generator import train_generator
 from pgen.generator.versions import load_generator
 from pgen.policies.policy_file import load_policies, read_policy_file
@@ -57,16 +58,15 @@ def server(tmp_path_factory):
     config["grpc_options"] = {**config["grpc_options"], "port": grpc_port}
     app = config["applications"][0]
     app["args"] = {**app["args"], "store.uri": store_uri, **SERVE_ARGS}
-    # beside it, on the same Serve instance: an app whose token variable is unset (/v1/seed closed), and
-    # one with a generator that takes one request at a time and queues one (overload)
+    # beside it, on the same Serve instance: one with a generator that takes one request at a time and
+    # queues one (overload), and one in the split layout whose token variable is unset (/v1/seed closed)
     small = {"serve.num_cpus": 0.1, "serve.ingress_num_cpus": 0.1}
     config["applications"] += [
-        {**app, "name": "open", "route_prefix": "/open",
-         "args": {**app["args"], **small, "serve.token_env": "PGEN_TEST_UNSET_TOKEN"}},
         {**app, "name": "tight", "route_prefix": "/tight",
          "args": {**app["args"], **small, "serve.batching": False, "serve.max_batch_size": 1,
                   "serve.max_ongoing_requests": 1, "serve.max_queued_requests": 1}},
-        {**app, "name": "split", "route_prefix": "/split", "args": {**app["args"], **small, "serve.layout": "split"}}]
+        {**app, "name": "split", "route_prefix": "/split",
+         "args": {**app["args"], **small, "serve.layout": "split", "serve.token_env": "PGEN_TEST_UNSET_TOKEN"}}]
     (tmp / "serve.yaml").write_text(yaml.safe_dump(config))
     log = tmp / "serve.log"
     # Ray's own files (where Serve's logs go: throughput-optimised Serve writes none to stderr) in a
@@ -82,7 +82,7 @@ def server(tmp_path_factory):
     while True:
         try:
             if all(requests.get(f"{base}{prefix}/healthz", timeout=5).status_code == 200
-                   for prefix in ("", "/open", "/tight", "/split")):
+                   for prefix in ("", "/tight", "/split")):
                 break
         except requests.RequestException:  # not listening yet, or the proxy waits for the app
             pass
@@ -260,10 +260,10 @@ def test_seed_is_closed_when_the_server_has_no_token(server):
     base = server[0]
     body = {"model": "spread", "target_return": -50, "population_size": 2}
     for headers in ({}, {"Authorization": f"Bearer {TOKEN}"}):
-        r = post(base, "/open/v1/seed", body, headers)
+        r = post(base, "/split/v1/seed", body, headers)
         assert r.status_code == 403 and "PGEN_TEST_UNSET_TOKEN" in r.json()["error"], r.text
         assert "allow_unauthenticated_seed" in r.json()["error"]
-    assert post(base, "/open/v1/generate", {"model": "spread", "target_return": -50}).status_code == 200
+    assert post(base, "/split/v1/generate", {"model": "spread", "target_return": -50}).status_code == 200
 
 
 def test_one_client_gets_429_beyond_its_seed_concurrency(server):
@@ -360,17 +360,18 @@ def test_a_corrupt_version_is_a_404_and_the_replica_keeps_serving(server):
     assert post(base, "/v1/generate", {"model": "spread@v0001", "target_return": -50}).status_code == 200
 
 
-def test_pgen_serve_rejects_a_bad_config_with_a_clear_error(tmp_path):
-    out = pgen("serve", "serve.max_num=many", cwd=tmp_path)
+def test_pgen_serve_rejects_a_bad_config_with_a_clear_error(tmp_path, capsys, monkeypatch):
+    out = pgen("serve", "serve.max_num=many", cwd=tmp_path)  # the command itself, once
     assert out.returncode == 2 and "serve.max_num" in out.stderr and "Traceback" not in out.stderr
-    out = pgen("serve", "serve.nope=1", cwd=tmp_path)
-    assert out.returncode == 2 and "nope" in out.stderr
-    out = pgen("serve", "serve.max_batch_size=100", cwd=tmp_path)
-    assert out.returncode == 2 and "cannot exceed serve.max_ongoing_requests" in out.stderr
-    out = pgen("serve", "serve.layout=triple", cwd=tmp_path)
-    assert out.returncode == 2 and "layout" in out.stderr and "Traceback" not in out.stderr
-    out = pgen("serve", "serve.grpc_port=70000", cwd=tmp_path)
-    assert out.returncode == 2 and "serve.grpc_port" in out.stderr
+    # the other checks through the same entry point in this process (each refuses before Ray starts),
+    # leaving the test process's logging as it is
+    monkeypatch.setattr("pgen.cli.setup_logging", lambda: None)
+    for override, message in (("serve.nope=1", "nope"),
+                              ("serve.max_batch_size=100", "cannot exceed serve.max_ongoing_requests"),
+                              ("serve.layout=triple", "layout"), ("serve.grpc_port=70000", "serve.grpc_port")):
+        assert cli_main(["serve", override]) == 2, override
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (override, err)
 
 
 def test_a_batch_decodes_every_job_as_if_it_were_alone(tmp_path):
