@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from pgen.cli import main as cli_main
 from pgen.commands.train_generator import train_generator
 from pgen.config import CalibrationSettings, SingleGeneratorConfig, compose_config
 from pgen.dataset.slices import ParamDataset, Slice, load_rows, split_by_run
@@ -482,6 +483,15 @@ def test_train_generator_and_generate_against_s3(s3_store_uri, tmp_path):
     np.testing.assert_array_equal(pf.params, gen.generate(conditioned, num=4, seed=3))
 
 
+@pytest.fixture(scope="module")
+def spread_store(tmp_path_factory) -> str:
+    """A store with generator `spread` v0001 (one epoch: for requests it must refuse)."""
+    store_uri = str(tmp_path_factory.mktemp("spread") / "store")
+    fill_store(CheckpointStore(store_uri), runs=2, per_run=4)
+    train_generator(train_cfg(store_uri, name="spread", epochs=1))
+    return store_uri
+
+
 @pytest.mark.parametrize("args, message", [
     (["target_return=nan"], "target_return must be a finite number"),
     (["target_return=inf"], "target_return must be a finite number"),
@@ -491,12 +501,17 @@ def test_train_generator_and_generate_against_s3(s3_store_uri, tmp_path):
     (["target_return=-50", "model=nope"], "no generator 'nope'"),
     (["target_return=-50", "model=spread@v0009"], "no complete version v0009"),
 ])
-def test_generate_rejects_bad_requests_with_a_clear_error(tmp_path, args, message):
-    store_uri = str(tmp_path / "store")
-    fill_store(CheckpointStore(store_uri), runs=2, per_run=4)
-    train_generator(train_cfg(store_uri, name="spread", epochs=1))
-    out = pgen("generate", f"store.uri={store_uri}", *args, cwd=tmp_path)
-    assert out.returncode == 2 and message in out.stderr, out.stderr
+def test_generate_rejects_bad_requests_with_a_clear_error(spread_store, args, message, capsys, monkeypatch):
+    """Through the command's entry point in this process (the command itself: the test below)."""
+    monkeypatch.setattr("pgen.cli.setup_logging", lambda: None)  # the test process's logging stays as it is
+    assert cli_main(["generate", f"store.uri={spread_store}", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+
+
+def test_pgen_generate_exits_2_with_the_message(spread_store, tmp_path):
+    out = pgen("generate", f"store.uri={spread_store}", "target_return=nan", cwd=tmp_path)
+    assert out.returncode == 2 and "target_return must be a finite number" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
 
 
