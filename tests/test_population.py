@@ -135,7 +135,7 @@ def test_killed_workers_resume_without_duplicates(tmp_path):
     pop.wait_for_members("kill", 2)  # both have saved state: a kill now leads to a resume
     kills, killed = 0, set()
     deadline = time.time() + 180
-    while kills < 3 and time.time() < deadline and pop.proc.poll() is None:
+    while kills < 2 and time.time() < deadline and pop.proc.poll() is None:
         # kill only once the previous victim has come back (its "resumed at" line is out)
         if pop.output.count("resumed at") < kills:
             time.sleep(0.5)
@@ -151,9 +151,10 @@ def test_killed_workers_resume_without_duplicates(tmp_path):
     time.sleep(2.0)  # at least one more interval after the last resume
     pop.proc.send_signal(signal.SIGTERM)
     output = pop.finish()
-    assert pop.proc.returncode == 0, output[-3000:]
-    assert kills == 3, output[-2000:]
-    assert output.count("resumed at") >= 3, output[-3000:]
+    # SIGTERM: the intervals in flight finish, and the command exits cleanly with every run complete
+    assert pop.proc.returncode == 0 and "SIGTERM: finishing the current intervals" in output, output[-3000:]
+    assert kills == 2, output[-2000:]
+    assert output.count("resumed at") >= 2, output[-3000:]
     store = CheckpointStore(str(store_dir))
     rows = store.read_records().table.to_pylist()
     for run in ("kill-m000", "kill-m001"):
@@ -167,8 +168,8 @@ def test_s3_outage_mid_run_loses_nothing(tmp_path, s3_server, s3_store_uri):
                               f"store.uri={s3_store_uri}", "run_id=outage", env={"AWS_ENDPOINT_URL": proxy.url},
                               cwd=tmp_path)
         pop.wait_for_members("outage", 2)
-        proxy.stop()  # the S3 endpoint refuses connections for 12 s
-        time.sleep(12)
+        proxy.stop()  # the S3 endpoint refuses connections for 6 s (several checkpoints' writes)
+        time.sleep(6)
         assert pop.proc.poll() is None, pop.output[-3000:]
         proxy.start()
         steps_at_restart = pop.output.count("population outage:")
@@ -179,7 +180,7 @@ def test_s3_outage_mid_run_loses_nothing(tmp_path, s3_server, s3_store_uri):
         output = pop.finish()
     finally:
         proxy.stop()
-    assert pop.proc.returncode == 0, output[-3000:]
+    assert pop.proc.returncode == 0 and "SIGTERM: finishing the current intervals" in output, output[-3000:]
     assert "retry" in output.lower()
     store = CheckpointStore(s3_store_uri, endpoint_url=s3_server.endpoint_url)
     rows = store.read_records().table.to_pylist()
@@ -234,23 +235,6 @@ def test_an_algo_setting_population_hparams_draws_per_member_is_named_with_how_t
 def test_bad_population_config_is_a_clear_error(tmp_path):
     out = pgen("populate", "+population.hparams.learning_rate=[1,2]", f"store.uri={tmp_path}", cwd=tmp_path)
     assert out.returncode == 2 and "not an algo setting" in out.stderr and "Traceback" not in out.stderr
-
-
-def test_sigterm_finishes_the_intervals_in_flight_and_exits_cleanly(tmp_path):
-    store_dir = tmp_path / "store"
-    pop = PopulateProcess(*TINY, "population.size=2", "population.max_env_steps=null", f"store.uri={store_dir}",
-                          "run_id=term", cwd=tmp_path)
-    pop.wait_for_members("term", 2)
-    pop.proc.send_signal(signal.SIGTERM)
-    output = pop.finish(timeout=120)
-    assert pop.proc.returncode == 0, output[-3000:]
-    assert "SIGTERM: finishing the current intervals" in output
-    store = CheckpointStore(str(store_dir))
-    rows = store.read_records().table.to_pylist()
-    for run in ("term-m000", "term-m001"):
-        last = max(r["step"] for r in rows if r["run_id"] == run)
-        assert last > 0
-        assert_complete_runs(store, [run], last)
 
 
 def test_a_store_that_ignores_conditional_writes_loses_and_mixes_nothing(tmp_path, s3_server):

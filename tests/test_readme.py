@@ -33,16 +33,17 @@ ROOT = Path(__file__).resolve().parents[1]
 # budgets small enough for seconds, appended after the example's own arguments (the last value wins)
 LEARN = ["algo.num_envs=4", "algo.rollout_steps=25", "algo.update_epochs=1", "log_every_s=1"]
 TRAIN = [*LEARN, "population.max_env_steps=200"]
-POPULATE = [*LEARN, "population.max_env_steps=400", "population.checkpoint_every=2", "population.eval_episodes=4",
-            "population.cpus_per_worker=0.5"]
+POPULATE = [*LEARN, "population.size=2", "population.max_env_steps=400", "population.checkpoint_every=2",
+            "population.eval_episodes=4", "population.cpus_per_worker=0.5"]
 # simple_tag's checkpoints are rescored over 10 episodes: over 2 the few catches of near-random
 # adversaries average to the same 0.0 for every checkpoint, and R² over a grid of one return is undefined
 GENERATOR = ["generator.epochs=2", "generator.d_model=16", "generator.n_layers=1", "generator.latent_dim=4",
              "generator.batch_size=8", "generator.rescore_episodes=10", *TINY_CALIBRATION]
 EVALUATE = ["evaluate.episodes=4", "evaluate.samples=1", "evaluate.targets=2", "evaluate.max_top=2",
             "evaluate.states=2"]
-# the profiles' search spaces stay as they are (the trials' model sizes come from them): two trials of two epochs
-TUNE = ["generator.epochs=2", "generator.rescore_episodes=10", *TINY_CALIBRATION, *EVALUATE, "tune.num_samples=2", "tune.grace_period=1",
+# the profiles' search spaces stay as they are (the trial's model size comes from them): one trial of two
+# epochs (what a sweep of several does, ASHA, resume, the choice of the best: tests/test_tune.py)
+TUNE = ["generator.epochs=2", "generator.rescore_episodes=10", *TINY_CALIBRATION, *EVALUATE, "tune.num_samples=1", "tune.grace_period=1",
         "tune.checkpoint_every=1", "log_every_s=2"]
 SERVE = ["serve.seed_eval_episodes=2", "serve.max_replicas=1"]
 MODEL = "simple_spread-agent-mlp-18x64x64x5-tanh"
