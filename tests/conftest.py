@@ -48,3 +48,21 @@ def s3_store_uri(s3_server):
     bucket = f"pgen-test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
     yield f"s3://{bucket}/pgen"
+
+
+@pytest.fixture
+def pgen_in_process(capsys, monkeypatch, tmp_path):
+    """`pgen <args>` through the CLI's entry point in this process, in the test's folder, for commands
+    that refuse their input before Ray starts (a subprocess would spend seconds on imports to print one
+    line): returns (exit status, stdout, stderr). The test process's logging is left as it is."""
+    from pgen.cli import main
+
+    monkeypatch.setattr("pgen.cli.setup_logging", lambda: None)
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        status = main(list(args))
+        out = capsys.readouterr()
+        return status, out.out, out.err
+
+    return run

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-from pgen.cli import main as cli_main
 from pgen.commands.train_generator import train_generator
 from pgen.config import CalibrationSettings, SingleGeneratorConfig, compose_config
 from pgen.dataset.slices import ParamDataset, Slice, load_rows, split_by_run
@@ -501,12 +500,10 @@ def spread_store(tmp_path_factory) -> str:
     (["target_return=-50", "model=nope"], "no generator 'nope'"),
     (["target_return=-50", "model=spread@v0009"], "no complete version v0009"),
 ])
-def test_generate_rejects_bad_requests_with_a_clear_error(spread_store, args, message, capsys, monkeypatch):
+def test_generate_rejects_bad_requests_with_a_clear_error(spread_store, args, message, pgen_in_process):
     """Through the command's entry point in this process (the command itself: the test below)."""
-    monkeypatch.setattr("pgen.cli.setup_logging", lambda: None)  # the test process's logging stays as it is
-    assert cli_main(["generate", f"store.uri={spread_store}", *args]) == 2
-    err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err, err
+    status, _, err = pgen_in_process("generate", f"store.uri={spread_store}", *args)
+    assert status == 2 and message in err and "Traceback" not in err, err
 
 
 def test_pgen_generate_exits_2_with_the_message(spread_store, tmp_path):
@@ -515,9 +512,9 @@ def test_pgen_generate_exits_2_with_the_message(spread_store, tmp_path):
     assert "Traceback" not in out.stderr
 
 
-def test_train_generator_on_an_empty_slice_is_a_clear_error(tmp_path):
-    out = pgen("train-generator", f"store.uri={tmp_path / 'empty'}", cwd=tmp_path)
-    assert out.returncode == 2 and "no checkpoints in" in out.stderr and "Traceback" not in out.stderr
+def test_train_generator_on_an_empty_slice_is_a_clear_error(tmp_path, pgen_in_process):
+    status, _, err = pgen_in_process("train-generator", f"store.uri={tmp_path / 'empty'}")
+    assert status == 2 and "no checkpoints in" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("tokenisation", ["neuron", "chunk"])

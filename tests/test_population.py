@@ -232,9 +232,9 @@ def test_an_algo_setting_population_hparams_draws_per_member_is_named_with_how_t
         "algo.ent_coef=0.05 is not used")
 
 
-def test_bad_population_config_is_a_clear_error(tmp_path):
-    out = pgen("populate", "+population.hparams.learning_rate=[1,2]", f"store.uri={tmp_path}", cwd=tmp_path)
-    assert out.returncode == 2 and "not an algo setting" in out.stderr and "Traceback" not in out.stderr
+def test_bad_population_config_is_a_clear_error(tmp_path, pgen_in_process):
+    status, _, err = pgen_in_process("populate", "+population.hparams.learning_rate=[1,2]", f"store.uri={tmp_path}")
+    assert status == 2 and "not an algo setting" in err and "Traceback" not in err
 
 
 def test_a_store_that_ignores_conditional_writes_loses_and_mixes_nothing(tmp_path, s3_server):

@@ -29,7 +29,6 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pgen.cli import main as cli_main
 from pgen.commands.train_generator import train_generator
 from pgen.generator.versions import load_generator
 from pgen.policies.policy_file import load_policies, read_policy_file
@@ -360,18 +359,14 @@ def test_a_corrupt_version_is_a_404_and_the_replica_keeps_serving(server):
     assert post(base, "/v1/generate", {"model": "spread@v0001", "target_return": -50}).status_code == 200
 
 
-def test_pgen_serve_rejects_a_bad_config_with_a_clear_error(tmp_path, capsys, monkeypatch):
+def test_pgen_serve_rejects_a_bad_config_with_a_clear_error(tmp_path, pgen_in_process):
     out = pgen("serve", "serve.max_num=many", cwd=tmp_path)  # the command itself, once
     assert out.returncode == 2 and "serve.max_num" in out.stderr and "Traceback" not in out.stderr
-    # the other checks through the same entry point in this process (each refuses before Ray starts),
-    # leaving the test process's logging as it is
-    monkeypatch.setattr("pgen.cli.setup_logging", lambda: None)
     for override, message in (("serve.nope=1", "nope"),
                               ("serve.max_batch_size=100", "cannot exceed serve.max_ongoing_requests"),
                               ("serve.layout=triple", "layout"), ("serve.grpc_port=70000", "serve.grpc_port")):
-        assert cli_main(["serve", override]) == 2, override
-        err = capsys.readouterr().err
-        assert message in err and "Traceback" not in err, (override, err)
+        status, _, err = pgen_in_process("serve", override)
+        assert status == 2 and message in err and "Traceback" not in err, (override, err)
 
 
 def test_a_batch_decodes_every_job_as_if_it_were_alone(tmp_path):

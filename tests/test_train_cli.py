@@ -41,17 +41,17 @@ def test_train_writes_curve_policies_state_and_resumes(tmp_path):
     assert not np.array_equal(read_policy_file(path / "policies" / "adversary.safetensors").params, pf.params)
 
 
-def test_typo_in_an_override_fails_with_the_key_named(tmp_path):
-    out = pgen("train", "algo.lrr=0.1", cwd=tmp_path)
+def test_typo_in_an_override_fails_with_the_key_named(tmp_path, pgen_in_process):
+    out = pgen("train", "algo.lrr=0.1", cwd=tmp_path)  # the command itself, once
     assert out.returncode == 2 and "algo.lrr" in out.stderr and "Traceback" not in out.stderr
-    out = pgen("train", "algo.num_envs=many", cwd=tmp_path)
-    assert out.returncode == 2 and "num_envs" in out.stderr
+    status, _, err = pgen_in_process("train", "algo.num_envs=many")
+    assert status == 2 and "num_envs" in err
 
 
-def test_a_bad_calibration_setting_stops_the_pipeline_before_it_populates(tmp_path):
-    out = pgen("pipeline", "generator.calibration.samples=0", f"store.uri={tmp_path / 'store'}", cwd=tmp_path)
-    assert out.returncode == 2 and "generator.calibration.samples" in out.stderr and "Traceback" not in out.stderr
-    assert "populate" not in out.stderr and not (tmp_path / "store").exists()
+def test_a_bad_calibration_setting_stops_the_pipeline_before_it_populates(tmp_path, pgen_in_process):
+    status, _, err = pgen_in_process("pipeline", "generator.calibration.samples=0", f"store.uri={tmp_path / 'store'}")
+    assert status == 2 and "generator.calibration.samples" in err and "Traceback" not in err
+    assert "populate" not in err and not (tmp_path / "store").exists()
 
 
 def test_a_profile_of_another_command_is_refused_by_name():
@@ -64,9 +64,9 @@ def test_a_profile_of_another_command_is_refused_by_name():
     assert compose_config("pipeline", ["profile=zoo"]).population.size == 24
 
 
-def test_unknown_env_id_fails_clearly(tmp_path):
-    out = pgen("train", "env.id=not_a_module_xyz", cwd=tmp_path)
-    assert out.returncode == 2 and "not an importable module" in out.stderr and "Traceback" not in out.stderr
+def test_unknown_env_id_fails_clearly(tmp_path, pgen_in_process):
+    status, _, err = pgen_in_process("train", "env.id=not_a_module_xyz")
+    assert status == 2 and "not an importable module" in err and "Traceback" not in err
 
 
 def test_help_lists_train():
