@@ -134,9 +134,7 @@ def test_the_loop_runs_itself_through_faults_and_serves_every_promotion(tmp_path
     try:
         # 1. the trainer is SIGKILLed during its first fit: Ray restarts it and the fit is retried
         deadline = time.time() + 500
-        while "fitting a new version" not in loop.output and time.time() < deadline:
-            assert loop.proc.poll() is None, loop.output[-4000:]
-            time.sleep(0.2)
+        loop.wait_until(lambda: "fitting a new version" in loop.output, deadline)
         time.sleep(1.0)
         victims = _pids("ray::GeneratorTrainer")
         assert victims, loop.output[-3000:]
@@ -145,9 +143,7 @@ def test_the_loop_runs_itself_through_faults_and_serves_every_promotion(tmp_path
         # in the live table with a checkpoint), the driver itself is SIGKILLed while its members train and
         # its next fit runs
         reseeded = re.compile(r"svc-m\d+-g\d+\s+[\d,]+\s+[1-9]")
-        while ("loop svc: gate " not in loop.output or not reseeded.search(loop.output)) and time.time() < deadline:
-            assert loop.proc.poll() is None, loop.output[-4000:]
-            time.sleep(0.2)
+        loop.wait_until(lambda: "loop svc: gate " in loop.output and reseeded.search(loop.output) is not None, deadline)
         before = LoopState.load(CheckpointStore(store_uri, endpoint_url=s3_server.endpoint_url), "svc")
         loop.proc.kill()
         loop.finish(timeout=60)
@@ -159,13 +155,9 @@ def test_the_loop_runs_itself_through_faults_and_serves_every_promotion(tmp_path
                                   command="loop", cwd=tmp_path)
         # 4. once that fit is decided and the clients are answered by the version it promoted, SIGTERM: a
         # service's stop (the budget, far away, is how the family test below ends)
-        while "loop svc: gate " not in resumed.output and time.time() < deadline:
-            assert resumed.proc.poll() is None, resumed.output[-4000:]
-            time.sleep(0.2)
+        resumed.wait_until(lambda: "loop svc: gate " in resumed.output, deadline)
         newest = len(decided_before) + 1
-        while (not seen or seen[-1] < newest) and time.time() < deadline:
-            assert resumed.proc.poll() is None, resumed.output[-4000:]
-            time.sleep(0.2)
+        resumed.wait_until(lambda: bool(seen) and seen[-1] >= newest, deadline)
         resumed.proc.send_signal(signal.SIGTERM)
         output = resumed.finish(timeout=120)
     finally:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -106,13 +107,18 @@ class PopulateProcess:
     def output(self) -> str:
         return "".join(self.lines)
 
+    def wait_until(self, condition: Callable[[], bool], deadline: float, poll_s: float = 0.2) -> None:
+        """Until `condition()` holds; fails with the output's tail if the command exits first or the
+        `deadline` (a `time.time()`) passes."""
+        while not condition():
+            assert time.time() < deadline and self.proc.poll() is None, self.output[-4000:]
+            time.sleep(poll_s)
+
     def wait_for_members(self, prefix: str, size: int, timeout: float = 120) -> None:
         """Until every member's table row shows env steps > 0 (each has saved state)."""
         row = re.compile(rf"{prefix}-m(\d+)\s+[1-9]")
-        deadline = time.time() + timeout
-        while len({m.group(1) for line in self.lines if (m := row.search(line))}) < size:
-            assert time.time() < deadline and self.proc.poll() is None, self.output[-3000:]
-            time.sleep(0.5)
+        self.wait_until(lambda: len({m.group(1) for line in self.lines if (m := row.search(line))}) >= size,
+                        time.time() + timeout, poll_s=0.5)
 
     def finish(self, timeout: float = 240) -> str:
         self.proc.wait(timeout=timeout)
