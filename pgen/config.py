@@ -276,6 +276,9 @@ class GeneratorConfig:
     kl_warmup_epochs: int = 30  # β rises linearly from 0 over these epochs
     free_bits: float = 0.0  # nats per latent dim below which the KL is not penalised (0: plain β-VAE)
     conditional_prior: bool = True  # p(z | return) learned with the model; false: p(z) = N(0, I)
+    # K of the conditional prior: a mixture of K Gaussians over z for one return (a return reached both
+    # near the initial network and mid-training), 1: one Gaussian (docs/generator.md "Prior")
+    prior_components: int = 1
     # classifier-free guidance: the share of training rows whose return condition is dropped (a learned
     # "no condition" takes its place), and the guidance w of generation: a policy is decoded as
     # dec(z, none) + w · (dec(z, return) − dec(z, none)), z from p(z | return); w 1 is plain conditioning

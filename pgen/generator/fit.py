@@ -113,6 +113,10 @@ def fit(cfg: GeneratorConfig, data: Slice, spec: PolicySpec, seed: int, callback
     if not 0 <= cfg.condition_dropout < 1 or cfg.guidance < 0 or (cfg.guidance != 1 and cfg.condition_dropout == 0):
         raise ValueError("generator.condition_dropout must be in [0, 1) and generator.guidance >= 0; a guidance other"
                          f" than 1 needs generator.condition_dropout > 0, got {cfg.condition_dropout} and {cfg.guidance}")
+    if not isinstance(cfg.prior_components, int) or cfg.prior_components < 1 or (
+            cfg.prior_components > 1 and not cfg.conditional_prior):
+        raise ValueError("generator.prior_components must be an integer >= 1, and > 1 only with"
+                         f" generator.conditional_prior=true, got {cfg.prior_components!r}")
     if len(data) < 2:
         raise ValueError(f"{label}: need at least 2 checkpoints to train a generator, got {len(data)}")
     if not all(np.isfinite(p.params).all() and np.isfinite(p.returns).all() for p in data.parts.values()):

@@ -2,7 +2,8 @@
 generator offers the rest of pgen; a kind (`single/kind.py`, `family/kind.py`) says how it decodes.
 
 Generation: z = μ_p(c) + σ_p(c)·ε with ε ~ N(0, τ²I) drawn from a CPU generator seeded with `seed`
-(μ_p = 0, σ_p = 1 without a conditional prior), the condition c the requested return (through the
+(μ_p = 0, σ_p = 1 without a conditional prior; with a mixture prior, μ_p and σ_p of the component a
+uniform draw after ε picks by the components' weights), the condition c the requested return (through the
 version's calibration curve when it has an adopted one, `condition.condition_for`) on the
 normaliser's `ReturnScale`; the decoded parameters are un-standardised into ParamLayout order.
 """
@@ -201,14 +202,18 @@ class Generator:
         return self.decode(np.repeat(np.asarray(targets, np.float64), num), noise, spec)
 
     def noise(self, num: int, seed: int, temperature: float = DEFAULT_TEMPERATURE) -> torch.Tensor:
-        """ε for `num` policies: `[num, latent_dim]`, from a CPU generator seeded with `seed`."""
+        """The generation noise of `num` policies, from a CPU generator seeded with `seed`: ε ~ N(0, τ²I)
+        `[num, latent_dim]`, and for a mixture prior a last column u ~ U(0, 1) that picks its component."""
         if num < 1:
             raise ValueError(f"num must be >= 1, got {num}")
         temperature = check_target(temperature, "temperature")
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         rng = torch.Generator().manual_seed(int(seed))
-        return torch.randn(num, self.latent_dim, generator=rng) * temperature
+        eps = torch.randn(num, self.latent_dim, generator=rng) * temperature
+        if self.model.cfg.prior_components > 1:
+            eps = torch.cat([eps, torch.rand(num, 1, generator=rng)], dim=1)
+        return eps
 
 
 def requested_spec(gen: Generator, arch: str | None = None, kind: str | None = None,

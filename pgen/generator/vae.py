@@ -9,6 +9,7 @@ global latent z, and it decodes `[z, condition, (arch,) queries...]`.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -62,6 +63,60 @@ def add_vae_core(vae: nn.Module, cfg) -> None:
     vae.from_latent = nn.Linear(cfg.latent_dim, d)
 
 
+class Prior(NamedTuple):
+    """p(z | condition): a mixture of K diagonal Gaussians (K = 1: one Gaussian), per row of a batch —
+    component log-weights `[B, K]`, means and log-variances `[B, K, latent]`."""
+
+    log_weights: torch.Tensor
+    mu: torch.Tensor
+    logvar: torch.Tensor
+
+    @property
+    def components(self) -> int:
+        return self.mu.shape[1]
+
+
+def prior_head(in_dim: int, cfg) -> nn.Sequential:
+    """The MLP from the prior's inputs to its parameters: K · (μ, log σ²) and, for K > 1, K logits of
+    the components' weights (`cfg.prior_components` K; 1 keeps the one-Gaussian prior's shape)."""
+    k = cfg.prior_components
+    return nn.Sequential(nn.Linear(in_dim, cfg.d_model), nn.GELU(),
+                         nn.Linear(cfg.d_model, 2 * cfg.latent_dim * k + (k if k > 1 else 0)))
+
+
+def prior_from(params: torch.Tensor, components: int) -> Prior:
+    """The prior of `prior_head`'s output `[B, 2·latent·K (+ K)]`."""
+    batch = params.shape[0]
+    if components == 1:
+        mu, logvar = gaussian(params)
+        return Prior(params.new_zeros(batch, 1), mu[:, None], logvar[:, None])
+    logits, gaussians = params[:, :components], params[:, components:]
+    mu, logvar = gaussian(gaussians.reshape(batch * components, -1))
+    return Prior(torch.log_softmax(logits, dim=-1), mu.reshape(batch, components, -1),
+                 logvar.reshape(batch, components, -1))
+
+
+def standard_prior(batch: int, latent: int, like: torch.Tensor) -> Prior:
+    """N(0, I) for each of `batch` rows."""
+    zeros = like.new_zeros(batch, 1, latent)
+    return Prior(like.new_zeros(batch, 1), zeros, zeros)
+
+
+def sample_prior(prior: Prior, noise: torch.Tensor) -> torch.Tensor:
+    """z from `prior` for the generation noise `noise` `[B, latent (+ 1)]`: ε ~ N(0, τ²I) in its first
+    `latent` columns, z = μ_k + σ_k·ε; a mixture (K > 1) takes the component k whose cumulative weight
+    first exceeds the uniform u in the last column (τ spreads z within a component, not across them)."""
+    latent = prior.mu.shape[-1]
+    eps = noise[:, :latent]
+    if prior.components == 1:
+        k = torch.zeros(noise.shape[0], dtype=torch.long, device=noise.device)
+    else:
+        cdf = prior.log_weights.exp().cumsum(-1)
+        k = (noise[:, latent:latent + 1] >= cdf).sum(-1).clamp(max=prior.components - 1)
+    rows = torch.arange(noise.shape[0], device=noise.device)
+    return prior.mu[rows, k] + (0.5 * prior.logvar[rows, k]).exp() * eps
+
+
 def gaussian(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`[B, 2 · latent]` → (μ, log σ²), the log-variance clamped to [−12, 8]."""
     mu, logvar = params.chunk(2, dim=-1)
@@ -78,6 +133,18 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor
     if free_bits > 0:
         per_dim = per_dim.clamp_min(free_bits)
     return per_dim.sum()
+
+
+def kl_to_prior(mu: torch.Tensor, logvar: torch.Tensor, prior: Prior, free_bits: float = 0.0) -> torch.Tensor:
+    """KL(q(z|x, c) ‖ p(z|c)), mean over the batch. One Gaussian: `kl_divergence`. A mixture has no closed
+    form; its variational upper bound −log Σ_k π_k exp(−KL(q ‖ N_k)) (Hershey & Olsen 2007) takes its place,
+    with `free_bits` · latent nats as its floor."""
+    if prior.components == 1:
+        return kl_divergence(mu, logvar, prior.mu[:, 0], prior.logvar[:, 0], free_bits)
+    mu, logvar = mu[:, None], logvar[:, None]
+    per = 0.5 * (prior.logvar - logvar + (logvar.exp() + (mu - prior.mu).pow(2)) / prior.logvar.exp() - 1.0)
+    bound = -torch.logsumexp(prior.log_weights - per.sum(-1), dim=-1).mean()
+    return bound.clamp_min(free_bits * mu.shape[-1]) if free_bits > 0 else bound
 
 
 def reconstruction_loss(pred: list[torch.Tensor], target: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tensor:
@@ -100,5 +167,5 @@ def losses(model: nn.Module, parts: list[torch.Tensor], masks: list[torch.Tensor
         pred = model.decode(mu, c, *ctx)
     else:
         pred, mu, logvar = model(parts, c, *ctx, rng)
-    return (reconstruction_loss(pred, parts, masks), kl_divergence(mu, logvar, *model.prior_params(c, *ctx), free_bits),
+    return (reconstruction_loss(pred, parts, masks), kl_to_prior(mu, logvar, model.prior_params(c, *ctx), free_bits),
             pred)

@@ -35,7 +35,7 @@ PERMUTATIONS = 64  # per architecture: the pool of hidden-unit permutations draw
 def family_model_config(cfg: FamilyGeneratorConfig, spec: PolicySpec) -> FamilyModelConfig:
     return FamilyModelConfig(spec.kind, spec.obs_dim, spec.action_dim, cfg.d_model, cfg.n_layers, cfg.n_heads,
                              cfg.latent_dim, cfg.fourier_features, cfg.readout_dim, cfg.dropout, cfg.conditional_prior,
-                             cfg.linear_readout, cfg.condition_dropout > 0)
+                             cfg.linear_readout, cfg.condition_dropout > 0, cfg.prior_components)
 
 
 @dataclass

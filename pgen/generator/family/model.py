@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from pgen.generator.family.archgraph import ARCH_CODE, ROLES, UNIT_FEATURES, ArchGraph, arch_code, arch_graph
-from pgen.generator.vae import add_vae_core, gaussian
+from pgen.generator.vae import Prior, add_vae_core, gaussian, prior_from, prior_head, sample_prior, standard_prior
 from pgen.policies.spec import PolicySpec
 
 MODEL_TYPE = "arch-family"  # config.json "model.type" of a family version (single-arch versions have none)
@@ -54,6 +54,7 @@ class FamilyModelConfig:
     conditional_prior: bool = True
     linear_readout: bool = False  # off in versions fitted before it existed (their config has no key)
     null_condition: bool = False  # a learned "no condition" (classifier-free guidance)
+    prior_components: int = 1  # K of the conditional prior, a mixture of K Gaussians (1: one Gaussian)
     type: str = MODEL_TYPE
 
 
@@ -120,8 +121,7 @@ class FamilyVAE(nn.Module):
         self.centre_messages = UnitMessages(roles, d)
         self.centre_norm = nn.LayerNorm(d)
         add_vae_core(self, cfg)
-        self.prior = (nn.Sequential(nn.Linear(2 * cfg.fourier_features + 1 + d, d), nn.GELU(),
-                                    nn.Linear(d, 2 * cfg.latent_dim)) if cfg.conditional_prior else None)
+        self.prior = prior_head(2 * cfg.fourier_features + 1 + d, cfg) if cfg.conditional_prior else None
         k = cfg.readout_dim
         edge_roles = list(self.enc_messages.incoming)
         self.read_rows = nn.ModuleDict({r: nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, k)) for r in edge_roles})
@@ -186,17 +186,16 @@ class FamilyVAE(nn.Module):
                 out.append(v)
         return out
 
-    def prior_params(self, c: torch.Tensor, a: ArchInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and log-variance of p(z | return, arch), or N(0, I) without a conditional prior."""
+    def prior_params(self, c: torch.Tensor, a: ArchInputs) -> Prior:
+        """p(z | return, arch) (one Gaussian or a mixture), or N(0, I) without a conditional prior."""
         if self.prior is None:
-            zeros = c.new_zeros(c.shape[0], self.cfg.latent_dim)
-            return zeros, zeros
+            return standard_prior(c.shape[0], self.cfg.latent_dim, c)
         arch = self.arch(a.code).expand(c.shape[0], -1)
-        return gaussian(self.prior(torch.cat([self.dec_cond.features(c), arch], dim=-1)))
+        return prior_from(self.prior(torch.cat([self.dec_cond.features(c), arch], dim=-1)), self.cfg.prior_components)
 
-    def sample_latent(self, c: torch.Tensor, eps: torch.Tensor, a: ArchInputs) -> torch.Tensor:
-        mu, logvar = self.prior_params(c, a)
-        return mu + (0.5 * logvar).exp() * eps
+    def sample_latent(self, c: torch.Tensor, noise: torch.Tensor, a: ArchInputs) -> torch.Tensor:
+        """z from p(z | return, arch) for the generation noise (`vae.sample_prior`)."""
+        return sample_prior(self.prior_params(c, a), noise)
 
     def forward(self, blocks: list[torch.Tensor], c: torch.Tensor, a: ArchInputs,
                 generator: torch.Generator | None = None) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:

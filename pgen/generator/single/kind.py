@@ -45,7 +45,7 @@ def return_balance_weights(returns: np.ndarray, alpha: float, bins: int = 20) ->
 def model_config(cfg: SingleGeneratorConfig, tokenizer: Tokenizer) -> ModelConfig:
     return ModelConfig([layer.tokens for layer in tokenizer.layers], [layer.width for layer in tokenizer.layers],
                        cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.latent_dim, cfg.fourier_features, cfg.dropout,
-                       cfg.conditional_prior, cfg.condition_dropout > 0)
+                       cfg.conditional_prior, cfg.condition_dropout > 0, cfg.prior_components)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pgen.generator.vae import add_vae_core, gaussian
+from pgen.generator.vae import Prior, add_vae_core, gaussian, prior_from, prior_head, sample_prior, standard_prior
 
 
 @dataclass
@@ -38,6 +38,7 @@ class ModelConfig:
     dropout: float = 0.0
     conditional_prior: bool = True  # p(z | condition) learned; else p(z) = N(0, I)
     null_condition: bool = False  # a learned "no condition" (classifier-free guidance)
+    prior_components: int = 1  # K of the conditional prior, a mixture of K Gaussians (1: one Gaussian)
 
 
 class ParamVAE(nn.Module):
@@ -52,8 +53,7 @@ class ParamVAE(nn.Module):
         self.layer_emb = nn.Embedding(len(cfg.layer_tokens), d)
         self.pos_emb = nn.Parameter(0.02 * torch.randn(sum(cfg.layer_tokens), d))
         add_vae_core(self, cfg)
-        self.prior = (nn.Sequential(nn.Linear(2 * cfg.fourier_features + 1, d), nn.GELU(), nn.Linear(d, 2 * cfg.latent_dim))
-                      if cfg.conditional_prior else None)
+        self.prior = prior_head(2 * cfg.fourier_features + 1, cfg) if cfg.conditional_prior else None
         # per-position linear read-out of (z, Fourier features of c): [tokens_l, latent + 2n + 1, width_l]
         k = cfg.latent_dim + 2 * cfg.fourier_features + 1
         self.readout = nn.ParameterList(nn.Parameter(torch.randn(n, k, w) / math.sqrt(k))
@@ -80,17 +80,15 @@ class ParamVAE(nn.Module):
         return [proj(part) + torch.einsum("bk,tkw->btw", u, a)
                 for proj, part, a in zip(self.token_out, h.split(self.cfg.layer_tokens, dim=1), self.readout)]
 
-    def prior_params(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and log-variance of p(z | c): learned from the condition, or N(0, I)."""
+    def prior_params(self, c: torch.Tensor) -> Prior:
+        """p(z | c): learned from the condition (one Gaussian or a mixture), or N(0, I)."""
         if self.prior is None:
-            zeros = c.new_zeros(c.shape[0], self.cfg.latent_dim)
-            return zeros, zeros
-        return gaussian(self.prior(self.dec_cond.features(c)))
+            return standard_prior(c.shape[0], self.cfg.latent_dim, c)
+        return prior_from(self.prior(self.dec_cond.features(c)), self.cfg.prior_components)
 
-    def sample_latent(self, c: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """z = μ_p(c) + σ_p(c)·ε for the generation noise ε ~ N(0, τ²I)."""
-        mu, logvar = self.prior_params(c)
-        return mu + (0.5 * logvar).exp() * eps
+    def sample_latent(self, c: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """z = μ_p(c) + σ_p(c)·ε for the generation noise ε ~ N(0, τ²I) (`vae.sample_prior`)."""
+        return sample_prior(self.prior_params(c), noise)
 
     def forward(self, tokens: list[torch.Tensor], c: torch.Tensor, generator: torch.Generator | None = None
                 ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
