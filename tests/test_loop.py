@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import threading
 import time
 
@@ -25,7 +24,7 @@ from pgen.evaluation.gate import decide, gate_records, record_decision, with_gat
 from pgen.generator.versions import list_generators, resolve_model
 from pgen.store import CheckpointStore
 from tests.s3server import free_port
-from tests.test_population import PopulateProcess
+from tests.test_population import PopulateProcess, pids_of
 
 GATE = {"alignment_r2": 0.8, "spearman": 0.9, "normalised_score_top": 1.0}
 
@@ -92,11 +91,6 @@ LOOP = ["policy.hidden=[16]", "algo.num_envs=16", "algo.rollout_steps=25", "algo
 NAME = "simple_spread-agent-mlp-18x16x5-tanh"
 
 
-def _pids(pattern: str) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
-
-
 def test_the_loop_runs_itself_through_faults_and_serves_every_promotion(tmp_path, s3_server, s3_store_uri):
     store_uri, port = s3_store_uri, free_port()
     args = [*LOOP, f"store.uri={store_uri}", "loop.loop_id=svc", f"serve.port={port}", f"loop.out_dir={tmp_path / 'out'}",
@@ -136,7 +130,7 @@ def test_the_loop_runs_itself_through_faults_and_serves_every_promotion(tmp_path
         deadline = time.time() + 500
         loop.wait_until(lambda: "fitting a new version" in loop.output, deadline)
         time.sleep(1.0)
-        victims = _pids("ray::GeneratorTrainer")
+        victims = pids_of("ray::GeneratorTrainer")
         assert victims, loop.output[-3000:]
         os.kill(victims[0], signal.SIGKILL)
         # 2. after the retried fit's decision and a member reseeded from the version it promoted (its new run

@@ -126,8 +126,9 @@ class PopulateProcess:
         return self.output
 
 
-def _worker_pids() -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "ray::PopulationWorker"], capture_output=True, text=True)
+def pids_of(pattern: str) -> list[int]:
+    """The processes whose command line matches `pattern` (Ray names an actor's worker `ray::<Class>`)."""
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
 
 
@@ -147,7 +148,7 @@ def test_killed_workers_resume_without_duplicates(tmp_path):
             time.sleep(0.5)
             continue
         time.sleep(2.0)
-        pids = [p for p in _worker_pids() if p not in killed]
+        pids = [p for p in pids_of("ray::PopulationWorker") if p not in killed]
         if pids:
             killed.add(pids[0])
             os.kill(pids[0], signal.SIGKILL)
@@ -271,7 +272,7 @@ def test_a_store_that_ignores_conditional_writes_loses_and_mixes_nothing(tmp_pat
                 assert pop.proc.poll() is None, pop.output[-3000:]
                 puts = server.puts.read_text().splitlines() if server.puts.exists() else []
                 if any(re.search(pattern, line) for line in puts[after:]):
-                    pids = _worker_pids()
+                    pids = pids_of("ray::PopulationWorker")
                     assert len(pids) == 1, pids
                     os.kill(pids[0], signal.SIGKILL)
                     return len(puts)
