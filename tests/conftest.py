@@ -53,8 +53,9 @@ def s3_store_uri(s3_server):
 @pytest.fixture
 def pgen_in_process(capsys, monkeypatch, tmp_path):
     """`pgen <args>` through the CLI's entry point in this process, in the test's folder, for commands
-    that refuse their input before Ray starts (a subprocess would spend seconds on imports to print one
-    line): returns (exit status, stdout, stderr). The test process's logging is left as it is."""
+    that do not start Ray (`pgen dataset`) or refuse their input before it starts (a subprocess would
+    spend seconds on imports to print a few lines): returns (exit status, stdout, stderr). The test
+    process's logging is left as it is."""
     from pgen.cli import main
 
     monkeypatch.setattr("pgen.cli.setup_logging", lambda: None)

@@ -59,7 +59,7 @@ def test_member_hparams_are_deterministic_and_in_range():
         member_hparams({"learning_rate": [1, 2]}, 0, 0)
 
 
-def test_populate_local_store_then_dataset(tmp_path):
+def test_populate_local_store_then_dataset(tmp_path, pgen_in_process):
     store_dir = tmp_path / "store"
     out = pgen("populate", *TINY, "population.size=2", "population.max_env_steps=600", f"store.uri={store_dir}",
                "run_id=pop", cwd=tmp_path)
@@ -80,16 +80,16 @@ def test_populate_local_store_then_dataset(tmp_path):
     total, seconds, rate = int(last[0].replace(",", "")), 60 * int(last[1]) + int(last[2]), int(last[3].replace(",", ""))
     assert total == 1800 and rate * seconds < 1200, last
     # pgen dataset: counts, return range, histogram
-    ds = pgen("dataset", f"store.uri={store_dir}", f"out_dir={tmp_path / 'ds'}", cwd=tmp_path)
-    assert ds.returncode == 0, ds.stderr
-    assert "12 checkpoints" in ds.stdout and "pop-m002" in ds.stdout and "0 bad rows" in ds.stdout
+    status, out, err = pgen_in_process("dataset", f"store.uri={store_dir}", f"out_dir={tmp_path / 'ds'}")
+    assert status == 0, err
+    assert "12 checkpoints" in out and "pop-m002" in out and "0 bad rows" in out
     assert (tmp_path / "ds" / "returns.png").stat().st_size > 1000
     # a corrupted part is skipped and reported, never fatal
     key = "checkpoints/" + next(k.split("checkpoints/", 1)[1] for k in store.list("checkpoints/"))
     bad = key.rsplit("part-", 1)[0] + "part-999999.parquet"
     assert store.put_once(bad, b"PAR1 this is not parquet")
-    ds = pgen("dataset", f"store.uri={store_dir}", f"out_dir={tmp_path / 'ds'}", cwd=tmp_path)
-    assert ds.returncode == 0 and "1 unreadable parts" in ds.stdout and "part-999999" in ds.stdout
+    status, out, err = pgen_in_process("dataset", f"store.uri={store_dir}", f"out_dir={tmp_path / 'ds'}")
+    assert status == 0 and "1 unreadable parts" in out and "part-999999" in out, err
 
 
 class PopulateProcess:
