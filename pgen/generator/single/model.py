@@ -2,8 +2,9 @@
 
 Encoder: `[CLS, condition, tokens...]` → transformer → CLS → (μ, log σ²) of a global latent z.
 Prior: p(z | condition), a small MLP on the condition's Fourier features giving one Gaussian or a
-mixture of `prior_components` Gaussians (`vae.Prior`; N(0, I) with `conditional_prior=False`), so that the latent can say which member a checkpoint resembles while
-the prior knows which members reached a given return.
+mixture of `prior_components` Gaussians (`vae.Prior`; N(0, I) with `conditional_prior=False`), so
+that the latent can say which member a checkpoint resembles while the prior knows which members
+reached a given return.
 Decoder: `[z, condition, queries...]` → transformer → one output per query → the layer's tokens;
 each query is its position embedding plus the embeddings of z and of the condition. Beside the
 transformer's output, every token position has its own linear read-out of z and of the condition's
