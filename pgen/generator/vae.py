@@ -109,10 +109,9 @@ def sample_prior(prior: Prior, noise: torch.Tensor) -> torch.Tensor:
     latent = prior.mu.shape[-1]
     eps = noise[:, :latent]
     if prior.components == 1:
-        k = torch.zeros(noise.shape[0], dtype=torch.long, device=noise.device)
-    else:
-        cdf = prior.log_weights.exp().cumsum(-1)
-        k = (noise[:, latent:latent + 1] >= cdf).sum(-1).clamp(max=prior.components - 1)
+        return prior.mu[:, 0] + (0.5 * prior.logvar[:, 0]).exp() * eps
+    cdf = prior.log_weights.exp().cumsum(-1)
+    k = (noise[:, latent:latent + 1] >= cdf).sum(-1).clamp(max=prior.components - 1)
     rows = torch.arange(noise.shape[0], device=noise.device)
     return prior.mu[rows, k] + (0.5 * prior.logvar[rows, k]).exp() * eps
 
@@ -123,13 +122,18 @@ def gaussian(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mu, logvar.clamp(-12.0, 8.0)
 
 
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor, prior_logvar: torch.Tensor
+                ) -> torch.Tensor:
+    """KL(N(μ, σ²) ‖ N(μ_p, σ_p²)) per latent dimension, elementwise over broadcast shapes."""
+    return 0.5 * (prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1.0)
+
+
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor, prior_logvar: torch.Tensor,
                   free_bits: float = 0.0) -> torch.Tensor:
     """KL(q(z|x, c) ‖ p(z|c)) of diagonal Gaussians, summed over latent dims, mean over the batch.
     With `free_bits` > 0 each dimension's batch-mean KL counts as at least that many nats (no
     gradient below it), which keeps the decoder from ignoring z."""
-    per_dim = 0.5 * (prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1.0)
-    per_dim = per_dim.mean(0)
+    per_dim = gaussian_kl(mu, logvar, prior_mu, prior_logvar).mean(0)
     if free_bits > 0:
         per_dim = per_dim.clamp_min(free_bits)
     return per_dim.sum()
@@ -141,9 +145,8 @@ def kl_to_prior(mu: torch.Tensor, logvar: torch.Tensor, prior: Prior, free_bits:
     with `free_bits` · latent nats as its floor."""
     if prior.components == 1:
         return kl_divergence(mu, logvar, prior.mu[:, 0], prior.logvar[:, 0], free_bits)
-    mu, logvar = mu[:, None], logvar[:, None]
-    per = 0.5 * (prior.logvar - logvar + (logvar.exp() + (mu - prior.mu).pow(2)) / prior.logvar.exp() - 1.0)
-    bound = -torch.logsumexp(prior.log_weights - per.sum(-1), dim=-1).mean()
+    per_component = gaussian_kl(mu[:, None], logvar[:, None], prior.mu, prior.logvar).sum(-1)  # [B, K]
+    bound = -torch.logsumexp(prior.log_weights - per_component, dim=-1).mean()
     return bound.clamp_min(free_bits * mu.shape[-1]) if free_bits > 0 else bound
 
 
